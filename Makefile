@@ -1,0 +1,38 @@
+# Two commands for a fresh machine (see README):  make demo   |   make test
+# The venv is created on first use. On a CPU-only machine torch is pinned to the CPU build (torch==2.13.0);
+# on a machine whose system python already has a CUDA torch, the venv reuses it (--system-site-packages).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: demo test test-all install bench clean
+
+$(BIN)/microt2i: pyproject.toml
+	@if $(PY) -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then \
+	  echo "[setup] CUDA torch found: reusing it"; \
+	  $(PY) -m venv --system-site-packages $(VENV) && $(BIN)/pip install -q -e ".[eval,dev]"; \
+	else \
+	  echo "[setup] CPU machine: pinning torch==2.13.0 (CPU build)"; \
+	  $(PY) -m venv $(VENV) && $(BIN)/pip install -q "torch==2.13.0" -e ".[eval,dev]"; \
+	fi
+	@touch $@
+
+install: $(BIN)/microt2i
+
+demo: install
+	$(BIN)/microt2i demo
+
+test: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+test-all: install
+	$(BIN)/python -m pytest -q tests
+
+bench: install
+	$(BIN)/microt2i bench train
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
