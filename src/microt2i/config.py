@@ -89,6 +89,7 @@ class DataConfig:
     text_encoder: str = "minilm"  # "minilm" (offline wheel) or a T5 / CLIP hub id / local path
     text_len: int = 64  # tokens kept per caption
     seed: int = 0
+    cache_dir: str = ""  # precomputed stores; "" = $MICROT2I_CACHE or ~/.cache/microt2i
 
     def __post_init__(self):
         _choice("data.source", self.source, ("world",))

@@ -1,0 +1,87 @@
+"""EDM: preconditioning, log-normal σ training loss, Karras sampling schedule.
+
+Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models" (EDM). The noisy input is
+x = x0 + σ·n with n ~ N(0, I); the denoiser D(x; σ) estimates x0. MicroDiT (003 §B) trains with the EDM defaults
+except σ_data, raised to the latent std (0.9 for SD latents), and P_mean/P_std = −0.6/1.2 at 256 px, 0/0.6 at 512 px.
+
+The backbone knows nothing of EDM: `EDMPrecond` maps (x, σ) to its inputs and its output back to D(x; σ).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
+    """EDM Table 1 preconditioning: D(x; σ) = c_skip·x + c_out·F(c_in·x; c_noise).
+
+    c_in scales the input to unit variance, c_skip/c_out make the effective training target of F unit-variance
+    (EDM App. B.6, eqs. 114–118); c_noise = ¼ ln σ. Returns (c_skip, c_out, c_in, c_noise) shaped like `sigma`.
+    """
+    sigma = torch.as_tensor(sigma)
+    c_in = 1 / (sigma**2 + sigma_data**2).sqrt()
+    c_skip = sigma_data**2 * c_in**2
+    c_out = sigma * sigma_data * c_in
+    c_noise = sigma.log() / 4
+    return c_skip, c_out, c_in, c_noise
+
+
+class EDMPrecond(nn.Module):
+    """Wraps a backbone `net(x, noise_cond, text_tokens, text_mask, **kw) -> F` into the denoiser D(x; σ) (EDM eq. 7).
+
+    `sigma` is a scalar, a 0-dim tensor or a [B] tensor. The arithmetic runs in float32 whatever dtype x has (the
+    backbone itself may run under autocast); D is returned in x's dtype.
+    """
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5):
+        super().__init__()
+        self.net = net
+        self.sigma_data = sigma_data
+
+    def forward(self, x: torch.Tensor, sigma, text_tokens, text_mask, **kw) -> torch.Tensor:
+        x32 = x.to(torch.float32)
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])  # [B]
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma.view(-1, *[1] * (x.ndim - 1)), self.sigma_data)
+        F_x = self.net(c_in * x32, c_noise.flatten(), text_tokens, text_mask, **kw)
+        return (c_skip * x32 + c_out * F_x.to(torch.float32)).to(x.dtype)
+
+
+class EDMLoss:
+    """EDM training loss (Table 1, eq. 8): ln σ ~ N(P_mean, P_std²), λ(σ) = (σ² + σ_data²)/(σ·σ_data)².
+
+    Returns the per-sample loss [B] (mean over non-batch dims), and the sampled σ [B] with `return_sigma=True`.
+    All randomness comes from `generator` (drawn on the generator's device, so a CPU generator gives the same
+    noise on every device); the trainer reseeds it every step for bit-exact resume.
+    """
+
+    def __init__(self, p_mean: float = -1.2, p_std: float = 1.2, sigma_data: float = 0.5):
+        self.p_mean = p_mean
+        self.p_std = p_std
+        self.sigma_data = sigma_data
+
+    def __call__(self, precond, x0, text_tokens, text_mask, *, generator=None, return_sigma=False, **net_kwargs):
+        device = generator.device if generator is not None else x0.device
+        x0 = x0.to(torch.float32)
+        rnd_normal = torch.randn([x0.shape[0]], generator=generator, device=device).to(x0.device)
+        sigma = (rnd_normal * self.p_std + self.p_mean).exp()  # [B]
+        noise = torch.randn(x0.shape, generator=generator, device=device).to(x0.device)
+        sig = sigma.view(-1, *[1] * (x0.ndim - 1))
+        weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2  # λ(σ), Table 1
+        D = precond(x0 + sig * noise, sigma, text_tokens, text_mask, **net_kwargs)
+        loss = weight * (D.to(torch.float32) - x0).square().mean(dim=tuple(range(1, x0.ndim)))
+        return (loss, sigma) if return_sigma else loss
+
+
+def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, device=None,
+                  dtype=torch.float64) -> torch.Tensor:
+    """EDM eq. 5: σ_i = (σ_max^(1/ρ) + i/(n−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ for i < n, then σ_n = 0.
+
+    Returns n+1 decreasing values: n sampler steps (Heun spends 2n−1 network evaluations on them).
+    """
+    if n < 1:
+        raise ValueError(f"karras_sigmas needs n >= 1 steps, got {n}")
+    ramp = torch.linspace(0, 1, n, device=device, dtype=dtype)
+    max_inv_rho, min_inv_rho = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros(1)])

@@ -1,0 +1,207 @@
+"""DiT-I: the text-conditional DiT of "How far can we go with ImageNet for Text-to-Image generation?" (paper 000,
+App. C, Fig. 6 left).
+
+DiT (Peebles & Xie 2023) adapted to captions, read top to bottom:
+
+- **Text by cross-attention**, as in PixArt-α (Chen et al. 2023, §2.3): each block is self-attention →
+  cross-attention to the caption tokens → MLP, each pre-LN with a residual. The caption's key padding mask is
+  honoured everywhere, and a fully padded caption (dropped for classifier-free guidance) contributes nothing.
+- **Text refiner**: the projected caption tokens first go through two self-attention blocks (App. C).
+- **QK-normalisation** (RMSNorm on per-head queries and keys) in every self- and cross-attention, "to
+  mitigate sudden growths of attention entropy" (App. C, after SD3).
+- **LayerScale** (γ initialised to `layerscale_init`) on every residual branch "for further stability" (App. C).
+- **Timestep conditioning by adaLN-single** (PixArt-α §2.3). The paper replaces DiT's adaLN-Zero by
+  cross-attention but the network still needs the noise level. DiT's adaLN-Zero spends a Linear(D, 6D) per
+  block (≈ 6·D² parameters: 6.3M per block, 151M of a 24-block D=1024 model). adaLN-single computes the
+  shift/scale vectors once, from the time embedding with one shared Linear(D, 6D), and each block adds its own
+  learned [6, D] table to them. We modulate all three sub-layers (shift + scale per sub-layer = 6 vectors) and
+  drop DiT's gates: the LayerScale γ plays the role of the residual gate.
+- **Init**: xavier-uniform linears, normal(0.02) for the time MLPs (DiT), randn/√D tables (PixArt), and a
+  zero-initialised final linear so the initial output is exactly 0 — with EDM preconditioning
+  D(x) = c_skip·x + c_out·F(x) the untrained denoiser then starts as the optimal-at-σ→0 skip connection.
+- **Token keep-mask**: `keep_mask` drops image tokens after patch embedding + positions (for the Crop
+  augmentation and MicroDiT's patch masking); the network then returns the kept tokens' patches.
+
+Architecture only: no optimizer, logging, distributed code or environment reads (aesthetics.md §3 habit 5).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..config import DiTIConfig
+from .layers import (
+    Attention,
+    LayerScale,
+    Mlp,
+    TextRefiner,
+    TimestepEmbedder,
+    modulate,
+    patchify,
+    sincos_pos_embed_2d,
+    unpatchify,
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Core DiT-I block
+
+
+class DiTIBlock(nn.Module):
+    """Self-attention → cross-attention to the refined text → MLP; pre-LN, adaLN-single modulation, LayerScale."""
+
+    def __init__(self, cfg: DiTIConfig, qk_norm: str | None):
+        super().__init__()
+        D = cfg.width
+        self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)  # affine comes from the modulation
+        self.attn = Attention(D, cfg.heads, qk_norm=qk_norm)
+        self.ls1 = LayerScale(D, cfg.layerscale_init)
+        self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.cross_attn = Attention(D, cfg.heads, context_dim=D, qk_norm=qk_norm)
+        self.ls2 = LayerScale(D, cfg.layerscale_init)
+        self.norm3 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(D, int(D * cfg.mlp_ratio))
+        self.ls3 = LayerScale(D, cfg.layerscale_init)
+        # adaLN-single (PixArt-α §2.3): this block's learned offset to the shared shift/scale vectors
+        self.scale_shift_table = nn.Parameter(torch.randn(6, D) / D**0.5)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor | None, t6: torch.Tensor) -> torch.Tensor:
+        # x [B, N, D] image tokens, y [B, L, D] refined text, y_mask [B, L], t6 [B, 6, D] shared modulation
+        shift1, scale1, shift2, scale2, shift3, scale3 = (self.scale_shift_table[None] + t6).unbind(1)  # [B, D]
+        x = x + self.ls1(self.attn(modulate(self.norm1(x), shift1, scale1)))
+        x = x + self.ls2(self.cross_attn(modulate(self.norm2(x), shift2, scale2), y, key_mask=y_mask))
+        x = x + self.ls3(self.mlp(modulate(self.norm3(x), shift3, scale3)))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """LayerNorm → adaLN-single modulation (from the raw time embedding, PixArt-α) → Linear to p²·C per token."""
+
+    def __init__(self, width: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, width) / width**0.5)
+        self.linear = nn.Linear(width, patch_size * patch_size * out_channels)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.scale_shift_table[None] + t[:, None]).unbind(1)  # [B, D] each
+        return self.linear(modulate(self.norm(x), shift, scale))  # [B, N, p²C]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DiT-I
+
+
+class DiTI(nn.Module):
+    """Text-conditional DiT with cross-attention, text refiner, QK-norm and LayerScale (paper 000, App. C)."""
+
+    def __init__(self, cfg: DiTIConfig):
+        super().__init__()
+        self.config = cfg
+        D, p, C = cfg.width, cfg.patch_size, cfg.in_channels
+        if cfg.input_size % p:
+            raise ValueError(f"input_size {cfg.input_size} is not divisible by patch_size {p}")
+        self.grid = cfg.input_size // p
+        qk_norm = "rms" if cfg.qk_norm else None
+
+        # Embeddings: patches (a stride-p conv written as a Linear over patchified tokens), fixed 2-D sin-cos
+        # positions, noise level, caption
+        self.x_embedder = nn.Linear(p * p * C, D)
+        pos = sincos_pos_embed_2d(D, self.grid, interp_scale=cfg.pos_interp_scale)  # [N, D]
+        self.register_buffer("pos_embed", pos[None], persistent=False)  # [1, N, D], rebuilt from the config
+        self.t_embedder = TimestepEmbedder(D, scale=cfg.noise_embed_scale)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))  # adaLN-single: shared by all blocks
+        self.y_embedder = nn.Linear(cfg.text_dim, D)
+        self.text_refiner = TextRefiner(D, cfg.refiner_depth, cfg.heads, mlp_ratio=cfg.mlp_ratio, qk_norm=qk_norm,
+                                        layerscale_init=cfg.layerscale_init)
+
+        self.blocks = nn.ModuleList([DiTIBlock(cfg, qk_norm) for _ in range(cfg.depth)])
+        self.final_layer = FinalLayer(D, p, C)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        # Xavier-uniform for every linear, zero biases (DiT)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        # Time embedding MLP and the shared adaLN-single projection: normal(0, 0.02) (DiT, PixArt-α)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        nn.init.normal_(self.t_block[1].weight, std=0.02)
+        # Zero-init the output projection: F(x) = 0 at step 0, so the EDM denoiser starts as c_skip·x
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        noise_cond: torch.Tensor,
+        text_tokens: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        *,
+        keep_mask: torch.Tensor | None = None,
+        crop_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x [B, C, H, W] noisy input (preconditioned by the objective); noise_cond [B] (or scalar) the
+        preconditioner's c_noise; text_tokens [B, L, text_dim]; text_mask [B, L] bool, True = real token.
+
+        keep_mask [B, N] bool (N = (H/p)·(W/p) tokens, row-major), the same number of True per row: only those
+        tokens are processed, and the output is their patches [B, N_keep, p²·C] in token order instead of an
+        image (the caller compares them with `layers.patchify(target, p)[keep_mask]`).
+
+        Returns F(x) [B, C, H, W] (or [B, N_keep, p²·C] with keep_mask).
+        """
+        if crop_tokens is not None:
+            raise NotImplementedError(
+                "crop_tokens (crop-coordinate conditioning) arrives with the image-augmentation (Crop) issue; "
+                "DiT-I does not accept it yet — pass crop_tokens=None"
+            )
+        cfg = self.config
+        B, C, H, W = x.shape
+        p = cfg.patch_size
+        if (C, H, W) != (cfg.in_channels, cfg.input_size, cfg.input_size):
+            raise ValueError(
+                f"DiT-I built for inputs [B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}], "
+                f"got {list(x.shape)}"
+            )
+        noise_cond = torch.as_tensor(noise_cond, device=x.device).expand(B)  # [B]
+
+        # Image tokens: patch embedding + fixed positions
+        h = self.x_embedder(patchify(x, p)) + self.pos_embed  # [B, N, D]
+        if keep_mask is not None:
+            counts = keep_mask.sum(dim=1)  # [B]
+            if keep_mask.shape != h.shape[:2] or not bool((counts == counts[0]).all()):
+                raise ValueError(
+                    f"keep_mask must be bool [B={B}, N={h.shape[1]}] with the same number of kept tokens per row, "
+                    f"got shape {list(keep_mask.shape)} and counts {counts.tolist()}"
+                )
+            h = h[keep_mask].view(B, -1, h.shape[-1])  # [B, N_keep, D]
+
+        # Conditioning: noise level → t [B, D] and the shared modulation t6 [B, 6, D]; caption → refined y [B, L, D]
+        t = self.t_embedder(noise_cond)
+        t6 = self.t_block(t).view(B, 6, -1)
+        y = self.text_refiner(self.y_embedder(text_tokens), text_mask)
+
+        for block in self.blocks:
+            h = block(h, y, text_mask, t6)
+        out = self.final_layer(h, t)  # [B, N | N_keep, p²C]
+        if keep_mask is not None:
+            return out
+        return unpatchify(out, p, C, H, W)  # [B, C, H, W]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DiT-I configs (the lead's presets.py wraps them into RunConfigs; counts are exact, tested in test_models.py)
+
+DIT_I_CONFIGS: dict[str, DiTIConfig] = {
+    # Paper 000: DiT-L/2 backbone on 4×32×32 SD-VAE latents, flan-T5-XL tokens. 438,143,248 params (paper: 0.4B)
+    "dit-i-256": DiTIConfig(in_channels=4, input_size=32, text_dim=2048, patch_size=2, width=1024, depth=24, heads=16),
+    # The same network fine-tuned at 512² (64×64 latents), positions interpolated ×2. 438,143,248 params
+    "dit-i-512": DiTIConfig(in_channels=4, input_size=64, text_dim=2048, patch_size=2, width=1024, depth=24, heads=16,
+                            pos_interp_scale=2.0),
+    # CI: 3×16×16 pixels, 16 tokens, MiniLM (384-d) tokens. 311,024 params
+    "world-tiny": DiTIConfig(in_channels=3, input_size=16, text_dim=384, patch_size=4, width=64, depth=2, heads=4),
+    # CPU demo: 3×32×32 pixels, 64 tokens, MiniLM tokens. 8,558,384 params
+    "world-s": DiTIConfig(in_channels=3, input_size=32, text_dim=384, patch_size=4, width=256, depth=6, heads=4),
+}

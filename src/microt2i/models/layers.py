@@ -1,0 +1,275 @@
+"""Building blocks shared by the microt2i diffusion transformers (DiT-I now; CAD-I and MicroDiT later).
+
+- `Attention`: self- or cross-attention over `F.scaled_dot_product_attention`, optional QK-normalisation
+  (Henry et al. 2020; SD3 §5.2.1) and a key padding mask that can never turn a fully padded row into NaN.
+- `Mlp` (GELU-tanh, DiT/PixArt) and `SwiGLU` (MicroDiT), `LayerScale` (CaiT, Touvron et al. 2021).
+- `TimestepEmbedder`: sinusoid of the noise condition followed by an MLP (DiT §3.2).
+- `sincos_pos_embed_2d`: fixed 2-D sin-cos positions (MAE), with PixArt-α's interpolation scale.
+- `TransformerBlock` / `TextRefiner`: pre-LN blocks that refine the caption tokens before cross-attention.
+- `patchify` / `unpatchify`, `modulate`.
+
+Pure architecture: no optimizer, logging, distributed code or environment reads (aesthetics.md §3 habit 5).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------------------------------------------
+# Patches and modulation
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """[B, C, H, W] → [B, N, p·p·C] with N = (H/p)·(W/p), tokens in row-major order, (p, p, C) inside a patch."""
+    B, C, H, W = x.shape
+    if H % p or W % p:
+        raise ValueError(f"image side {H}x{W} is not divisible by the patch size {p}")
+    h, w = H // p, W // p
+    x = x.reshape(B, C, h, p, w, p)  # [B, C, h, p, w, p]
+    x = x.permute(0, 2, 4, 3, 5, 1)  # [B, h, w, p, p, C]
+    return x.reshape(B, h * w, p * p * C)  # [B, N, p²C]
+
+
+def unpatchify(x: torch.Tensor, p: int, C: int, H: int, W: int) -> torch.Tensor:
+    """Inverse of `patchify`: [B, N, p·p·C] → [B, C, H, W]."""
+    B = x.shape[0]
+    h, w = H // p, W // p
+    x = x.reshape(B, h, w, p, p, C)  # [B, h, w, p, p, C]
+    x = x.permute(0, 5, 1, 3, 2, 4)  # [B, C, h, p, w, p]
+    return x.reshape(B, C, H, W)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation: x [B, N, D] with per-sample shift, scale [B, D] (DiT §3.2)."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Normalisation, LayerScale, MLPs
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019), computed in fp32 for stability under bf16 autocast."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+def make_norm(kind: str | None, dim: int) -> nn.Module:
+    """'rms' → RMSNorm, 'layer' → LayerNorm (affine), None → identity. Used for the per-head QK-norm."""
+    if kind is None:
+        return nn.Identity()
+    if kind == "rms":
+        return RMSNorm(dim)
+    if kind == "layer":
+        return nn.LayerNorm(dim, eps=1e-6)
+    raise ValueError(f"qk_norm={kind!r} must be 'rms', 'layer' or None")
+
+
+class LayerScale(nn.Module):
+    """Learned per-channel gain on a residual branch, initialised small (CaiT §2.1; paper 000 App. C)."""
+
+    def __init__(self, dim: int, init: float = 0.1):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class Mlp(nn.Module):
+    """Linear → GELU(tanh) → Linear, as in DiT and PixArt-α."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU feed-forward (Shazeer 2020): fc2(silu(x W_gate) · x W_up); MicroDiT's FFN."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 2 * hidden)  # gate and up projections, fused
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(F.silu(gate) * up)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (context_dim=None) or cross-attention to a context of width context_dim.
+
+    qk_norm normalises each head's queries and keys ('rms' or 'layer', one norm shared by all heads) before the
+    dot product: this bounds the attention logits and avoids the entropy collapse that destabilises training
+    (QK-norm, Henry et al. 2020; SD3 §5.2.1; paper 000 App. C puts it in every self- and cross-attention).
+
+    key_mask [B, L_k] bool (True = real token) hides padded keys. A row with no real key at all (a fully
+    padded caption, e.g. a dropped one) would give softmax over -inf everywhere = NaN; such rows attend to all
+    keys instead and their output is then zeroed, so that attention branch contributes exactly nothing.
+    """
+
+    def __init__(self, dim: int, heads: int, *, context_dim: int | None = None, qk_norm: str | None = "rms"):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads, self.head_dim = heads, dim // heads
+        self.is_cross = context_dim is not None
+        if self.is_cross:
+            self.to_q = nn.Linear(dim, dim)
+            self.to_kv = nn.Linear(context_dim, 2 * dim)
+        else:
+            self.to_qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = make_norm(qk_norm, self.head_dim)
+        self.k_norm = make_norm(qk_norm, self.head_dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, key_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        B, N, D = x.shape
+        H, Dh = self.heads, self.head_dim
+        if self.is_cross:
+            L = context.shape[1]
+            q = self.to_q(x).view(B, N, H, Dh)  # [B, N, H, Dh]
+            k, v = self.to_kv(context).view(B, L, 2, H, Dh).unbind(2)  # 2 × [B, L, H, Dh]
+        else:
+            q, k, v = self.to_qkv(x).view(B, N, 3, H, Dh).unbind(2)  # 3 × [B, N, H, Dh]
+        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, N|L, Dh]
+
+        attn_mask = has_key = None
+        if key_mask is not None:
+            has_key = key_mask.any(dim=-1)  # [B]
+            attn_mask = (key_mask | ~has_key[:, None])[:, None, None, :]  # [B, 1, 1, L]; empty rows see all keys
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, N, Dh]
+        out = self.proj(out.transpose(1, 2).reshape(B, N, D))  # [B, N, D]
+        if has_key is not None:
+            out = out * has_key[:, None, None].to(out.dtype)  # rows without any real key contribute 0
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Embeddings: noise level and 2-D positions
+
+
+def timestep_sinusoid(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """[B] float → [B, dim]: [cos(t·ω_i), sin(t·ω_i)] with ω_i = max_period^(−i/(dim/2)) (DiT's convention)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]  # [B, half]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class TimestepEmbedder(nn.Module):
+    """Noise condition → vector: sinusoid of (noise_cond · scale), then Linear → SiLU → Linear (DiT §3.2).
+
+    The scale maps the preconditioner's c_noise (EDM: ln σ / 4 ≈ −1.5 … 1.1) to the range of the integer
+    timesteps (0 … 1000) the 10 000-period sinusoid was designed for.
+    """
+
+    def __init__(self, dim: int, *, scale: float = 1000.0, freq_dim: int = 256):
+        super().__init__()
+        self.scale, self.freq_dim = scale, freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, noise_cond: torch.Tensor) -> torch.Tensor:
+        emb = timestep_sinusoid(noise_cond * self.scale, self.freq_dim)  # [B, freq_dim], fp32
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))  # [B, dim]
+
+
+def sincos_pos_embed_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    """[M] positions → [M, dim]: [sin(pos·ω_i), cos(pos·ω_i)], ω_i = 10000^(−i/(dim/2)) (MAE / Transformer)."""
+    if dim % 2:
+        raise ValueError(f"sin-cos embedding width {dim} must be even")
+    omega = 1.0 / 10_000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    args = pos.to(torch.float64)[:, None] * omega[None]  # [M, dim/2]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+def sincos_pos_embed_2d(
+    dim: int, grid_size: int, *, interp_scale: float = 1.0, base_size: int | None = None
+) -> torch.Tensor:
+    """Fixed 2-D positions for a grid_size² token grid → [grid_size², dim] float32 (tokens row-major).
+
+    Coordinates are arange(grid_size) · base_size / grid_size / interp_scale (PixArt-α §2.4, MicroDiT
+    `pos_interp_scale`): base_size defaults to grid_size, and interp_scale 2 at 512² keeps the 256² range of
+    positions while doubling their density. The first half of the channels encodes the column (x), the second
+    half the row (y), as in MAE/DiT.
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos embedding width {dim} must be divisible by 4")
+    base_size = grid_size if base_size is None else base_size
+    coords = torch.arange(grid_size, dtype=torch.float64) * (base_size / grid_size) / interp_scale
+    ys, xs = torch.meshgrid(coords, coords, indexing="ij")  # [G, G] each
+    emb_x = sincos_pos_embed_1d(dim // 2, xs.reshape(-1))  # [G², dim/2]
+    emb_y = sincos_pos_embed_1d(dim // 2, ys.reshape(-1))  # [G², dim/2]
+    return torch.cat([emb_x, emb_y], dim=1).float()  # [G², dim]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plain pre-LN transformer block and the text refiner
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN self-attention + MLP, each residual branch scaled by LayerScale; honours a key padding mask."""
+
+    def __init__(self, dim: int, heads: int, *, mlp_ratio: float = 4.0, qk_norm: str | None = "rms",
+                 layerscale_init: float = 0.1):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads, qk_norm=qk_norm)
+        self.ls1 = LayerScale(dim, layerscale_init)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.ls2 = LayerScale(dim, layerscale_init)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), key_mask=mask))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class TextRefiner(nn.Module):
+    """A few self-attention blocks over the projected caption tokens, then a final LayerNorm (paper 000 App. C:
+    "before feeding the text condition to the model, we refine it using two self-attention layers").
+
+    Padded tokens are never attended to, so real tokens come out independent of the padding's values; the
+    padded positions carry garbage that the caller must keep masked in the cross-attention.
+    """
+
+    def __init__(self, dim: int, depth: int, heads: int, *, mlp_ratio: float = 4.0, qk_norm: str | None = "rms",
+                 layerscale_init: float = 0.1):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            [TransformerBlock(dim, heads, mlp_ratio=mlp_ratio, qk_norm=qk_norm, layerscale_init=layerscale_init)
+             for _ in range(depth)]
+        )
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.blocks:
+            y = block(y, mask)
+        return self.norm(y)  # [B, L, D]

@@ -1,0 +1,59 @@
+"""Prompts → images: text encoding, seeded noise, a sampler from `diffusion.samplers`, CFG, codec decode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from .config import RunConfig, load_yaml
+from .data.store import tensor_to_images
+from .diffusion.edm import EDMPrecond, karras_sigmas
+from .diffusion.guidance import cfg_denoiser
+from .diffusion.samplers import get_sampler
+from .models import from_pretrained
+
+
+def initial_noise(n: int, shape: tuple[int, ...], sigma_max: float, seed: int, device) -> torch.Tensor:
+    """Image i's noise depends only on (seed, i): a grid is the same whatever the batch size."""
+    out = [torch.randn(shape, generator=torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i])
+                        .generate_state(1)[0]))) for i in range(n)]
+    return torch.stack(out).to(device, torch.float64) * sigma_max
+
+
+@torch.no_grad()
+def generate(net, cfg: RunConfig, text_tokens, text_mask, null_tokens, null_mask, *, codec, sampler: str | None = None,
+             steps: int | None = None, cfg_scale: float | None = None, seed: int | None = None,
+             batch_size: int = 64, device="cpu") -> np.ndarray:
+    """Sample one image per caption embedding; returns uint8 [N, H, W, 3]."""
+    e = cfg.eval
+    sampler_fn = get_sampler(sampler or e.sampler)
+    steps = steps or e.steps
+    scale = e.cfg_scale if cfg_scale is None else cfg_scale
+    seed = e.seed if seed is None else seed
+    m = cfg.model
+    precond = EDMPrecond(net.to(device).eval(), sigma_data=cfg.objective.sigma_data)
+    sigmas = karras_sigmas(steps, cfg.objective.sigma_min, cfg.objective.sigma_max, device=device)
+    n = text_tokens.shape[0]
+    noise = initial_noise(n, (m.in_channels, m.input_size, m.input_size), cfg.objective.sigma_max, seed, device)
+    images = []
+    for i in range(0, n, batch_size):
+        sl = slice(i, i + batch_size)
+        b = noise[sl].shape[0]
+        denoise = cfg_denoiser(precond, text_tokens[sl].to(device).float(), text_mask[sl].to(device),
+                               null_tokens.to(device).float().expand(b, -1, -1), null_mask.to(device).expand(b, -1), scale)
+        x0 = sampler_fn(denoise, noise[sl], sigmas)
+        images.append(tensor_to_images(codec.decode(x0.float())))
+    return np.concatenate(images)
+
+
+def load_run(run_dir: str | Path, device="cpu"):
+    """(config, EMA network, null tokens, null mask) of a finished run folder."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "ema" / "model.safetensors").exists():
+        raise FileNotFoundError(f"{run_dir} has no ema/model.safetensors; train it to the end first (`microt2i train`)")
+    null = load_file(str(run_dir / "null_text.safetensors"))
+    return (load_yaml(run_dir / "config.yaml"), from_pretrained(run_dir / "ema", device=device),
+            null["tokens"], null["mask"].bool())
