@@ -41,6 +41,6 @@ def test_store_round_trip_and_image_conversion(tmp_path):
     tok, mask = back.null_text("zero")
     assert tok.abs().sum() == 0 and mask.tolist() == [[True, False, False, False, False]]
     tok, mask = back.null_text("empty")
-    assert torch.equal(tok, st.empty_tokens.float())
+    assert torch.equal(tok, st.empty_tokens.float()) and torch.equal(mask, st.empty_mask)
     b = back.batch([2, 0])
     assert torch.equal(b["x0"], x[[2, 0]]) and b["text_tokens"].dtype == torch.float32

@@ -238,7 +238,7 @@ def test_heun_with_precond_oracle_and_cfg_scale_one():
     mu, s, den, xT, exact = gaussian_problem(d=4, batch=8)
     pre = EDMPrecond(GaussianOracle(mu.float(), s.float(), 0.9), sigma_data=0.9)
     tokens, mask = text(8)
-    denoise = cfg_denoiser(pre, tokens, mask, *null_text(tokens, mask), scale=1.0)
+    denoise = cfg_denoiser(pre, tokens, mask, *null_text("zero", tokens[:1], mask[:1]), scale=1.0)
     out = heun(denoise, xT.float(), karras_sigmas(30))
     torch.testing.assert_close(out, heun(den, xT, karras_sigmas(30)).float(), rtol=1e-4, atol=1e-4)
 
@@ -287,7 +287,7 @@ def test_cfg_denoiser_doubled_batch_equals_separate_calls(mode):
     pre = EDMPrecond(net, sigma_data=0.5)
     tokens, mask = text(3)
     empty_t, empty_m = torch.randn(1, 5, 3), torch.ones(1, 5, dtype=torch.bool)
-    ut, um = null_text(tokens, mask, mode, empty_tokens=empty_t, empty_mask=empty_m)
+    ut, um = null_text(mode, empty_t, empty_m)
     crop = torch.tensor([1.0, 2.0, 3.0])
     x, sigma = torch.randn(3, 2, 4, 4, dtype=F64), torch.tensor(1.3, dtype=F64)
     uncond_in = (empty_t, empty_m) if mode == "empty" else (ut, um)  # batch-1 uncond is broadcast
@@ -303,14 +303,13 @@ def test_cfg_denoiser_doubled_batch_equals_separate_calls(mode):
 
 def test_null_text():
     tokens, mask = text(4)
-    zt, zm = null_text(tokens, mask)
-    assert torch.equal(zt, torch.zeros_like(tokens)) and zm is mask
-    et, em = null_text(tokens, mask, "empty", empty_tokens=torch.ones(5, 3), empty_mask=torch.ones(5, dtype=torch.bool))
-    assert et.shape == tokens.shape and em.shape == mask.shape and bool(em.all())
-    with pytest.raises(ValueError, match="empty_tokens"):
-        null_text(tokens, mask, "empty")
+    zt, zm = null_text("zero", tokens[0], mask[0])
+    assert zt.shape == (1, *tokens.shape[1:]) and zt.abs().sum() == 0
+    assert zm.tolist() == [[True] + [False] * (mask.shape[1] - 1)]  # one visible slot, whatever the caption length
+    et, em = null_text("empty", torch.ones(5, 3), torch.ones(5, dtype=torch.bool))
+    assert et.shape == (1, 5, 3) and em.shape == (1, 5) and bool(em.all())
     with pytest.raises(ValueError, match="zero, empty"):
-        null_text(tokens, mask, "none")
+        null_text("none", tokens[0], mask[0])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from ..config import DataConfig
+from ..diffusion.guidance import null_text
 from ..io import atomic_write_bytes, atomic_write_text
 
 FORMAT_VERSION = 1
@@ -35,24 +36,8 @@ class Store:
     empty_mask: torch.Tensor  # [1, L]
 
     def null_text(self, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The unconditional caption [1, L, D], [1, L]: "zero" = all-zero tokens behind a single visible slot
-        (MicroDiT's zero embedding; one slot so attention has a key), "empty" = the encoded empty string."""
-        if mode == "empty":
-            return self.empty_tokens.float(), self.empty_mask
-        mask = torch.zeros_like(self.empty_mask)
-        mask[:, 0] = True
-        return torch.zeros_like(self.empty_tokens, dtype=torch.float32), mask
-
-    def __len__(self) -> int:
-        return self.latents.shape[0]
-
-    def batch(self, idx, device="cpu") -> dict:
-        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-        return {
-            "x0": self.latents[idx].to(device, torch.float32),
-            "text_tokens": self.text_tokens[idx].to(device, torch.float32),
-            "text_mask": self.text_mask[idx].to(device),
-        }
+        """The unconditional caption [1, L, D], [1, L] for `objective.uncond` = "zero" or "empty"."""
+        return null_text(mode, self.empty_tokens, self.empty_mask)
 
 
 def cache_root(data_cfg: DataConfig | None = None) -> Path:

@@ -4,8 +4,7 @@
 same rule with a guidance weight w, D_cond + w·(D_cond − D_uncond), i.e. scale = 1 + w. MicroDiT samples with
 scale 3 (1.5 for its large models, 5 for qualitative grids), 003 §B.
 
-The unconditional branch is configurable (`ObjectiveConfig.uncond`): "zero" embeddings with the caption's mask
-kept (MicroDiT), or the text encoder's encoding of the empty string (CAD-I). Training with caption dropout must
+The unconditional branch is configurable (`ObjectiveConfig.uncond`): "zero" embeddings (MicroDiT), or the text encoder's encoding of the empty string (CAD-I). Training with caption dropout must
 use the same choice as sampling.
 """
 
@@ -50,18 +49,18 @@ def cfg_denoiser(precond, text_tokens, text_mask, uncond_tokens, uncond_mask, sc
     return denoise
 
 
-def null_text(text_tokens, text_mask, mode: str = "zero", *, empty_tokens=None, empty_mask=None):
-    """The unconditional (tokens, mask) for a caption batch [B, L, C] / [B, L], for CFG and caption dropout.
+def null_text(mode: str, empty_tokens: torch.Tensor, empty_mask: torch.Tensor):
+    """The unconditional caption (tokens [1, L, C], mask [1, L]) for CFG and for caption dropout in training.
 
-    "zero": all-zero token embeddings with the mask kept as is (MicroDiT). "empty": the caller encodes the empty
-    string once with the same text encoder and padding length and passes it as `empty_tokens` [L, C] or [1, L, C]
-    and `empty_mask` [L] or [1, L]; it is broadcast to the batch (CAD-I).
+    "empty": the text encoder's encoding of "" (CAD-I). "zero": all-zero token embeddings (MicroDiT) behind a
+    single visible slot, so the null caption carries no trace of any caption's length and attention has one key.
+    `empty_tokens`/`empty_mask` ([L, C] or [1, L, C] / [L] or [1, L]) give the shape in both modes.
     """
-    b = text_tokens.shape[0]
-    if mode == "zero":
-        return torch.zeros_like(text_tokens), text_mask
+    empty_tokens, empty_mask = empty_tokens.reshape(1, *empty_tokens.shape[-2:]), empty_mask.reshape(1, -1)
     if mode == "empty":
-        if empty_tokens is None or empty_mask is None:
-            raise ValueError('null_text(mode="empty") needs empty_tokens and empty_mask: the encoded empty string')
-        return empty_tokens.expand(b, *empty_tokens.shape[-2:]), empty_mask.expand(b, *empty_mask.shape[-1:])
+        return empty_tokens.float(), empty_mask.bool()
+    if mode == "zero":
+        mask = torch.zeros_like(empty_mask, dtype=torch.bool)
+        mask[:, 0] = True
+        return torch.zeros_like(empty_tokens, dtype=torch.float32), mask
     raise ValueError(f"null_text mode {mode!r} is not one of zero, empty")
