@@ -39,6 +39,14 @@ class Store:
         """The unconditional caption [1, L, D], [1, L] for `objective.uncond` = "zero" or "empty"."""
         return null_text(mode, self.empty_tokens, self.empty_mask)
 
+    def batch(self, idx, device="cpu") -> dict:
+        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        return {
+            "x0": self.latents[idx].to(device, torch.float32),
+            "text_tokens": self.text_tokens[idx].to(device, torch.float32),
+            "text_mask": self.text_mask[idx].to(device),
+        }
+
 
 def cache_root(data_cfg: DataConfig | None = None) -> Path:
     root = (data_cfg.cache_dir if data_cfg else "") or os.environ.get("MICROT2I_CACHE", "")
