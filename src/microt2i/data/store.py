@@ -35,6 +35,9 @@ class Store:
     empty_tokens: torch.Tensor  # [1, L, D] encoding of "" (CAD-I's unconditional caption)
     empty_mask: torch.Tensor  # [1, L]
 
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
     def null_text(self, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The unconditional caption [1, L, D], [1, L] for `objective.uncond` = "zero" or "empty"."""
         return null_text(mode, self.empty_tokens, self.empty_mask)
