@@ -79,8 +79,13 @@ def cmd_bench(args) -> int:
     from . import presets
     from .bench import bench_train, write_benchmarks_md
 
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = presets.get(args.preset).model
-    res = bench_train(cfg, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, precision=args.precision)
+    res = bench_train(cfg, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, precision=args.precision,
+                      repeats=args.repeats, text_len=args.text_len, device=args.device, name=args.preset)
     for k, v in res.items():
         print(f"{k:>28}: {v}")
     if not args.no_write:
@@ -134,9 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks; `bench train` measures training img/s vs diffusers PixArt")
     b.add_argument("what", choices=["train"])
     b.add_argument("--preset", default="world-s")
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--steps", type=int, default=10)
+    b.add_argument("--batch-size", type=int, default=8)
+    b.add_argument("--steps", type=int, default=3, help="timed steps per repetition")
     b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--repeats", type=int, default=5, help="interleaved repetitions; the median is reported")
+    b.add_argument("--text-len", type=int, default=64)
+    b.add_argument("--threads", type=int, default=0, help="torch intra-op threads on CPU; 0 = leave as is")
+    b.add_argument("--device", default="auto")
     b.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     b.add_argument("--out", default="BENCHMARKS.md")
     b.add_argument("--no-write", action="store_true")
@@ -151,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
 
     args = build_parser().parse_args(argv)
+    try:  # transformers ≥ 5 draws a "Loading weights" bar for every model it loads
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
     try:
         return args.fn(args)
     except (ConfigError, FileNotFoundError) as e:

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from .config import RunConfig, load_yaml
 from .data.store import tensor_to_images
-from .diffusion.edm import EDMPrecond, karras_sigmas
+from .diffusion.objectives import build_objective
 from .diffusion.guidance import cfg_denoiser
 from .diffusion.samplers import get_sampler
 from .models import from_pretrained
@@ -34,10 +34,11 @@ def generate(net, cfg: RunConfig, text_tokens, text_mask, null_tokens, null_mask
     scale = e.cfg_scale if cfg_scale is None else cfg_scale
     seed = e.seed if seed is None else seed
     m = cfg.model
-    precond = EDMPrecond(net.to(device).eval(), sigma_data=cfg.objective.sigma_data)
-    sigmas = karras_sigmas(steps, cfg.objective.sigma_min, cfg.objective.sigma_max, device=device)
+    objective = build_objective(cfg.objective)
+    precond = objective.denoiser(net.to(device).eval())
+    sigmas = objective.sampling_sigmas(steps, device=device)
     n = text_tokens.shape[0]
-    noise = initial_noise(n, (m.in_channels, m.input_size, m.input_size), cfg.objective.sigma_max, seed, device)
+    noise = initial_noise(n, (m.in_channels, m.input_size, m.input_size), float(sigmas[0]), seed, device)
     images = []
     for i in range(0, n, batch_size):
         sl = slice(i, i + batch_size)

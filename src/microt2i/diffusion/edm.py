@@ -85,3 +85,21 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho
     max_inv_rho, min_inv_rho = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
     return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+class EDMObjective:
+    """EDM behind the objective interface the trainer and the samplers use (see `objectives.py`)."""
+
+    def __init__(self, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2, sigma_min: float = 0.002,
+                 sigma_max: float = 80.0):
+        self.sigma_data, self.sigma_min, self.sigma_max = sigma_data, sigma_min, sigma_max
+        self.loss_fn = EDMLoss(p_mean=p_mean, p_std=p_std, sigma_data=sigma_data)
+
+    def denoiser(self, net: nn.Module) -> EDMPrecond:
+        return EDMPrecond(net, sigma_data=self.sigma_data)
+
+    def loss(self, net, x0, text_tokens, text_mask, *, generator=None, **net_kwargs) -> torch.Tensor:
+        return self.loss_fn(self.denoiser(net), x0, text_tokens, text_mask, generator=generator, **net_kwargs)
+
+    def sampling_sigmas(self, steps: int, device=None) -> torch.Tensor:
+        return karras_sigmas(steps, self.sigma_min, self.sigma_max, device=device)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..config import RunConfig, save_yaml, to_dict
 from ..data.sampler import ResumableSampler
 from ..data.store import Store, load_or_build
-from ..diffusion.edm import EDMLoss, EDMPrecond
+from ..diffusion.objectives import build_objective
 from ..io import atomic_write_bytes
 from ..encoders import TextEncoder, load_codec
 from ..models import build, count_params, save_pretrained
@@ -96,8 +96,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
                          f"set model.text_dim={store.text_tokens.shape[-1]}")
     torch.manual_seed(t.seed)
     net = build(cfg.model).to(device)
-    precond = EDMPrecond(net, sigma_data=cfg.objective.sigma_data)
-    loss_fn = EDMLoss(p_mean=cfg.objective.p_mean, p_std=cfg.objective.p_std, sigma_data=cfg.objective.sigma_data)
+    objective = build_objective(cfg.objective)
     opt = make_optimizer(net, t)
     ema = EMA(net, t.ema_decay, t.ema_start_nimg)
     sampler = ResumableSampler(len(store), seed=t.seed)
@@ -148,7 +147,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
             tokens = torch.where(drop[:, None, None], uncond_tokens, batch["text_tokens"])
             mask = torch.where(drop[:, None], uncond_mask, batch["text_mask"])
             with autocast:
-                loss = loss_fn(precond, batch["x0"], tokens, mask, generator=gen).mean()
+                loss = objective.loss(net, batch["x0"], tokens, mask, generator=gen).mean()
             (loss / rounds).backward()
             loss_sum += loss.item() / rounds
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
