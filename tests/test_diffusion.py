@@ -1,7 +1,7 @@
 """diffusion/: EDM preconditioning and loss, samplers, CFG and noise helpers, checked against closed forms.
 
-The reference problem is Gaussian data x0 ~ N(μ, s²) per dimension, whose exact denoiser is
-D(x; σ) = μ + s²/(s²+σ²)·(x − μ) and whose probability-flow ODE from σ_max to 0 has the solution
+The reference problem (`_gaussian.py`, shared with test_objectives.py) is Gaussian data x0 ~ N(μ, s²) per
+dimension, whose exact denoiser is D(x; σ) = μ + s²/(s²+σ²)·(x − μ) and whose probability-flow ODE from σ_max to 0 has the solution
 x0 = μ + (x − μ)·s/√(s² + σ_max²).
 """
 
@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from _gaussian import gaussian_problem, rel_error
 from torch import nn
 
 from microt2i.diffusion import (
@@ -18,6 +19,8 @@ from microt2i.diffusion import (
     alpha_bar_to_sigma,
     cfg,
     cfg_denoiser,
+    ddim,
+    dpmpp_2m,
     edm_coefficients,
     euler,
     get_sampler,
@@ -32,16 +35,6 @@ from microt2i.diffusion import (
 
 F64 = torch.float64
 SIGMAS = torch.tensor([0.002, 0.05, 0.3, 0.9, 1.0, 4.0, 80.0], dtype=F64)
-
-
-def gaussian_problem(d=8, batch=64, sigma_max=80.0, seed=0):
-    """Per-dimension μ, s; the exact denoiser; start noise x_T; the exact ODE endpoint."""
-    g = torch.Generator().manual_seed(seed)
-    mu = torch.linspace(-1.0, 1.0, d, dtype=F64)
-    s = torch.linspace(0.3, 1.5, d, dtype=F64)
-    xT = torch.randn(batch, d, generator=g, dtype=F64) * sigma_max
-    exact = mu + (xT - mu) * s / (s**2 + sigma_max**2).sqrt()
-    return mu, s, (lambda x, sigma: mu + s**2 / (s**2 + sigma**2) * (x - mu)), xT, exact
 
 
 class GaussianOracle(nn.Module):
@@ -189,11 +182,6 @@ def test_karras_sigmas():
         karras_sigmas(0)
 
 
-def rel_error(out, mu, exact):
-    """Error of the ODE endpoint relative to the exact deviation from the mean (a per-dimension factor here)."""
-    return ((out - mu) / (exact - mu) - 1).abs().max().item()
-
-
 def test_heun_matches_gaussian_ode_solution():
     mu, s, den, xT, exact = gaussian_problem()
     assert rel_error(heun(den, xT, karras_sigmas(50)), mu, exact) < 1e-2
@@ -201,15 +189,16 @@ def test_heun_matches_gaussian_ode_solution():
     assert rel_error(euler(den, xT, karras_sigmas(50)), mu, exact) > 3e-2  # 1st order is visibly worse
 
 
-@pytest.mark.parametrize("sampler,order", [(heun, 2.0), (euler, 1.0)])
+@pytest.mark.parametrize("sampler,order", [(heun, 2.0), (euler, 1.0), (ddim, 1.0), (dpmpp_2m, 2.0)])
 def test_convergence_order(sampler, order):
     mu, s, den, xT, exact = gaussian_problem()
     errs = [rel_error(sampler(den, xT, karras_sigmas(n)), mu, exact) for n in (32, 64, 128)]
-    orders = [math.log2(a / b) for a, b in zip(errs, errs[1:])]  # measured: heun 2.11, 2.07; euler 0.99, 0.99
-    assert all(abs(o - order) < 0.15 for o in orders), orders
+    # measured: heun 2.11, 2.07; euler = ddim 0.99, 0.99; dpmpp_2m 2.17, 2.10 (errors 2.0e-2 → 1.0e-3)
+    orders = [math.log2(a / b) for a, b in zip(errs, errs[1:])]
+    assert all(abs(o - order) < 0.2 for o in orders), orders  # 1st vs 2nd order: a whole unit apart
 
 
-@pytest.mark.parametrize("name,nfe", [("heun", 2 * 7 - 1), ("euler", 7)])
+@pytest.mark.parametrize("name,nfe", [("heun", 2 * 7 - 1), ("euler", 7), ("ddim", 7), ("dpmpp_2m", 7)])
 def test_sampler_calls_and_callback(name, nfe):
     calls, seen = [], []
 
@@ -229,8 +218,8 @@ def test_sampler_calls_and_callback(name, nfe):
 
 
 def test_get_sampler_registry():
-    assert SAMPLERS == {"euler": euler, "heun": heun}
-    with pytest.raises(ValueError, match="euler, heun"):
+    assert SAMPLERS == {"euler": euler, "heun": heun, "ddim": ddim, "dpmpp_2m": dpmpp_2m}
+    with pytest.raises(ValueError, match="ddim, dpmpp_2m, euler, heun"):
         get_sampler("dpm++")
 
 

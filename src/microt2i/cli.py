@@ -12,18 +12,29 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _resolve_config(spec: str, overrides: list[str]):
+def _resolve_config(spec: str, overrides: list[str], model: str | None = None, objective: str | None = None):
+    """A preset or YAML plus overrides; `model` swaps a world preset for the same-size one of that model family,
+    `objective` is shorthand for the override objective.kind=…"""
     from . import presets
-    from .config import apply_overrides, load_yaml
+    from .config import ConfigError, apply_overrides, load_yaml
 
-    base = load_yaml(spec) if spec.endswith((".yaml", ".yml")) else presets.get(spec)
-    return apply_overrides(base, overrides)
+    if spec.endswith((".yaml", ".yml")):
+        if model:
+            raise ConfigError(f"--model picks a world preset; {spec} is a config file (set model.* in it instead)")
+        base = load_yaml(spec)
+    else:
+        base = presets.get(presets.world_preset(spec, model) if model else spec)
+    return apply_overrides(base, ([f"objective.kind={objective}"] if objective else []) + list(overrides))
 
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.run_dir, preset=args.preset, overrides=args.overrides, progress=not args.no_progress)
+    from . import presets
+
+    preset = presets.world_preset(args.preset, args.model) if args.model else args.preset
+    overrides = ([f"objective.kind={args.objective}"] if args.objective else []) + list(args.overrides)
+    run_demo(args.run_dir, preset=preset, overrides=overrides, progress=not args.no_progress)
     return 0
 
 
@@ -33,7 +44,7 @@ def cmd_train(args) -> int:
     from .config import _plain, to_dict
     from .train.loop import train
 
-    cfg = _resolve_config(args.config, args.overrides)
+    cfg = _resolve_config(args.config, args.overrides, model=args.model, objective=args.objective)
     if args.dry_run:
         print(yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False))
         return 0
@@ -83,14 +94,67 @@ def cmd_bench(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = presets.get(args.preset).model
-    res = bench_train(cfg, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, precision=args.precision,
-                      repeats=args.repeats, text_len=args.text_len, device=args.device, name=args.preset)
+    if args.what == "microdit":
+        from .bench import bench_microdit, write_microdit_md
+
+        preset = args.preset or "world-microdit-s"
+        res = bench_microdit(presets.get(preset).model, batch_size=args.batch_size, steps=args.steps,
+                             warmup=args.warmup, precision=args.precision, repeats=args.repeats,
+                             text_len=args.text_len, mask_ratio=args.mask_ratio, device=args.device, name=preset,
+                             variants=tuple(args.variants.split(",")))
+        write = write_microdit_md
+    else:
+        preset = args.preset or "world-s"
+        res = bench_train(presets.get(preset).model, batch_size=args.batch_size, steps=args.steps,
+                          warmup=args.warmup, precision=args.precision, repeats=args.repeats, text_len=args.text_len,
+                          device=args.device, name=preset)
+        write = write_benchmarks_md
     for k, v in res.items():
         print(f"{k:>28}: {v}")
     if not args.no_write:
-        write_benchmarks_md(res, args.out)
+        write(res, args.out)
         print(f"[bench] appended to {args.out}")
+    return 0
+
+
+def cmd_recipe(args) -> int:
+    from . import presets
+    from .config import apply_overrides
+    from .train.recipe import describe, run_recipe, stage_dirs
+
+    stages = [apply_overrides(s, args.overrides) for s in presets.recipe(args.name)]
+    root = Path(args.root or Path("runs") / args.name)
+    print(describe(stages))
+    if args.dry_run:
+        print("\n".join(f"stage {i + 1} → {d}" for i, d in enumerate(stage_dirs(stages, root))))
+        return 0
+    out = run_recipe(stages, root, progress=not args.no_progress)
+    print(f"[recipe] {'finished' if out[-1]['finished'] and len(out) == len(stages) else 'stopped'}: "
+          f"{len(out)} of {len(stages)} stages; final weights in {out[-1]['dir'] / 'ema'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .eval.geneval import format_table
+    from .eval.runner import run_eval
+
+    opts = {"fid": dict(features=args.features, weights=args.weights),
+            "prdc": dict(features=args.features, weights=args.weights, k=args.k, splits=args.splits),
+            "clipscore": dict(model=args.model),
+            "geneval": dict(detector=args.detector, images_per_prompt=args.images_per_prompt,
+                            per_tag_draws=args.per_tag, color_model=args.color_model),
+            "dpg": dict(model=args.model, csv=args.csv, tiles=args.images_per_prompt)}[args.metric]
+    try:
+        report = run_eval(args.metric, args.run_dir, out=args.out, seed=args.seed, n=args.n, steps=args.steps,
+                          cfg_scale=args.cfg_scale, batch_size=args.batch_size, device=args.device, **opts)
+    except ValueError as e:  # bad option values: one line, like config errors
+        print(f"microt2i eval: error: {e}", file=sys.stderr)
+        return 2
+    if args.metric == "geneval":
+        print(format_table(report["summary"]))
+    else:
+        for key, value in report["metrics"].items():
+            print(f"{key:>28}: {value:.4f}" if isinstance(value, float) else f"{key:>28}: {value}")
     return 0
 
 
@@ -101,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train a world preset on CPU, sample a grid, write runs/demo/report.html")
     d.add_argument("--run-dir", default="runs/demo")
     d.add_argument("--preset", default="world-s")
+    d.add_argument("--model", choices=["dit-i", "cad-i", "microdit"],
+                   help="the world preset's network (world-s → world-cad-s; microdit runs its 4-stage world recipe)")
+    d.add_argument("--objective", choices=["edm", "vp", "flow"], help="shorthand for objective.kind=…")
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.total_nimg=8192")
     d.set_defaults(fn=cmd_demo)
@@ -111,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", default=None, help="default: runs/<name>")
     t.add_argument("--stop-nimg", type=int, default=None, help="checkpoint and stop after this many images")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--model", choices=["dit-i", "cad-i", "microdit"],
+                   help="a world preset's network (world-s → world-cad-s)")
+    t.add_argument("--objective", choices=["edm", "vp", "flow"], help="shorthand for objective.kind=…")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(fn=cmd_train)
 
@@ -137,8 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(fn=cmd_world)
 
     b = sub.add_parser("bench", help="benchmarks; `bench train` measures training img/s vs diffusers PixArt")
-    b.add_argument("what", choices=["train"])
-    b.add_argument("--preset", default="world-s")
+    b.add_argument("what", choices=["train", "microdit"],
+                   help="train: DiT-I vs PixArt; microdit: masked vs unmasked and MoE vs dense MicroDiT")
+    b.add_argument("--preset", default=None, help="default: world-s (train), world-microdit-s (microdit)")
+    b.add_argument("--mask-ratio", type=float, default=0.75, help="microdit: the masked variants' mask ratio")
+    b.add_argument("--variants", default="moe-unmasked,moe-masked,dense-unmasked,dense-masked",
+                   help="microdit: comma-separated subset (one XL variant fits a GPU: moe-masked is stage 1)")
     b.add_argument("--batch-size", type=int, default=8)
     b.add_argument("--steps", type=int, default=3, help="timed steps per repetition")
     b.add_argument("--warmup", type=int, default=2)
@@ -150,6 +224,38 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="BENCHMARKS.md")
     b.add_argument("--no-write", action="store_true")
     b.set_defaults(fn=cmd_bench)
+
+    r = sub.add_parser("recipe", help="train a multi-stage recipe (e.g. microdit-xl-2: Table 3's four stages)")
+    r.add_argument("name", help="recipe name: " + "microdit-xl-2, world-microdit-s, world-microdit-tiny, dit-i")
+    r.add_argument("overrides", nargs="*", help="dotted overrides applied to every stage")
+    r.add_argument("--root", default=None, help="stage folders go under it; default: runs/<name>")
+    r.add_argument("--dry-run", action="store_true", help="print the stages and their folders and exit")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(fn=cmd_recipe)
+
+    e = sub.add_parser("eval", help="evaluate a finished run: FD/KID, PRDC, CLIPScore, GenEval, DPG → JSON + HTML")
+    e.add_argument("metric", choices=["fid", "prdc", "clipscore", "geneval", "dpg"],
+                   help="fid: FD (FD-EffNetLite0 by default) + KID; prdc: precision/recall/density/coverage")
+    e.add_argument("run_dir", help="a finished run folder (ema/, config.yaml, null_text.safetensors)")
+    e.add_argument("--n", type=int, default=None,
+                   help="fid/prdc/clipscore: samples (default 256); dpg: prompts (default 32)")
+    e.add_argument("--features", default="effnet-lite0", choices=["effnet-lite0", "inception", "dinov2", "clip"])
+    e.add_argument("--weights", default=None, help="inception: TorchScript file; dinov2/clip: id or folder")
+    e.add_argument("--k", type=int, default=5, help="prdc: nearest neighbours")
+    e.add_argument("--splits", type=int, default=1, help="prdc: average over this many equal chunks (DiffEvals: 5)")
+    e.add_argument("--model", default=None, help="clipscore: CLIP / Jina-CLIP id or folder; dpg: a VQA model")
+    e.add_argument("--detector", default="world", help="geneval: 'world' or a transformers segmentation model id")
+    e.add_argument("--color-model", default=None, help="geneval: CLIP id or folder for colours (non-world detector)")
+    e.add_argument("--per-tag", type=int, default=100, help="geneval: draws per tag (the official suite uses 100)")
+    e.add_argument("--images-per-prompt", type=int, default=4, help="geneval images / dpg tiles per prompt")
+    e.add_argument("--csv", default=None, help="dpg: DPG-Bench question CSV (default: questions from world scenes)")
+    e.add_argument("--seed", type=int, default=None, help="default: 42 for geneval, else the run's eval.seed")
+    e.add_argument("--steps", type=int, default=None)
+    e.add_argument("--cfg-scale", type=float, default=None)
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--out", default=None, help="default: <run_dir>/eval/<metric>")
+    e.set_defaults(fn=cmd_eval)
 
     pr = sub.add_parser("presets", help="list the named presets")
     pr.set_defaults(fn=lambda a: print("\n".join(__import__("microt2i.presets", fromlist=["names"]).names())) or 0)

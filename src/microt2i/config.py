@@ -53,7 +53,92 @@ class DiTIConfig(ModelConfig):
     noise_embed_scale: float = 1000.0  # the noise condition is multiplied by this before the sinusoid
 
 
-MODEL_FAMILIES: dict[str, type[ModelConfig]] = {"dit-i": DiTIConfig}
+@dataclass(kw_only=True)
+class MicroDiTConfig(ModelConfig):
+    """MicroDiT (paper 003 §3, App. B–D): patch-mixer + deferred patch masking, layer-wise scaling, expert-choice
+    MoE. Defaults are MicroDiT_XL_2 at 256² (4×32×32 SDXL-VAE latents, DFN5B CLIP-H 1024-d caption tokens)."""
+
+    family: str = "microdit"
+    text_dim: int = 1024  # caption token width (DFN5B CLIP-H)
+    patch_size: int = 2
+    width: int = 1024  # backbone width
+    depth: int = 28  # backbone blocks
+    head_dim: int = 64  # heads = attention width / head_dim, per block
+    qkv_ratio: tuple[float, float] = (0.5, 1.0)  # layer-wise scaling: attention width / width, first → last block
+    ffn_ratio: tuple[float, float] = (0.5, 4.0)  # layer-wise scaling: FFN hidden / width, first → last block
+    multiple_of: int = 256  # FFN hidden sizes are rounded up to a multiple of this
+    mixer_depth: int = 6  # patch-mixer blocks, run on all patches before masking (0 = no mixer)
+    mixer_width: int = 768
+    mixer_mlp_ratio: float = 4.0
+    moe: bool = True  # expert-choice MoE FFN in every `experts_every`-th block (never the last backbone block)
+    num_experts: int = 8
+    expert_capacity: float = 2.0  # each expert takes k = capacity·T/E of a sample's T tokens
+    experts_every: int = 2
+    mask_ratio: float = 0.75  # training: fraction of patches dropped (0 = unmasked training)
+    masking: str = "deferred"  # "deferred" (random, after the mixer), "naive" (random, before it), "block"
+    mask_block: int = 2  # block masking: side of a square block of patches; 0 = one kept square (Fig. 9d)
+    qk_norm: bool = True  # non-affine LayerNorm on queries and keys (003 App. B)
+    bias: bool = False  # biases in attention / FFN linears (False in both paper models)
+    pos_interp_scale: float = 1.0  # 2-D sin-cos positions on a grid scaled by this (2.0 at 512²)
+    noise_embed_scale: float = 1.0  # c_noise is multiplied by this before the sinusoid (1.0 as the reference)
+
+    def __post_init__(self):
+        self.qkv_ratio = tuple(float(r) for r in self.qkv_ratio)
+        self.ffn_ratio = tuple(float(r) for r in self.ffn_ratio)
+        _choice("model.masking", self.masking, ("deferred", "naive", "block"))
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ConfigError(f"model.mask_ratio={self.mask_ratio} must be in [0, 1) (0 trains unmasked)")
+        if self.input_size % self.patch_size:
+            raise ConfigError(f"model.input_size={self.input_size} must be a multiple of "
+                              f"model.patch_size={self.patch_size}")
+        for key in ("width", "mixer_width"):
+            if getattr(self, key) % self.head_dim or getattr(self, key) <= 0:
+                raise ConfigError(f"model.{key}={getattr(self, key)} must be a positive multiple of "
+                                  f"model.head_dim={self.head_dim}")
+        if self.depth < 1 or self.mixer_depth < 0:
+            raise ConfigError(f"model.depth={self.depth} must be ≥ 1 and model.mixer_depth={self.mixer_depth} ≥ 0")
+        if self.moe and (self.num_experts < 1 or self.expert_capacity <= 0 or self.experts_every < 1):
+            raise ConfigError(f"MoE needs model.num_experts ≥ 1, model.expert_capacity > 0 and model.experts_every "
+                              f"≥ 1, got {self.num_experts}, {self.expert_capacity}, {self.experts_every}; "
+                              f"or set model.moe=false")
+        grid = self.input_size // self.patch_size
+        if self.masking == "block" and self.mask_block and grid % self.mask_block:
+            raise ConfigError(f"model.mask_block={self.mask_block} must divide the {grid}×{grid} patch grid "
+                              f"(or be 0 for one kept square)")
+
+
+@dataclass(kw_only=True)
+class CADIConfig(ModelConfig):
+    """CAD-I: RIN with text conditioning (paper 000 App. C / Fig. 6 right; CAD, Dufour et al. 2024; RIN, Jabri et
+    al. 2023). Defaults are the paper's `cad-i-256` (the CAD code's `rin_L`)."""
+
+    family: str = "cad-i"
+    patch_size: int = 2
+    data_dim: int = 256  # width of the data (patch) tokens
+    num_latents: int = 256  # learned latent tokens that do the computation
+    latent_dim: int = 1024
+    num_blocks: int = 4  # RIN blocks: read → process → write
+    block_depth: int = 4  # latent self-attention layers per block ("num_processing_layers")
+    rw_heads: int = 16  # heads of the read / write / text cross-attentions
+    heads: int = 16  # heads of the latent self-attention ("compute heads")
+    latent_mlp_ratio: float = 4.0
+    data_mlp_ratio: float = 4.0
+    num_registers: int = 16  # learned text registers prepended to the caption (CAD)
+    refiner_depth: int = 2  # self-attention blocks refining [registers; caption]
+    refiner_heads: int = 16
+    layerscale_init: float = 0.1  # LayerScale of the refiner blocks (CAD)
+    qk_norm: bool = False  # the CAD code has none; DiT-I's QK-norm is one flag away
+    noise_embed_scale: float = 1000.0  # the noise condition is multiplied by this before the sinusoid
+    self_cond_rate: float = 0.9  # training: P(previous latents are fed back) (RIN §3.4); 0 disables
+
+    def __post_init__(self):
+        if not 0.0 <= self.self_cond_rate <= 1.0:
+            raise ConfigError(f"model.self_cond_rate={self.self_cond_rate} must be in [0, 1]")
+        if self.input_size % self.patch_size:
+            raise ConfigError(f"model.input_size={self.input_size} must be a multiple of model.patch_size={self.patch_size}")
+
+
+MODEL_FAMILIES: dict[str, type[ModelConfig]] = {"dit-i": DiTIConfig, "microdit": MicroDiTConfig, "cad-i": CADIConfig}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -62,18 +147,31 @@ MODEL_FAMILIES: dict[str, type[ModelConfig]] = {"dit-i": DiTIConfig}
 
 @dataclass(kw_only=True)
 class ObjectiveConfig:
-    kind: str = "edm"  # edm (MicroDiT, 003 §B)
+    kind: str = "edm"  # edm (MicroDiT, 003 §B) | vp (ε-prediction, paper 000 Eq. 1, CAD-I) | flow (rectified flow)
     sigma_data: float = 0.5  # EDM σ_data; MicroDiT uses 0.9 for SD latents
     p_mean: float = -1.2  # log-normal training σ: ln σ ~ N(p_mean, p_std²) (EDM Table 1)
     p_std: float = 1.2
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
+    sigma_min: float = 0.002  # EDM sampling schedule's last non-zero σ
+    sigma_max: float = 80.0  # every objective's sampling starts at this σ (EDM σ-space, x = x0 + σ·n)
+    schedule: str = "linear"  # vp: γ(t) = ᾱ(t): linear 1 − t (CAD-I), cosine or sigmoid (Chen 2023)
+    schedule_tau: float = 1.0  # vp cosine / sigmoid temperature τ
+    sigmoid_start: float = -3.0  # vp sigmoid schedule's range of the sigmoid's argument
+    sigmoid_end: float = 3.0
+    logit_mean: float = 0.0  # flow: logit-normal training t, logit(t) ~ N(logit_mean, logit_std²) (SD3 §3.1)
+    logit_std: float = 1.0
     cond_drop: float = 0.1  # caption dropout for classifier-free guidance
     uncond: str = "zero"  # unconditional text: "zero" embedding (MicroDiT) or "empty" string encoding (CAD-I)
 
     def __post_init__(self):
-        _choice("objective.kind", self.kind, ("edm",))
+        _choice("objective.kind", self.kind, ("edm", "vp", "flow"))
+        _choice("objective.schedule", self.schedule, ("linear", "cosine", "sigmoid"))
         _choice("objective.uncond", self.uncond, ("zero", "empty"))
+        if self.schedule_tau <= 0 or self.sigmoid_end <= self.sigmoid_start:
+            raise ConfigError(f"objective.schedule_tau={self.schedule_tau} must be > 0 and objective.sigmoid_start="
+                              f"{self.sigmoid_start} < objective.sigmoid_end={self.sigmoid_end}")
+        if self.sigma_max <= 0 or self.logit_std < 0:
+            raise ConfigError(f"objective.sigma_max={self.sigma_max} must be > 0 and objective.logit_std="
+                              f"{self.logit_std} >= 0")
         if not 0.0 <= self.cond_drop < 1.0:
             raise ConfigError(f"objective.cond_drop={self.cond_drop} must be in [0, 1)")
 
@@ -112,13 +210,16 @@ class TrainConfig:
     batch_size: int = 64  # global batch
     micro_batch: int = 0  # per-step memory bound; 0 = batch_size. Accumulation rounds are derived.
     lr: float = 1e-4
+    optimizer: str = "adamw"  # "adamw" or "lamb" (CAD-I; layer-wise trust ratio, You et al. 2020)
     lr_schedule: str = "cosine"  # "cosine" or "constant" (after warm-up)
     warmup_nimg: int = 0
     min_lr_ratio: float = 0.0  # cosine ends at lr * min_lr_ratio
+    cosine_rate: float = 1.0  # CAD's `rate`: the cosine runs to angle rate·π (0.7 ends at ≈ 0.21·lr with ratio 0)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 disables
+    expert_lr_scale: float = 0.5  # MoE experts train at lr × this (003 App. B: "reduce the learning rate … by half")
     ema_decay: float = 0.9999  # per optimizer step
     ema_start_nimg: int = 0  # EMA copies the weights until then
     precision: str = "fp32"  # "fp32" or "bf16" (autocast)
@@ -130,7 +231,10 @@ class TrainConfig:
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
+        _choice("train.optimizer", self.optimizer, ("adamw", "lamb"))
         _choice("train.lr_schedule", self.lr_schedule, ("cosine", "constant"))
+        if not 0.0 < self.cosine_rate <= 1.0:
+            raise ConfigError(f"train.cosine_rate={self.cosine_rate} must be in (0, 1]")
         _choice("train.precision", self.precision, ("fp32", "bf16"))
         mb = self.micro_batch or self.batch_size
         if self.batch_size <= 0 or self.batch_size % mb:
@@ -145,9 +249,22 @@ class TrainConfig:
 class EvalConfig:
     sampler: str = "heun"  # any name in diffusion.samplers.SAMPLERS
     steps: int = 30  # sampler steps (Heun: 2·steps−1 network evaluations)
-    cfg_scale: float = 3.0  # uncond + scale·(cond − uncond) (003 §B uses 3 / 5)
+    cfg_scale: float = 3.0  # uncond + scale·(cond − uncond) (003 §B uses 3 / 5); CAD's w is scale − 1
+    clamp: float = 0.0  # clamp the denoised estimate x̂0 to [−clamp, clamp] in every sampler step (CAD: 1.0); 0 = off
+    eta: float = 0.0  # ddim: η (0 = deterministic DDIM, 1 = DDPM-like ancestral noise)
+
+    def __post_init__(self):
+        if self.clamp < 0 or not 0.0 <= self.eta <= 1.0:
+            raise ConfigError(f"eval.clamp={self.clamp} must be >= 0 (0 = off) and eval.eta={self.eta} in [0, 1]")
+        if self.every_nimg < 0 or self.fd_n < 0 or self.geneval_per_tag < 0 or self.fd_n == 1:
+            raise ConfigError(f"eval.every_nimg={self.every_nimg}, eval.fd_n={self.fd_n} and eval.geneval_per_tag="
+                              f"{self.geneval_per_tag} must be >= 0 (0 = off), and fd_n >= 2 when on")
     grid_size: int = 4  # the demo grid is grid_size × grid_size
     seed: int = 0
+    # in-training eval (eval/live.py): grid + mini world-GenEval + FD-EffNetLite0 against cached reference features
+    every_nimg: int = 0  # evaluate every this many images seen; 0 = off
+    fd_n: int = 128  # samples for the in-training FD (0 = skip it); only compare FDs at equal N
+    geneval_per_tag: int = 8  # world-GenEval prompts per tag in training, one image each (0 = skip it)
 
 
 @dataclass(kw_only=True)

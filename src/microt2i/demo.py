@@ -50,20 +50,47 @@ def score_samples(images: np.ndarray, specs: list[dict]) -> tuple[dict, list[dic
     return metrics, rows
 
 
+def _run_stages(stages: list[RunConfig], run_dir: Path, *, progress: bool, log) -> dict:
+    """Run a recipe under run_dir/stages/ and gather its stages' stats into run_dir/stats.jsonl on one nimg axis."""
+    from .report import read_stats
+    from .train.recipe import run_recipe
+
+    results = run_recipe(stages, run_dir / "stages", progress=progress, log=log)
+    lines, offset = [], 0
+    for cfg, r in zip(stages, results):
+        for st in read_stats(r["dir"] / "stats.jsonl"):
+            lines.append(json.dumps({**st, "nimg": st["nimg"] + offset, "stage": cfg.name}))
+        offset += cfg.train.total_nimg
+    atomic_write_text(run_dir / "stats.jsonl", "".join(ln + "\n" for ln in lines))
+    last = results[-1]
+    finished = last["finished"] and len(results) == len(stages)
+    if finished:  # the final stage's inference artifacts next to the demo's, for `microt2i sample run_dir`
+        import shutil
+
+        shutil.copytree(last["dir"] / "ema", run_dir / "ema", dirs_exist_ok=True)
+        shutil.copy2(last["dir"] / "null_text.safetensors", run_dir / "null_text.safetensors")
+    return {**last, "finished": finished, "nimg": offset if finished else last["nimg"]}
+
+
 def run_demo(run_dir: str | Path = "runs/demo", *, preset: str = "world-s", overrides: list[str] | None = None,
              progress: bool = True, log=print) -> dict:
     import torch
 
     from .config import save_yaml
     from .encoders import TextEncoder, load_codec
+    from .eval.runner import mini_geneval
     from .report import loss_plot, read_stats, save_grid, write_report
     from .sample import generate
     from .train.loop import resolve_device, train
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
-    cfg: RunConfig = apply_overrides(presets.get(preset), overrides or [])
-    result = train(cfg, run_dir, progress=progress, log=log)
+    if preset in presets.RECIPES:  # a multi-stage recipe (MicroDiT's Table 3 on the world): sample the last stage
+        stages = [apply_overrides(s, overrides or []) for s in presets.recipe(preset)]
+        result, cfg = _run_stages(stages, run_dir, progress=progress, log=log), stages[-1]
+    else:
+        cfg: RunConfig = apply_overrides(presets.get(preset), overrides or [])
+        result = train(cfg, run_dir, progress=progress, log=log)
     t_train = time.perf_counter() - t0
     if not result["finished"]:
         raise RuntimeError(f"training in {run_dir} stopped at {result['nimg']} of {cfg.train.total_nimg} images")
@@ -81,10 +108,13 @@ def run_demo(run_dir: str | Path = "runs/demo", *, preset: str = "world-s", over
     t_sample = time.perf_counter() - t1
 
     metrics, rows = score_samples(images, specs)
+    # a mini world-GenEval (eval/geneval.py): 4 prompts per tag, one image each, judged by the world detector
+    metrics.update(mini_geneval(result["ema"], cfg, text, codec, null_tokens, null_mask, device=device))
     save_grid(images, run_dir / "grid.png", nrow=cfg.eval.grid_size, upscale=max(1, 128 // images.shape[1]))
     stats = read_stats(run_dir / "stats.jsonl")
     loss_plot(stats, run_dir / "loss.png")
-    metrics.update({"final_loss": stats[-1]["loss"] if stats else float("nan"), "images_seen": result["nimg"],
+    final_loss = next((s["loss"] for s in reversed(stats) if "loss" in s), float("nan"))  # eval lines have none
+    metrics.update({"final_loss": final_loss, "images_seen": result["nimg"],
                     "params": result["params"], "train_seconds": round(t_train, 1), "sample_seconds": round(t_sample, 1),
                     "sampler": f"{cfg.eval.sampler} {cfg.eval.steps} steps, cfg {cfg.eval.cfg_scale}"})
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
@@ -95,5 +125,6 @@ def run_demo(run_dir: str | Path = "runs/demo", *, preset: str = "world-s", over
                  images={"samples (EMA weights, fixed prompts and seeds)": "grid.png", "training loss": "loss.png"},
                  samples=rows, config_text=(run_dir / "config.yaml").read_text())
     log(f"[demo] hit-rate {metrics['hit_rate']:.2f} (class {metrics['class_accuracy']:.2f}, colour "
-        f"{metrics['color_accuracy']:.2f}, chance {metrics['chance_hit_rate']:.3f}); report: {run_dir / 'report.html'}")
+        f"{metrics['color_accuracy']:.2f}, chance {metrics['chance_hit_rate']:.3f}); mini world-GenEval "
+        f"{metrics['geneval']:.2f}; report: {run_dir / 'report.html'}")
     return metrics

@@ -8,7 +8,9 @@ from dataclasses import replace
 from typing import Callable
 
 from .config import ConfigError, DataConfig, EvalConfig, ObjectiveConfig, RunConfig, TrainConfig
+from .models.cad_i import CAD_I_CONFIGS
 from .models.dit_i import DIT_I_CONFIGS
+from .models.microdit import MICRODIT_CONFIGS
 
 
 def _dit_i_256() -> RunConfig:
@@ -36,14 +38,16 @@ def _dit_i_512() -> RunConfig:
 
 
 def _world_s() -> RunConfig:
-    # The CPU demo: 32 px pixel-space world images, oracle long captions, MiniLM tokens, ≈ 6 min on 2 cores.
+    # The CPU demo: 32 px world images in the shipped world VAE's 4×8×8 latent space (latent diffusion, paper 000
+    # App. C), oracle long captions, MiniLM tokens; ≈ 7 min on 2 cores. Small batches buy more steps per CPU minute.
     return RunConfig(
         name="world-s",
         model=DIT_I_CONFIGS["world-s"],
         objective=ObjectiveConfig(sigma_data=0.5, p_mean=-0.8, p_std=1.2),
-        data=DataConfig(resolution=32, num_images=4096, captions="long", text_encoder="minilm", text_len=64),
-        train=TrainConfig(total_nimg=24_576, batch_size=64, lr=1e-3, warmup_nimg=1024, min_lr_ratio=0.1,
-                          grad_clip=1.0, ema_decay=0.995, ema_start_nimg=4096, log_every_nimg=512,
+        data=DataConfig(resolution=32, num_images=4096, captions="long", codec="world-vae", text_encoder="minilm",
+                        text_len=64),
+        train=TrainConfig(total_nimg=24_576, batch_size=16, lr=1e-3, warmup_nimg=1024, min_lr_ratio=0.1,
+                          grad_clip=1.0, ema_decay=0.998, ema_start_nimg=4096, log_every_nimg=1024,
                           ckpt_every_nimg=8192),
         eval=EvalConfig(steps=24, cfg_scale=3.0, grid_size=4),
     )
@@ -60,12 +64,206 @@ def _world_tiny() -> RunConfig:
     )
 
 
+def _cad_i_256() -> RunConfig:
+    # Paper 000 CAD-I = the CAD code's `imagenet_256_rin_L_text_ldm` overrides (anchors §3.2–3.4): VP ε-prediction
+    # with γ = 1 − t (Eq. 1), SD-VAE latents, flan-T5-XL tokens padded to 256, caption dropout 0.1 to the encoded
+    # empty caption; LAMB 1e-3, wd 0.01 (none on norms/biases), 5k-step warm-up then cosine with rate 0.7, clip 2,
+    # EMA 0.9999 from step 0; DDIM 250 steps, CAD's cfg w = 10 (generate.py) i.e. scale 11. CAD normalises the
+    # latents per channel to std 0.5 and clamps x̂0 to ±1; `DiffusersVAE(channel_mean=SD15_CHANNEL_MEAN, …)` does
+    # that normalisation but the data config does not select it yet, so this preset keeps the VAE's 0.18215 scale
+    # (std ≈ 1) and no clamp.
+    return RunConfig(
+        name="cad-i-256",
+        model=CAD_I_CONFIGS["cad-i-256"],
+        objective=ObjectiveConfig(kind="vp", schedule="linear", cond_drop=0.1, uncond="empty"),
+        data=DataConfig(resolution=256, codec="stabilityai/sd-vae-ft-ema", text_encoder="google/flan-t5-xl",
+                        text_len=256, num_images=1_281_167),
+        train=TrainConfig(total_nimg=500_000 * 1024, batch_size=1024, micro_batch=128, optimizer="lamb", lr=1e-3,
+                          weight_decay=0.01, warmup_nimg=5000 * 1024, cosine_rate=0.7, grad_clip=2.0,
+                          ema_decay=0.9999, precision="bf16", log_every_nimg=100 * 1024,
+                          ckpt_every_nimg=25_000 * 1024),
+        eval=EvalConfig(sampler="ddim", steps=250, cfg_scale=11.0),
+    )
+
+
+def _cad_i_base() -> RunConfig:
+    # The CAD code's `imagenet_256_rin_base_text_ldm_cutmix`: the smaller RIN, same recipe.
+    base = _cad_i_256()
+    return replace(base, name="cad-i-base", model=CAD_I_CONFIGS["cad-i-base"])
+
+
+def _world_cad_s() -> RunConfig:
+    # The CPU demo with CAD-I: world-s's data and AdamW, CAD-I's objective (VP ε, γ = 1 − t), null caption and
+    # x̂0 clamp. LAMB moves each tensor by lr·‖θ‖ per step, which suits CAD's 500k steps but not 384: on the world
+    # (48 steps of 64) LAMB at 1e-2 left the ε-loss at 0.95, AdamW at 1e-3 took it to 0.54.
+    base = _world_s()
+    return replace(base, name="world-cad-s", model=CAD_I_CONFIGS["world-cad-s"],
+                   data=replace(base.data, codec="pixel"),  # CAD-I's world preset works on pixels
+                   objective=ObjectiveConfig(kind="vp", schedule="linear", uncond="empty"),
+                   eval=replace(base.eval, sampler="dpmpp_2m", steps=32, clamp=1.0))
+
+
+def _world_cad_tiny() -> RunConfig:
+    # CI: a few steps of CAD-I on 16 px images in seconds.
+    base = _world_tiny()
+    return replace(base, name="world-cad-tiny", model=CAD_I_CONFIGS["world-cad-tiny"],
+                   objective=ObjectiveConfig(kind="vp", schedule="linear", uncond="empty"),
+                   train=replace(base.train, optimizer="lamb", weight_decay=0.01, cosine_rate=0.7),
+                   eval=replace(base.eval, sampler="ddim", clamp=1.0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MicroDiT (paper 003): the 4-stage recipe of Table 3, the App. D small-scale setup, and their world versions
+
+_MICRODIT_STEP = 2048  # Table 3: global batch 2048 in every stage; nimg = steps · 2048
+
+
+def _microdit_xl_2_stages() -> list[RunConfig]:
+    """Table 3 (and the reference configs, anchors §2.4): 256² masked 250k steps → 256² unmasked +30k → 512² masked
+    50k → 512² unmasked +5k; AdamW (0.9, 0.999), wd 0.1, eps 1e-8, bf16, σ_data 0.9, caption dropout 0.1 to zero
+    embeddings. micro_batch is the reference's per-GPU micro-batch; accumulation rounds are derived from it."""
+    B = _MICRODIT_STEP
+    xl, xl512 = MICRODIT_CONFIGS["microdit-xl-2"], MICRODIT_CONFIGS["microdit-xl-2-512"]
+    obj_256 = ObjectiveConfig(sigma_data=0.9, p_mean=-0.6, p_std=1.2, cond_drop=0.1, uncond="zero")
+    obj_512 = replace(obj_256, p_mean=0.0, p_std=0.6)
+    data_256 = DataConfig(resolution=256, codec="stabilityai/sdxl-vae", text_encoder="apple/DFN5B-CLIP-ViT-H-14-378",
+                          text_len=77, num_images=37_000_000)  # 37M images (22M real + 15M synthetic, App. B)
+    data_512 = replace(data_256, resolution=512)
+    common = dict(batch_size=B, weight_decay=0.1, betas=(0.9, 0.999), eps=1e-8, precision="bf16", seed=18,
+                  log_every_nimg=100 * B)
+    ev = EvalConfig(steps=30, cfg_scale=5.0)  # Heun 30 steps; guidance 5 for qualitative grids (App. B)
+    return [
+        # Stage 1: 75 % masked at 256², cosine with 2500 warm-up steps down to 0.33·lr, clip 0.25, no EMA
+        RunConfig(name="microdit-xl-2-256-masked", model=replace(xl, mask_ratio=0.75), objective=obj_256, data=data_256,
+                  train=TrainConfig(total_nimg=250_000 * B, micro_batch=256, lr=2.4e-4, lr_schedule="cosine",
+                                    warmup_nimg=2500 * B, min_lr_ratio=0.33, grad_clip=0.25, ema_decay=0.0,
+                                    ckpt_every_nimg=2500 * B, **common), eval=ev),
+        # Stage 2: unmasked fine-tune at 256², constant 8e-5, clip 0.25, no EMA
+        RunConfig(name="microdit-xl-2-256-unmasked", model=replace(xl, mask_ratio=0.0), objective=obj_256,
+                  data=data_256,
+                  train=TrainConfig(total_nimg=30_000 * B, micro_batch=64, lr=8e-5, lr_schedule="constant",
+                                    grad_clip=0.25, ema_decay=0.0, ckpt_every_nimg=2500 * B, **common), eval=ev),
+        # Stage 3: 75 % masked at 512² (positions interpolated ×2), (P_mean, P_std) = (0, 0.6), 500 warm-up steps,
+        # clip 0.5, EMA 0.99975 from step 25k
+        RunConfig(name="microdit-xl-2-512-masked", model=replace(xl512, mask_ratio=0.75), objective=obj_512,
+                  data=data_512,
+                  train=TrainConfig(total_nimg=50_000 * B, micro_batch=32, lr=8e-5, lr_schedule="constant",
+                                    warmup_nimg=500 * B, grad_clip=0.5, ema_decay=0.99975, ema_start_nimg=25_000 * B,
+                                    ckpt_every_nimg=2500 * B, **common), eval=ev),
+        # Stage 4: unmasked fine-tune at 512², constant 8e-5, clip 0.5, EMA 0.9975 from step 1k
+        RunConfig(name="microdit-xl-2-512-unmasked", model=replace(xl512, mask_ratio=0.0), objective=obj_512,
+                  data=data_512,
+                  train=TrainConfig(total_nimg=5_000 * B, micro_batch=16, lr=8e-5, lr_schedule="constant",
+                                    grad_clip=0.5, ema_decay=0.9975, ema_start_nimg=1_000 * B,
+                                    ckpt_every_nimg=500 * B, **common), eval=ev),
+    ]
+
+
+def _microdit_xl_2() -> RunConfig:
+    return replace(_microdit_xl_2_stages()[0], name="microdit-xl-2")
+
+
+def _microdit_tiny_2() -> RunConfig:
+    # App. D small-scale setup: DiT-Tiny/2 on 256² latents, 75 % deferred masking, 60k AdamW steps, cosine, the
+    # best Fig. 9 settings (β2 0.999, wd 0.1, (P_mean, P_std) = (−0.6, 1.2), lr 3.2e-4), EMA 0.995 for the last 10k
+    # steps, guidance 3. The batch size is not stated in 003; Table 3's 2048 is used.
+    B = _MICRODIT_STEP
+    base = _microdit_xl_2_stages()[0]
+    return replace(base, name="microdit-tiny-2", model=MICRODIT_CONFIGS["microdit-tiny-2"],
+                   train=replace(base.train, total_nimg=60_000 * B, lr=3.2e-4, warmup_nimg=0, min_lr_ratio=0.0,
+                                 grad_clip=1.0, ema_decay=0.995, ema_start_nimg=50_000 * B),
+                   eval=EvalConfig(steps=30, cfg_scale=3.0))
+
+
+def _world_microdit_stages(size: str) -> list[RunConfig]:
+    """Table 3 on the world: half-resolution masked → unmasked → full-resolution masked → unmasked, the stages'
+    lengths in roughly the paper's proportions, the same LR drop (×1/3 after stage 1) and EMA pattern; σ_data 0.5
+    for pixels in [−1, 1]. The noise distribution stays (P_mean, P_std) = (−0.6, 1.2): the world's full resolution
+    (32 px, p = 2: 256 tokens) is the paper's 256² token count, and Table 3's (0, 0.6) for 64×64 latents leaves the
+    low noise levels untrained here (speckled samples)."""
+    tiny = size == "tiny"
+    res = 16 if tiny else 32
+    model = MICRODIT_CONFIGS[f"world-microdit-{size}"]
+    half = replace(model, input_size=model.input_size // 2)
+    full = replace(model, pos_interp_scale=2.0)
+    obj = ObjectiveConfig(sigma_data=0.5, p_mean=-0.6, p_std=1.2)
+    data = DataConfig(resolution=res, num_images=64 if tiny else 4096, captions="long", text_encoder="minilm",
+                      text_len=32 if tiny else 64)
+    data_lo = replace(data, resolution=res // 2)
+    nimg = (32, 16, 16, 16) if tiny else (12_288, 2048, 3072, 1024)
+    B = 8 if tiny else 64
+    lr = 1e-3
+    t = dict(batch_size=B, weight_decay=0.1, log_every_nimg=8 if tiny else 512, ckpt_every_nimg=16 if tiny else 4096)
+    ev = EvalConfig(steps=4 if tiny else 24, cfg_scale=2.0 if tiny else 3.0, grid_size=2 if tiny else 4)
+    name = f"world-microdit-{size}"
+    return [
+        RunConfig(name=f"{name}-{res // 2}-masked", model=replace(half, mask_ratio=0.75), objective=obj,
+                  data=data_lo, train=TrainConfig(total_nimg=nimg[0], lr=lr, warmup_nimg=B * 4, min_lr_ratio=0.33,
+                                                  grad_clip=1.0, ema_decay=0.0, **t), eval=ev),
+        RunConfig(name=f"{name}-{res // 2}-unmasked", model=replace(half, mask_ratio=0.0), objective=obj,
+                  data=data_lo, train=TrainConfig(total_nimg=nimg[1], lr=lr / 3, lr_schedule="constant", grad_clip=1.0,
+                                                  ema_decay=0.0, **t), eval=ev),
+        RunConfig(name=f"{name}-{res}-masked", model=replace(full, mask_ratio=0.75), objective=obj, data=data,
+                  train=TrainConfig(total_nimg=nimg[2], lr=lr / 3, lr_schedule="constant", warmup_nimg=B, grad_clip=1.0,
+                                    ema_decay=0.98, ema_start_nimg=nimg[2] // 2, **t), eval=ev),
+        RunConfig(name=f"{name}-{res}-unmasked", model=replace(full, mask_ratio=0.0), objective=obj, data=data,
+                  train=TrainConfig(total_nimg=nimg[3], lr=lr / 3, lr_schedule="constant", grad_clip=1.0,
+                                    ema_decay=0.9, ema_start_nimg=nimg[3] // 4, **t), eval=ev),
+    ]
+
+
+def _world_microdit(size: str) -> RunConfig:
+    # One masked run at the world's full resolution (`microt2i train`); the demo runs the 4-stage recipe instead.
+    stages = _world_microdit_stages(size)
+    s1, last = stages[0], stages[-1]
+    model = replace(MICRODIT_CONFIGS[f"world-microdit-{size}"], mask_ratio=0.75)
+    return replace(last, name=f"world-microdit-{size}", model=model, objective=s1.objective,
+                   train=replace(s1.train, total_nimg=sum(s.train.total_nimg for s in stages),
+                                 ema_decay=last.train.ema_decay, ema_start_nimg=s1.train.total_nimg))
+
+
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "dit-i-256": _dit_i_256,
     "dit-i-512": _dit_i_512,
     "world-s": _world_s,
     "world-tiny": _world_tiny,
+    "cad-i-256": _cad_i_256,
+    "cad-i-base": _cad_i_base,
+    "world-cad-s": _world_cad_s,
+    "world-cad-tiny": _world_cad_tiny,
+    "microdit-xl-2": _microdit_xl_2,
+    "microdit-tiny-2": _microdit_tiny_2,
+    "world-microdit-s": lambda: _world_microdit("s"),
+    "world-microdit-tiny": lambda: _world_microdit("tiny"),
 }
+
+# Multi-stage recipes (`train/recipe.py` runs them; weights carry from stage to stage)
+RECIPES: dict[str, Callable[[], list[RunConfig]]] = {
+    "microdit-xl-2": _microdit_xl_2_stages,  # Table 3: 256 masked → 256 unmasked → 512 masked → 512 unmasked
+    "world-microdit-s": lambda: _world_microdit_stages("s"),
+    "world-microdit-tiny": lambda: _world_microdit_stages("tiny"),
+    "dit-i": lambda: [_dit_i_256(), _dit_i_512()],  # paper 000 §3.3: 256² then 100k steps at 512²
+}
+
+
+# World presets by (model family, size): `microt2i demo --model cad-i` swaps world-s for world-cad-s
+WORLD_PRESETS: dict[tuple[str, str], str] = {
+    ("dit-i", "s"): "world-s", ("dit-i", "tiny"): "world-tiny",
+    ("cad-i", "s"): "world-cad-s", ("cad-i", "tiny"): "world-cad-tiny",
+    ("microdit", "s"): "world-microdit-s", ("microdit", "tiny"): "world-microdit-tiny",
+}
+
+
+def world_preset(name: str, family: str) -> str:
+    """The world preset of the same size as preset `name` for model `family` (e.g. world-s, cad-i → world-cad-s)."""
+    size = next((sz for (_, sz), n in WORLD_PRESETS.items() if n == name), None)
+    families = sorted({f for f, _ in WORLD_PRESETS})
+    if size is None:
+        raise ConfigError(f"--model picks the network of a world preset ({', '.join(sorted(WORLD_PRESETS.values()))}), "
+                          f"not of {name!r}; for a paper preset pass its own name (e.g. cad-i-256)")
+    if (family, size) not in WORLD_PRESETS:
+        raise ConfigError(f"--model {family!r} has no world preset; valid: {', '.join(families)}")
+    return WORLD_PRESETS[family, size]
 
 
 def names() -> list[str]:
@@ -76,3 +274,14 @@ def get(name: str) -> RunConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     return PRESETS[name]()
+
+
+def recipe_names() -> list[str]:
+    return list(RECIPES)
+
+
+def recipe(name: str) -> list[RunConfig]:
+    """The stages of multi-stage recipe `name`, in order."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)}")
+    return RECIPES[name]()

@@ -44,6 +44,7 @@ def loss_plot(stats: list[dict], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    stats = [s for s in stats if "loss" in s]  # in-training eval lines (eval/live.py) carry no loss
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
     if stats:
         ax.plot([s["nimg"] for s in stats], [s["loss"] for s in stats], lw=1.5)

@@ -27,15 +27,21 @@ def initial_noise(n: int, shape: tuple[int, ...], sigma_max: float, seed: int, d
 def generate(net, cfg: RunConfig, text_tokens, text_mask, null_tokens, null_mask, *, codec, sampler: str | None = None,
              steps: int | None = None, cfg_scale: float | None = None, seed: int | None = None,
              batch_size: int = 64, device="cpu") -> np.ndarray:
-    """Sample one image per caption embedding; returns uint8 [N, H, W, 3]."""
+    """Sample one image per caption embedding; returns uint8 [N, H, W, 3].
+
+    `eval.clamp` clips x̂0 in every step; `eval.eta` > 0 (ddim only) draws its fresh noise from a generator seeded by
+    (seed, first image of the batch), so those samples also depend on `batch_size`."""
     e = cfg.eval
-    sampler_fn = get_sampler(sampler or e.sampler)
+    name = sampler or e.sampler
+    sampler_fn = get_sampler(name)
+    if e.eta and name != "ddim":
+        raise ValueError(f"eval.eta={e.eta} applies to the ddim sampler only, not {name!r}; set eval.eta=0")
     steps = steps or e.steps
     scale = e.cfg_scale if cfg_scale is None else cfg_scale
     seed = e.seed if seed is None else seed
     m = cfg.model
     objective = build_objective(cfg.objective)
-    precond = objective.denoiser(net.to(device).eval())
+    net = net.to(device).eval()
     sigmas = objective.sampling_sigmas(steps, device=device)
     n = text_tokens.shape[0]
     noise = initial_noise(n, (m.in_channels, m.input_size, m.input_size), float(sigmas[0]), seed, device)
@@ -43,9 +49,14 @@ def generate(net, cfg: RunConfig, text_tokens, text_mask, null_tokens, null_mask
     for i in range(0, n, batch_size):
         sl = slice(i, i + batch_size)
         b = noise[sl].shape[0]
+        precond = objective.denoiser(net)  # one per trajectory: a self-conditioning network carries state in it
         denoise = cfg_denoiser(precond, text_tokens[sl].to(device).float(), text_mask[sl].to(device),
                                null_tokens.to(device).float().expand(b, -1, -1), null_mask.to(device).expand(b, -1), scale)
-        x0 = sampler_fn(denoise, noise[sl], sigmas)
+        opts = {"clamp": e.clamp} if e.clamp else {}
+        if e.eta:
+            gen_seed = int(np.random.SeedSequence([seed, i, 1]).generate_state(1)[0])
+            opts.update(eta=e.eta, generator=torch.Generator().manual_seed(gen_seed))
+        x0 = sampler_fn(denoise, noise[sl], sigmas, **opts)
         images.append(tensor_to_images(codec.decode(x0.float())))
     return np.concatenate(images)
 

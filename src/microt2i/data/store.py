@@ -60,6 +60,11 @@ def cache_key(data_cfg: DataConfig) -> str:
     d = dataclasses.asdict(data_cfg)
     d.pop("cache_dir", None)
     d["format_version"] = FORMAT_VERSION
+    if data_cfg.codec == "world-vae":  # the shipped VAE can be retrained: key on its config (holds scaling_factor)
+        from ..world.vae import WORLD_VAE_DIR
+
+        cfg_file = WORLD_VAE_DIR / "config.json"
+        d["codec_config"] = cfg_file.read_text() if cfg_file.exists() else ""
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

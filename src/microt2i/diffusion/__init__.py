@@ -1,13 +1,17 @@
-"""Diffusion math kept out of the backbones: EDM preconditioning and loss, samplers, CFG, noise-level helpers."""
+"""Diffusion math kept out of the backbones: the EDM / VP / flow objectives, samplers, CFG and noise-level helpers."""
 
-from .edm import EDMLoss, EDMPrecond, edm_coefficients, karras_sigmas
+from .edm import EDMLoss, EDMObjective, EDMPrecond, edm_coefficients, karras_sigmas
+from .flow import FlowDenoiser, FlowObjective
 from .guidance import cfg, cfg_denoiser, null_text
 from .noise import alpha_bar_to_sigma, logsnr_to_sigma, paper_tau_to_sigma, sigma_to_alpha_bar, sigma_to_logsnr
-from .samplers import SAMPLERS, euler, get_sampler, heun
+from .objectives import build_objective
+from .samplers import SAMPLERS, ddim, dpmpp_2m, euler, get_sampler, heun
+from .vp import VPDenoiser, VPObjective, VPSchedule
 
 __all__ = [
-    "EDMLoss", "EDMPrecond", "edm_coefficients", "karras_sigmas",
+    "EDMLoss", "EDMObjective", "EDMPrecond", "edm_coefficients", "karras_sigmas",
+    "FlowDenoiser", "FlowObjective", "VPDenoiser", "VPObjective", "VPSchedule", "build_objective",
     "cfg", "cfg_denoiser", "null_text",
     "alpha_bar_to_sigma", "logsnr_to_sigma", "paper_tau_to_sigma", "sigma_to_alpha_bar", "sigma_to_logsnr",
-    "SAMPLERS", "euler", "get_sampler", "heun",
+    "SAMPLERS", "ddim", "dpmpp_2m", "euler", "get_sampler", "heun",
 ]

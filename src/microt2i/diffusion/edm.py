@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import backbone
+
 
 def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
     """EDM Table 1 preconditioning: D(x; σ) = c_skip·x + c_out·F(c_in·x; c_noise).
@@ -32,6 +34,10 @@ class EDMPrecond(nn.Module):
 
     `sigma` is a scalar, a 0-dim tensor or a [B] tensor. The arithmetic runs in float32 whatever dtype x has (the
     backbone itself may run under autocast); D is returned in x's dtype.
+
+    With a patch `keep_mask` [B, N] (MicroDiT's masked training) the backbone still sees the whole noisy image but
+    returns only the kept tokens' patches; D is then formed on those tokens, D = c_skip·x_kept + c_out·F with
+    x_kept = `kept(x, keep_mask)`, shaped [B, N_keep, p²·C].
     """
 
     def __init__(self, net: nn.Module, sigma_data: float = 0.5):
@@ -39,18 +45,28 @@ class EDMPrecond(nn.Module):
         self.net = net
         self.sigma_data = sigma_data
 
-    def forward(self, x: torch.Tensor, sigma, text_tokens, text_mask, **kw) -> torch.Tensor:
+    def kept(self, x: torch.Tensor, keep_mask: torch.Tensor | None) -> torch.Tensor:
+        """x [B, C, H, W] as the backbone's kept-token output is laid out: [B, N_keep, p²·C] (x itself if no mask)."""
+        return backbone.kept(self.net, x, keep_mask)
+
+    def forward(self, x: torch.Tensor, sigma, text_tokens, text_mask, *, keep_mask=None, **kw) -> torch.Tensor:
         x32 = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])  # [B]
-        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma.view(-1, *[1] * (x.ndim - 1)), self.sigma_data)
-        F_x = self.net(c_in * x32, c_noise.flatten(), text_tokens, text_mask, **kw)
-        return (c_skip * x32 + c_out * F_x.to(torch.float32)).to(x.dtype)
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)  # [B] each
+        if keep_mask is not None:
+            kw["keep_mask"] = keep_mask
+        F_x = self.net(c_in.view(-1, *[1] * (x.ndim - 1)) * x32, c_noise, text_tokens, text_mask, **kw)
+        x32 = self.kept(x32, keep_mask)  # [B, C, H, W] or [B, N_keep, p²C], like F_x
+        bc = [-1, *[1] * (x32.ndim - 1)]
+        return (c_skip.view(bc) * x32 + c_out.view(bc) * F_x.to(torch.float32)).to(x.dtype)
 
 
 class EDMLoss:
     """EDM training loss (Table 1, eq. 8): ln σ ~ N(P_mean, P_std²), λ(σ) = (σ² + σ_data²)/(σ·σ_data)².
 
     Returns the per-sample loss [B] (mean over non-batch dims), and the sampled σ [B] with `return_sigma=True`.
+    With a `keep_mask` in the net kwargs (MicroDiT) the loss is averaged over the kept patches only: the target is
+    `precond.kept(x0, keep_mask)`, the clean patches of the kept tokens (003 Eq. 3; reference: masked mean).
     All randomness comes from `generator` (drawn on the generator's device, so a CPU generator gives the same
     noise on every device); the trainer reseeds it every step for bit-exact resume.
     """
@@ -60,16 +76,24 @@ class EDMLoss:
         self.p_std = p_std
         self.sigma_data = sigma_data
 
-    def __call__(self, precond, x0, text_tokens, text_mask, *, generator=None, return_sigma=False, **net_kwargs):
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """Training noise levels [n]: ln σ ~ N(P_mean, P_std²), drawn on the generator's device."""
+        device = generator.device if generator is not None else device
+        return (torch.randn([n], generator=generator, device=device) * self.p_std + self.p_mean).exp()
+
+    def __call__(self, precond, x0, text_tokens, text_mask, *, generator=None, sigma=None, return_sigma=False,
+                 **net_kwargs):
         device = generator.device if generator is not None else x0.device
         x0 = x0.to(torch.float32)
-        rnd_normal = torch.randn([x0.shape[0]], generator=generator, device=device).to(x0.device)
-        sigma = (rnd_normal * self.p_std + self.p_mean).exp()  # [B]
+        if sigma is None:  # else σ [B] chosen by the caller (e.g. augmentation gating on the noise level)
+            sigma = self.sample_sigma(x0.shape[0], generator, device)
+        sigma = sigma.to(x0.device, torch.float32)  # [B]
         noise = torch.randn(x0.shape, generator=generator, device=device).to(x0.device)
         sig = sigma.view(-1, *[1] * (x0.ndim - 1))
         weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2  # λ(σ), Table 1
         D = precond(x0 + sig * noise, sigma, text_tokens, text_mask, **net_kwargs)
-        loss = weight * (D.to(torch.float32) - x0).square().mean(dim=tuple(range(1, x0.ndim)))
+        target = precond.kept(x0, net_kwargs.get("keep_mask"))  # x0, or its kept patches [B, N_keep, p²C]
+        loss = weight * (D.to(torch.float32) - target).square().mean(dim=tuple(range(1, target.ndim)))
         return (loss, sigma) if return_sigma else loss
 
 
@@ -96,10 +120,14 @@ class EDMObjective:
         self.loss_fn = EDMLoss(p_mean=p_mean, p_std=p_std, sigma_data=sigma_data)
 
     def denoiser(self, net: nn.Module) -> EDMPrecond:
-        return EDMPrecond(net, sigma_data=self.sigma_data)
+        return EDMPrecond(backbone.for_sampling(net), sigma_data=self.sigma_data)
 
-    def loss(self, net, x0, text_tokens, text_mask, *, generator=None, **net_kwargs) -> torch.Tensor:
-        return self.loss_fn(self.denoiser(net), x0, text_tokens, text_mask, generator=generator, **net_kwargs)
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        return self.loss_fn.sample_sigma(n, generator, device)
+
+    def loss(self, net, x0, text_tokens, text_mask, *, generator=None, **kw) -> torch.Tensor:
+        precond = EDMPrecond(backbone.for_loss(net, generator), sigma_data=self.sigma_data)  # self-conditioning
+        return self.loss_fn(precond, x0, text_tokens, text_mask, generator=generator, **kw)
 
     def sampling_sigmas(self, steps: int, device=None) -> torch.Tensor:
         return karras_sigmas(steps, self.sigma_min, self.sigma_max, device=device)

@@ -165,9 +165,14 @@ class DiffusersVAE:
 
 
 def load_codec(spec: str, **kwargs) -> PixelCodec | DiffusersVAE:
-    """"pixel" gives the identity codec; anything else is a VAE hub id or folder, `kwargs` go to `DiffusersVAE`.
+    """"pixel" gives the identity codec; "world-vae" the embedded world's shipped tiny VAE; anything else is a VAE
+    hub id or folder. `kwargs` go to `DiffusersVAE`.
 
     For "pixel" the placement options (device, dtype, batch_size) are accepted and have nothing to place."""
+    if spec == "world-vae":
+        from ..world.vae import WORLD_VAE_DIR
+
+        return DiffusersVAE(WORLD_VAE_DIR, **kwargs)
     if spec != "pixel":
         return DiffusersVAE(spec, **kwargs)
     if unknown := sorted(set(kwargs) - {"device", "dtype", "batch_size"}):

@@ -17,14 +17,17 @@ from safetensors.torch import load_file, save
 
 from ..config import ConfigError, ModelConfig, from_dict
 from ..io import atomic_write_bytes, atomic_write_text
+from .cad_i import CAD_I_CONFIGS, CADI
 from .dit_i import DIT_I_CONFIGS, DiTI
+from .microdit import MICRODIT_CONFIGS, MicroDiT
 
-__all__ = ["build", "count_params", "save_pretrained", "from_pretrained", "DiTI", "DIT_I_CONFIGS", "FORMAT_VERSION"]
+__all__ = ["build", "count_params", "save_pretrained", "from_pretrained", "sample_keep_mask", "DiTI", "DIT_I_CONFIGS",
+           "MicroDiT", "MICRODIT_CONFIGS", "CADI", "CAD_I_CONFIGS", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1  # bump when the weight layout changes; from_pretrained then needs a conversion shim
 WEIGHTS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
 
-_FAMILIES: dict[str, type[nn.Module]] = {"dit-i": DiTI}
+_FAMILIES: dict[str, type[nn.Module]] = {"dit-i": DiTI, "microdit": MicroDiT, "cad-i": CADI}
 
 
 def build(cfg: ModelConfig) -> nn.Module:
@@ -32,6 +35,16 @@ def build(cfg: ModelConfig) -> nn.Module:
     if cfg.family not in _FAMILIES:
         raise ConfigError(f"model.family={cfg.family!r} has no network; available: {', '.join(_FAMILIES)}")
     return _FAMILIES[cfg.family](cfg)
+
+
+def sample_keep_mask(cfg: ModelConfig, batch_size: int, *, generator=None, device=None) -> torch.Tensor | None:
+    """The training-time patch keep-mask [B, N] of a model that trains masked (MicroDiT with mask_ratio > 0), drawn
+    from `generator` (the trainer's per-step one, so resume stays exact); None for every other model."""
+    if getattr(cfg, "mask_ratio", 0.0) <= 0:
+        return None
+    from .microdit import sample_keep_mask as microdit_keep_mask
+
+    return microdit_keep_mask(cfg, batch_size, generator=generator, device=device)
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:

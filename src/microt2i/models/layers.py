@@ -1,12 +1,13 @@
-"""Building blocks shared by the microt2i diffusion transformers (DiT-I now; CAD-I and MicroDiT later).
+"""Building blocks shared by the microt2i diffusion transformers (DiT-I, CAD-I, MicroDiT).
 
 - `Attention`: self- or cross-attention over `F.scaled_dot_product_attention`, optional QK-normalisation
-  (Henry et al. 2020; SD3 §5.2.1) and a key padding mask that can never turn a fully padded row into NaN.
+  (Henry et al. 2020; SD3 §5.2.1) and a key padding mask that can never turn a fully padded row into NaN; its
+  q/k/v width may differ from the residual width (MicroDiT's layer-wise scaling).
 - `Mlp` (GELU-tanh, DiT/PixArt) and `SwiGLU` (MicroDiT), `LayerScale` (CaiT, Touvron et al. 2021).
 - `TimestepEmbedder`: sinusoid of the noise condition followed by an MLP (DiT §3.2).
 - `sincos_pos_embed_2d`: fixed 2-D sin-cos positions (MAE), with PixArt-α's interpolation scale.
 - `TransformerBlock` / `TextRefiner`: pre-LN blocks that refine the caption tokens before cross-attention.
-- `patchify` / `unpatchify`, `modulate`.
+- `patchify` / `unpatchify`, `keep_tokens` (gather the kept tokens of a patch mask), `modulate`.
 
 Pure architecture: no optimizer, logging, distributed code or environment reads (aesthetics.md §3 habit 5).
 """
@@ -43,6 +44,19 @@ def unpatchify(x: torch.Tensor, p: int, C: int, H: int, W: int) -> torch.Tensor:
     return x.reshape(B, C, H, W)
 
 
+def keep_tokens(x: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
+    """The kept tokens of x [B, N, ...] in token order → [B, N_keep, ...]; keep_mask [B, N] bool with the same
+    number of True per row (patch masking, Crop)."""
+    B, N = x.shape[:2]
+    counts = keep_mask.sum(dim=1) if keep_mask.dtype == torch.bool and keep_mask.shape == (B, N) else None
+    if counts is None or not bool((counts == counts[0]).all()):
+        raise ValueError(
+            f"keep_mask must be bool [B={B}, N={N}] with the same number of kept tokens per row, got "
+            f"{keep_mask.dtype} {list(keep_mask.shape)}" + ("" if counts is None else f" with counts {counts.tolist()}")
+        )
+    return x[keep_mask].view(B, -1, *x.shape[2:])
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation: x [B, N, D] with per-sample shift, scale [B, D] (DiT §3.2)."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
@@ -67,14 +81,17 @@ class RMSNorm(nn.Module):
 
 
 def make_norm(kind: str | None, dim: int) -> nn.Module:
-    """'rms' → RMSNorm, 'layer' → LayerNorm (affine), None → identity. Used for the per-head QK-norm."""
+    """'rms' → RMSNorm, 'layer' → LayerNorm (affine), 'layer-full' → LayerNorm without affine parameters, None →
+    identity. Used for the QK-norm ('layer-full' normalises all heads' channels at once, as MicroDiT does)."""
     if kind is None:
         return nn.Identity()
     if kind == "rms":
         return RMSNorm(dim)
     if kind == "layer":
         return nn.LayerNorm(dim, eps=1e-6)
-    raise ValueError(f"qk_norm={kind!r} must be 'rms', 'layer' or None")
+    if kind == "layer-full":
+        return nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
+    raise ValueError(f"qk_norm={kind!r} must be 'rms', 'layer', 'layer-full' or None")
 
 
 class LayerScale(nn.Module):
@@ -89,24 +106,30 @@ class LayerScale(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Linear → GELU(tanh) → Linear, as in DiT and PixArt-α."""
+    """Linear → GELU(tanh) → Linear, as in DiT and PixArt-α; output width `out_dim` (default: `dim`).
 
-    def __init__(self, dim: int, hidden: int):
+    `mid_norm` adds a bias-free LayerNorm after the activation (timm's `Mlp(norm_layer=…)`, MicroDiT's caption
+    projection and pooled-caption MLP)."""
+
+    def __init__(self, dim: int, hidden: int, *, out_dim: int | None = None, bias: bool = True,
+                 mid_norm: bool = False):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.norm = nn.LayerNorm(hidden, eps=1e-6, bias=False) if mid_norm else nn.Identity()
+        self.fc2 = nn.Linear(hidden, out_dim or dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(self.norm(F.gelu(self.fc1(x), approximate="tanh")))
 
 
 class SwiGLU(nn.Module):
     """SwiGLU feed-forward (Shazeer 2020): fc2(silu(x W_gate) · x W_up); MicroDiT's FFN."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, *, bias: bool = True):
         super().__init__()
-        self.fc1 = nn.Linear(dim, 2 * hidden)  # gate and up projections, fused
-        self.fc2 = nn.Linear(hidden, dim)
+        self.hidden = hidden
+        self.fc1 = nn.Linear(dim, 2 * hidden, bias=bias)  # gate and up projections, fused: [gate; up]
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.fc1(x).chunk(2, dim=-1)
@@ -124,30 +147,37 @@ class Attention(nn.Module):
     dot product: this bounds the attention logits and avoids the entropy collapse that destabilises training
     (QK-norm, Henry et al. 2020; SD3 §5.2.1; paper 000 App. C puts it in every self- and cross-attention).
 
+    inner_dim (default dim) is the width of q, k, v (heads · head_dim): MicroDiT's layer-wise scaling narrows it
+    per block while the residual stream keeps width dim. With qk_norm='layer-full' one non-affine LayerNorm spans
+    all heads' channels (MicroDiT) instead of each head's.
+
     key_mask [B, L_k] bool (True = real token) hides padded keys. A row with no real key at all (a fully
     padded caption, e.g. a dropped one) would give softmax over -inf everywhere = NaN; such rows attend to all
     keys instead and their output is then zeroed, so that attention branch contributes exactly nothing.
     """
 
-    def __init__(self, dim: int, heads: int, *, context_dim: int | None = None, qk_norm: str | None = "rms"):
+    def __init__(self, dim: int, heads: int, *, context_dim: int | None = None, qk_norm: str | None = "rms",
+                 inner_dim: int | None = None, bias: bool = True):
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"width {dim} is not divisible by {heads} heads")
-        self.heads, self.head_dim = heads, dim // heads
+        inner = dim if inner_dim is None else inner_dim
+        if inner % heads:
+            raise ValueError(f"attention width {inner} is not divisible by {heads} heads")
+        self.heads, self.head_dim = heads, inner // heads
         self.is_cross = context_dim is not None
         if self.is_cross:
-            self.to_q = nn.Linear(dim, dim)
-            self.to_kv = nn.Linear(context_dim, 2 * dim)
+            self.to_q = nn.Linear(dim, inner, bias=bias)
+            self.to_kv = nn.Linear(context_dim, 2 * inner, bias=bias)
         else:
-            self.to_qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm = make_norm(qk_norm, self.head_dim)
-        self.k_norm = make_norm(qk_norm, self.head_dim)
-        self.proj = nn.Linear(dim, dim)
+            self.to_qkv = nn.Linear(dim, 3 * inner, bias=bias)
+        self.qk_norm_full = qk_norm == "layer-full"
+        self.q_norm = make_norm(qk_norm, inner if self.qk_norm_full else self.head_dim)
+        self.k_norm = make_norm(qk_norm, inner if self.qk_norm_full else self.head_dim)
+        self.proj = nn.Linear(inner, dim, bias=bias)
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, key_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        B, N, D = x.shape
+        B, N, _ = x.shape
         H, Dh = self.heads, self.head_dim
         if self.is_cross:
             L = context.shape[1]
@@ -155,7 +185,10 @@ class Attention(nn.Module):
             k, v = self.to_kv(context).view(B, L, 2, H, Dh).unbind(2)  # 2 × [B, L, H, Dh]
         else:
             q, k, v = self.to_qkv(x).view(B, N, 3, H, Dh).unbind(2)  # 3 × [B, N, H, Dh]
-        q, k = self.q_norm(q), self.k_norm(k)
+        if self.qk_norm_full:  # one norm over all heads' channels [B, N, H·Dh]
+            q, k = self.q_norm(q.flatten(2)).view_as(q), self.k_norm(k.flatten(2)).view_as(k)
+        else:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, N|L, Dh]
 
         attn_mask = has_key = None
@@ -163,7 +196,7 @@ class Attention(nn.Module):
             has_key = key_mask.any(dim=-1)  # [B]
             attn_mask = (key_mask | ~has_key[:, None])[:, None, None, :]  # [B, 1, 1, L]; empty rows see all keys
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, N, Dh]
-        out = self.proj(out.transpose(1, 2).reshape(B, N, D))  # [B, N, D]
+        out = self.proj(out.transpose(1, 2).reshape(B, N, H * Dh))  # [B, N, dim]
         if has_key is not None:
             out = out * has_key[:, None, None].to(out.dtype)  # rows without any real key contribute 0
         return out
@@ -191,10 +224,13 @@ class TimestepEmbedder(nn.Module):
     timesteps (0 … 1000) the 10 000-period sinusoid was designed for.
     """
 
-    def __init__(self, dim: int, *, scale: float = 1000.0, freq_dim: int = 256):
+    def __init__(self, dim: int, *, scale: float = 1000.0, freq_dim: int = 256, act: str = "silu"):
         super().__init__()
         self.scale, self.freq_dim = scale, freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        acts = {"silu": nn.SiLU, "gelu-tanh": lambda: nn.GELU(approximate="tanh")}  # DiT; MicroDiT
+        if act not in acts:
+            raise ValueError(f"act={act!r} must be one of {', '.join(acts)}")
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), acts[act](), nn.Linear(dim, dim))
 
     def forward(self, noise_cond: torch.Tensor) -> torch.Tensor:
         emb = timestep_sinusoid(noise_cond * self.scale, self.freq_dim)  # [B, freq_dim], fp32

@@ -23,7 +23,8 @@ from ..data.store import Store, load_or_build
 from ..diffusion.objectives import build_objective
 from ..io import atomic_write_bytes
 from ..encoders import TextEncoder, load_codec
-from ..models import build, count_params, save_pretrained
+from ..eval.live import LiveEval
+from ..models import build, count_params, sample_keep_mask, save_pretrained
 from .ema import EMA
 from .optim import lr_at, make_optimizer
 from .state import list_checkpoints, load_latest, save_checkpoint
@@ -114,6 +115,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
         log(f"[resume] {run_dir} at {nimg} images (step {step})")
     save_yaml(cfg, run_dir / "config.yaml")
     stats_log = StatsLog(run_dir / "stats.jsonl", nimg)
+    live_eval = LiveEval(cfg, run_dir, device, log=log) if cfg.eval.every_nimg else None
     log(f"[train] {cfg.name}: {count_params(net) / 1e6:.2f}M params, {len(store)} samples, batch {t.batch_size} "
         f"({rounds}×{micro}), {t.total_nimg} images, device {device}")
 
@@ -135,7 +137,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
         t_step = time.perf_counter()
         lr = lr_at(nimg, t)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # e.g. MoE experts at lr × train.expert_lr_scale
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for r in range(rounds):
@@ -146,8 +148,11 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
             drop = torch.rand(micro, generator=gen, device=device) < cfg.objective.cond_drop
             tokens = torch.where(drop[:, None, None], uncond_tokens, batch["text_tokens"])
             mask = torch.where(drop[:, None], uncond_mask, batch["text_mask"])
+            # Patch masking (MicroDiT): a fresh keep-mask per micro-batch from the same per-step generator
+            keep = sample_keep_mask(cfg.model, micro, generator=gen, device=device)
+            net_kwargs = {} if keep is None else {"keep_mask": keep}
             with autocast:
-                loss = objective.loss(net, batch["x0"], tokens, mask, generator=gen).mean()
+                loss = objective.loss(net, batch["x0"], tokens, mask, generator=gen, **net_kwargs).mean()
             (loss / rounds).backward()
             loss_sum += loss.item() / rounds
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
@@ -175,6 +180,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
             stats_log.append(stats)
             acc = {"loss": 0.0, "grad_norm": 0.0, "n": 0}
             t_report, nimg_report = now, nimg
+        if live_eval is not None and live_eval.due(nimg, t.batch_size):  # EMA samples; training RNG untouched
+            stats_log.append(live_eval(ema.model, nimg, uncond_tokens, uncond_mask))
         if nimg // t.ckpt_every_nimg != (nimg - t.batch_size) // t.ckpt_every_nimg or done:
             checkpoint()
     bar.close()

@@ -1,0 +1,109 @@
+"""In-training evaluation every `eval.every_nimg` images (`reference/evaluation.md` §7, §8.4).
+
+With the EMA weights: the fixed-prompt, fixed-seed grid (the demo's, saved as PNG), a mini world-GenEval (the
+first `eval.geneval_per_tag` world prompts of each tag, one image each, the world detector) and FD-EffNetLite0 of
+`eval.fd_n` samples against the cached features of as many held-out world renders. One JSON line per evaluation
+is appended to the run's stats.jsonl (and TensorBoard when it is installed).
+
+The evaluation never touches training randomness: it runs inside a fork of the torch, numpy and Python RNG
+states (sampling seeds its own generators anyway), so a run with in-training eval trains bit-exactly like one
+without, and resumes exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@contextlib.contextmanager
+def isolated_rng():
+    """Restore the global torch / numpy / Python RNG states on exit."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
+class LiveEval:
+    """`due(nimg, batch_size)` says when; `__call__(net, nimg, null_tokens, null_mask)` returns the stats line."""
+
+    def __init__(self, cfg, run_dir: str | Path, device, log=print):
+        self.cfg, self.run_dir, self.device, self.log = cfg, Path(run_dir), device, log
+        self._parts = None
+        self._tb = None
+
+    def due(self, nimg: int, batch_size: int) -> bool:
+        every = self.cfg.eval.every_nimg
+        crossed = nimg // every != (nimg - batch_size) // every
+        return crossed or nimg >= self.cfg.train.total_nimg
+
+    def _setup(self) -> dict:
+        """Text encoder, codec, prompts and reference features, built on the first evaluation only."""
+        from ..demo import grid_prompts
+        from ..encoders import TextEncoder, load_codec
+        from .detectors import WorldDetector
+        from .features import get_extractor
+        from .runner import RunSampler, reference_features, world_geneval_records
+
+        e, d = self.cfg.eval, self.cfg.data
+        text = TextEncoder(d.text_encoder, max_length=d.text_len, device=self.device)
+        parts = {"sampler": RunSampler(None, self.cfg, text, load_codec(d.codec, device=self.device), None, None,
+                                       self.device),
+                 "grid": [s["prompt"] for s in grid_prompts(e.grid_size ** 2, e.seed)],
+                 "records": world_geneval_records(n=e.geneval_per_tag, per_tag=e.geneval_per_tag),
+                 "detector": WorldDetector()}
+        if e.fd_n:
+            parts["extractor"] = get_extractor("effnet-lite0", device=self.device)
+            parts["real"], parts["captions"] = reference_features(self.cfg, e.fd_n, parts["extractor"])
+        try:  # TensorBoard is optional
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        except ImportError:
+            pass
+        return parts
+
+    @torch.no_grad()
+    def __call__(self, net, nimg: int, null_tokens, null_mask) -> dict:
+        from ..report import save_grid
+        from .distribution import frechet_distance
+        from .runner import run_geneval
+
+        t0 = time.perf_counter()
+        e = self.cfg.eval
+        with isolated_rng():
+            p = self._parts = self._parts or self._setup()
+            sample = p["sampler"]
+            sample.net, sample.null_tokens, sample.null_mask = net, null_tokens, null_mask
+            stats: dict = {"nimg": nimg}
+            grid = sample(p["grid"], seed=e.seed)
+            path = self.run_dir / "eval" / f"grid-{nimg:012d}.png"
+            save_grid(grid, path, nrow=e.grid_size, upscale=max(1, 128 // grid.shape[1]))
+            stats["eval/grid"] = str(path.relative_to(self.run_dir))
+            if e.geneval_per_tag:
+                summary, _, _ = run_geneval(sample, p["records"], p["detector"], images_per_prompt=1, seed=e.seed)
+                stats["eval/geneval"] = summary["overall"]
+                stats.update({f"eval/geneval/{tag}": s["score"] for tag, s in summary["tags"].items()})
+            if e.fd_n:
+                fake = p["extractor"](sample(p["captions"], seed=e.seed))
+                stats[f"eval/{p['extractor'].metric_name}"] = frechet_distance(p["real"], fake)
+                stats["eval/fd_n"] = e.fd_n
+        stats["eval/seconds"] = round(time.perf_counter() - t0, 2)
+        if self._tb is not None:
+            for key, value in stats.items():
+                if isinstance(value, float):
+                    self._tb.add_scalar(key, value, nimg)
+            self._tb.flush()
+        shown = ", ".join(f"{k[5:]} {v:.3f}" for k, v in stats.items() if isinstance(v, float) and k != "eval/seconds")
+        self.log(f"[eval] {nimg} images: {shown} ({stats['eval/seconds']} s)")
+        return stats

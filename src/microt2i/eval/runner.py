@@ -1,0 +1,253 @@
+"""`microt2i eval fid|prdc|clipscore|geneval|dpg <run_dir>`: sample a finished run, score, write JSON + HTML.
+
+Every suite samples with the run's EMA weights and its `eval` settings (sampler, steps, CFG) unless overridden,
+with per-image seeds: image j of a call uses the noise of (seed, j) (`sample.initial_noise`), so results do not
+depend on the batch size. Results go to `<run_dir>/eval/<metric>/` as `results.json` + `report.html` (+ the
+GenEval folder layout and `results.jsonl`), always with N, the feature space and the sampler settings.
+
+Reference sets on the world are held-out scenes: `make_dataset(n, seed=REFERENCE_SEED)` with the run's resolution,
+caption kind and object count — training draws items from (data.seed, i), never from this seed. The generated set
+is sampled from the same captions (as COCO-30k FID samples COCO captions).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..io import atomic_write_text
+from . import geneval
+
+REFERENCE_SEED = 1_000_003
+GENEVAL_SEED = 42  # the official generation seed (diffusers_generate.py)
+
+
+@dataclass
+class RunSampler:
+    """Prompts → uint8 images from a network, a config, its text encoder and codec; the embeddings of every prompt
+    list it was called with are kept (in-training eval asks the same three lists again and again)."""
+
+    net: object
+    cfg: object
+    text: object
+    codec: object
+    null_tokens: object
+    null_mask: object
+    device: object = "cpu"
+    steps: int | None = None
+    cfg_scale: float | None = None
+    batch_size: int = 64
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device="cpu", **opts) -> RunSampler:
+        from ..encoders import TextEncoder, load_codec
+        from ..sample import load_run
+
+        cfg, net, null_tokens, null_mask = load_run(run_dir, device=device)
+        text = TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device)
+        return cls(net, cfg, text, load_codec(cfg.data.codec, device=device), null_tokens, null_mask, device, **opts)
+
+    def settings(self) -> dict:
+        e = self.cfg.eval
+        return {"sampler": e.sampler, "steps": self.steps or e.steps,
+                "cfg_scale": e.cfg_scale if self.cfg_scale is None else self.cfg_scale}
+
+    def __call__(self, prompts: list[str], *, seed: int) -> np.ndarray:
+        import torch
+
+        from ..sample import generate
+
+        key = tuple(prompts)
+        if key not in self._cache:
+            self._cache[key] = self.text.encode(list(prompts))
+        emb = self._cache[key]
+        with torch.no_grad():
+            return generate(self.net, self.cfg, emb.tokens, emb.mask, self.null_tokens, self.null_mask,
+                            codec=self.codec, steps=self.steps, cfg_scale=self.cfg_scale, seed=seed,
+                            batch_size=self.batch_size, device=self.device)
+
+
+# ------------------------------------------------------------------------------------------ world reference sets
+
+
+def world_reference(cfg, n: int, seed: int = REFERENCE_SEED):
+    """(images, captions, scenes, spec) of n held-out world scenes drawn like the run's training data."""
+    from ..world import make_dataset
+
+    d = cfg.data
+    if d.source != "world":
+        raise ValueError(f"reference sets exist for data.source='world' only (this run has {d.source!r})")
+    spec = {"source": "world", "seed": seed, "n": n, "resolution": d.resolution, "captions": d.captions,
+            "max_objects": d.max_objects}
+    images, captions, scenes = make_dataset(n, seed=seed, resolution=d.resolution, captions=d.captions,
+                                            max_objects=d.max_objects)
+    return images, captions, scenes, spec
+
+
+def reference_features(cfg, n: int, extractor, seed: int = REFERENCE_SEED) -> tuple[np.ndarray, list[str]]:
+    """Features of the world reference set (cached under the data cache root) and its captions."""
+    from ..data.store import cache_root
+    from .features import cached_features
+
+    images, captions, _, spec = world_reference(cfg, n, seed)
+    return cached_features(extractor, spec, lambda: images, cache_root(cfg.data)), captions
+
+
+def world_geneval_records(n: int = 100, per_tag: int | None = None, seed: int = 43) -> list[dict]:
+    """GenEval records on the world's classes and colours; `per_tag` keeps the first records of each tag."""
+    from ..world import CLASSES, COLORS
+
+    records = geneval.make_prompts(CLASSES, list(COLORS), seed=seed, n=n)
+    if per_tag is None:
+        return records
+    kept, seen = [], Counter()
+    for r in records:
+        seen[r["tag"]] += 1
+        if seen[r["tag"]] <= per_tag:
+            kept.append(r)
+    return kept
+
+
+def run_geneval(sampler: RunSampler, records: list[dict], detector, *, images_per_prompt: int = 4,
+                seed: int = GENEVAL_SEED) -> tuple[dict, list[dict], list[list[np.ndarray]]]:
+    """(summary, results rows, images per record): image j of record i is sample i·k + j of one seeded call."""
+    k = images_per_prompt
+    flat = sampler([r["prompt"] for r in records for _ in range(k)], seed=seed)
+    images = [list(flat[i * k:(i + 1) * k]) for i in range(len(records))]
+    rows = geneval.evaluate_images(records, images, detector)
+    return geneval.summarize(rows), rows, images
+
+
+def mini_geneval(net, cfg, text, codec, null_tokens, null_mask, *, per_tag: int = 4, device="cpu") -> dict:
+    """{"geneval": overall, "geneval/<tag>": score}: the first `per_tag` world prompts of each tag, one image each."""
+    from .detectors import WorldDetector
+
+    sampler = RunSampler(net, cfg, text, codec, null_tokens, null_mask, device)
+    records = world_geneval_records(n=per_tag, per_tag=per_tag)
+    summary, _, _ = run_geneval(sampler, records, WorldDetector(), images_per_prompt=1, seed=cfg.eval.seed)
+    return {"geneval": summary["overall"], **{f"geneval/{t}": s["score"] for t, s in summary["tags"].items()}}
+
+
+# ------------------------------------------------------------------------------------------------------ suites
+
+
+def _fd_kid(sampler, n, features, weights, seed, **_):
+    from .distribution import frechet_distance, kid
+    from .features import get_extractor
+
+    ext = get_extractor(features, weights, device=sampler.device)
+    real, captions = reference_features(sampler.cfg, n, ext)
+    fake_images = sampler(captions, seed=seed)
+    fake = ext(fake_images)
+    k = kid(real, fake, subset_size=min(1000, n))
+    metrics = {ext.metric_name: frechet_distance(real, fake), "KID": k["kid"], "KID_std": k["kid_std"],
+               "n_real": len(real), "n_fake": len(fake), "features": ext.key}
+    return metrics, [], fake_images
+
+
+def _prdc(sampler, n, features, weights, seed, k=5, splits=1, **_):
+    from .distribution import prdc
+    from .features import get_extractor
+
+    ext = get_extractor(features, weights, device=sampler.device)
+    real, captions = reference_features(sampler.cfg, n, ext)
+    fake_images = sampler(captions, seed=seed)
+    return prdc(real, ext(fake_images), k=k, splits=splits) | {"features": ext.key}, [], fake_images
+
+
+def _clipscore(sampler, n, seed, model=None, **_):
+    from .clipscore import DEFAULT_MODEL, clip_score, load_image_text_model
+
+    clip = load_image_text_model(model or DEFAULT_MODEL, device=sampler.device)
+    _, captions, _, _ = world_reference(sampler.cfg, n)
+    images = sampler(captions, seed=seed)
+    rows = [{"caption": c} for c in captions[:50]]
+    return clip_score(images, captions, clip), rows, images
+
+
+def _geneval(sampler, per_tag_draws=100, images_per_prompt=4, detector="world", seed=GENEVAL_SEED, out=None,
+             color_model=None, **_):
+    from .detectors import DEFAULT_COLOR_MODEL, get_detector
+
+    det = get_detector(detector, color_model=color_model or DEFAULT_COLOR_MODEL, device=sampler.device)
+    if detector == "world":
+        records = world_geneval_records(n=per_tag_draws)
+    else:
+        records = geneval.make_prompts(geneval.COCO_CLASSES, geneval.GENEVAL_COLORS, seed=43, n=per_tag_draws)
+    summary, rows, images = run_geneval(sampler, records, det, images_per_prompt=images_per_prompt, seed=seed)
+    if out is not None:  # the official layout, so the reference evaluator can score the same images
+        geneval.write_prompts(records, out)
+        geneval.write_layout(Path(out) / "images", records, images)
+        atomic_write_text(Path(out) / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    metrics = {"overall": summary["overall"], **{t: s["score"] for t, s in summary["tags"].items()},
+               "images_correct": summary["images_correct"], "prompts_correct": summary["prompts_correct"],
+               "images": summary["images"], "prompts": summary["prompts"], "detector": det.name,
+               "thresholds": json.dumps(det.thresholds.__dict__)}
+    show = [{k: r[k] for k in ("filename", "tag", "prompt", "correct", "reason")} for r in rows[:400]]
+    return metrics, show, np.stack([g[0] for g in images]), summary
+
+
+def _dpg(sampler, n, seed, model=None, csv=None, tiles=4, **_):
+    from . import dpg
+
+    if csv:
+        prompts, questions = dpg.read_questions(csv)
+        if n:
+            questions = dict(list(questions.items())[:n])
+        if not model:
+            raise ValueError("DPG on a question CSV needs a VQA model: pass --model <hub id or folder>")
+        answer = dpg.TransformersVQA(model, device=sampler.device)
+        texts = [prompts[item] for item in questions]
+    else:  # the world: held-out scenes, their long captions, questions from the scene specs, the detector answers
+        _, captions, scenes, _ = world_reference(sampler.cfg, n)
+        questions = {f"world{i:05d}": dpg.world_questions(s, f"world{i:05d}") for i, s in enumerate(scenes)}
+        texts, answer = captions, (dpg.TransformersVQA(model, device=sampler.device) if model else dpg.WorldVQA())
+    flat = sampler([t for t in texts for _ in range(tiles)], seed=seed)
+    images = {item: list(flat[i * tiles:(i + 1) * tiles]) for i, item in enumerate(questions)}
+    out = dpg.score(questions, images, answer)
+    metrics = {"dpg_score": out["dpg_score"], **{f"category/{k}": v for k, v in out["categories"].items()},
+               **{f"category_last_tile/{k}": v for k, v in out["categories_last_tile"].items()},
+               "prompts": out["items"], "tiles": out["tiles"], "answerer": getattr(answer, "name", "world")}
+    grid = np.stack([dpg.tile_images(images[item]) for item in list(questions)[:16]]) if tiles in (1, 4, 9) else flat
+    return metrics, out["rows"][:400], grid
+
+
+SUITES = {"fid": _fd_kid, "prdc": _prdc, "clipscore": _clipscore, "geneval": _geneval, "dpg": _dpg}
+DEFAULT_N = {"fid": 256, "prdc": 256, "clipscore": 256, "dpg": 32}
+
+
+def run_eval(metric: str, run_dir: str | Path, *, out: str | Path | None = None, seed: int | None = None,
+             n: int | None = None, steps: int | None = None, cfg_scale: float | None = None, batch_size: int = 64,
+             device="cpu", log=print, **opts) -> dict:
+    """Run one suite on a finished run; returns {"metrics", "settings", "out", ...} and writes JSON + HTML."""
+    from ..report import save_grid, write_report
+
+    if metric not in SUITES:
+        raise ValueError(f"unknown eval metric {metric!r}; choose one of {', '.join(SUITES)}")
+    run_dir = Path(run_dir)
+    out = Path(out) if out else run_dir / "eval" / metric
+    t0 = time.perf_counter()
+    sampler = RunSampler.from_run(run_dir, device=device, steps=steps, cfg_scale=cfg_scale, batch_size=batch_size)
+    seed = (GENEVAL_SEED if metric == "geneval" else sampler.cfg.eval.seed) if seed is None else seed
+    n = n or DEFAULT_N.get(metric)
+    result = SUITES[metric](sampler, n=n, seed=seed, out=out, **opts)
+    metrics, rows, images = result[:3]
+    settings = {"metric": metric, "run_dir": str(run_dir), "seed": seed, "n": n, **sampler.settings(),
+                **{k: v for k, v in opts.items() if v is not None}, "seconds": round(time.perf_counter() - t0, 1)}
+    report = {"metrics": metrics, "settings": settings}
+    if metric == "geneval":
+        report["summary"] = result[3]
+    atomic_write_text(out / "results.json", json.dumps(report, indent=2))
+    side = int(np.ceil(np.sqrt(min(len(images), 64))))
+    save_grid(np.asarray(images[:64]), out / "grid.png", nrow=side, upscale=max(1, 128 // images.shape[1]))
+    write_report(out, title=f"microt2i eval {metric} — {run_dir.name}", metrics=metrics,
+                 images={"samples (first of each prompt)": "grid.png"}, samples=rows,
+                 config_text=json.dumps(settings, indent=2) + "\n\n" + (run_dir / "config.yaml").read_text())
+    log(f"[eval {metric}] {out / 'results.json'}, {out / 'report.html'} ({settings['seconds']} s)")
+    return report | {"out": str(out)}
