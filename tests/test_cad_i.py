@@ -19,7 +19,7 @@ PARAM_COUNTS = {
     "cad-i-256": 330_235_152,
     "cad-i-base": 188_372_752,
     "world-cad-tiny": 427_152,
-    "world-cad-s": 12_007_344,
+    "world-cad-s": 11_996_036,
 }
 
 

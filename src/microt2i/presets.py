@@ -98,7 +98,6 @@ def _world_cad_s() -> RunConfig:
     # (48 steps of 64) LAMB at 1e-2 left the ε-loss at 0.95, AdamW at 1e-3 took it to 0.54.
     base = _world_s()
     return replace(base, name="world-cad-s", model=CAD_I_CONFIGS["world-cad-s"],
-                   data=replace(base.data, codec="pixel"),  # CAD-I's world preset works on pixels
                    objective=ObjectiveConfig(kind="vp", schedule="linear", uncond="empty"),
                    eval=replace(base.eval, sampler="dpmpp_2m", steps=32, clamp=1.0))
 

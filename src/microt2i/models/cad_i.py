@@ -230,8 +230,8 @@ CAD_I_CONFIGS: dict[str, CADIConfig] = {
     "world-cad-tiny": CADIConfig(in_channels=3, input_size=16, text_dim=384, patch_size=4, data_dim=32, num_latents=16,
                                  latent_dim=64, num_blocks=2, block_depth=1, rw_heads=4, heads=4, num_registers=4,
                                  refiner_depth=1, refiner_heads=4),
-    # CPU demo: 3×32×32 pixels, 64 data tokens, MiniLM tokens. 12,007,344 params
-    "world-cad-s": CADIConfig(in_channels=3, input_size=32, text_dim=384, patch_size=4, data_dim=128, num_latents=64,
+    # CPU demo: 4×8×8 world-VAE latents (32 px images), patch 1 → 64 data tokens, MiniLM tokens. 11,996,036 params
+    "world-cad-s": CADIConfig(in_channels=4, input_size=8, text_dim=384, patch_size=1, data_dim=128, num_latents=64,
                               latent_dim=256, num_blocks=3, block_depth=2, rw_heads=4, heads=4, num_registers=16,
                               refiner_depth=2, refiner_heads=4),
 }
