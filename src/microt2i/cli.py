@@ -257,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="default: <run_dir>/eval/<metric>")
     e.set_defaults(fn=cmd_eval)
 
+    c = sub.add_parser("cost", help="cost accounting: `cost recipe` (FLOPs, GPU-days, dollars), "
+                                    "`cost text-encoders` (paper 003 Table 2)")
+    csub = c.add_subparsers(dest="what", required=True)
+    # each cost subcommand adds its parser to `csub` below
+
     pr = sub.add_parser("presets", help="list the named presets")
     pr.set_defaults(fn=lambda a: print("\n".join(__import__("microt2i.presets", fromlist=["names"]).names())) or 0)
     return p
