@@ -9,15 +9,16 @@ import torch
 WORDS = "a an the one two three red green blue cube sphere cone on left right of above below next to small".split()
 
 
-def tiny_tokenizer(folder: Path, *, specials: dict[str, str], template: str):
-    """A word-level tokenizer (special tokens first, then WORDS) saved with `save_pretrained`.
+def tiny_tokenizer(folder: Path, *, specials: dict[str, str], template: str, extra_special=(), words=WORDS):
+    """A word-level tokenizer (special tokens first, then `words`) saved with `save_pretrained`.
 
     `specials` maps roles (pad_token, eos_token, bos_token, unk_token, ...) to token strings; `template` is the
-    single-sequence template of `tokenizers.processors.TemplateProcessing`, e.g. "$A </s>"."""
+    single-sequence template of `tokenizers.processors.TemplateProcessing`, e.g. "$A </s>"; `extra_special` are
+    further special tokens matched before word splitting (e.g. "<image>", chat headers)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys([*specials.values(), *WORDS]))}
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys([*specials.values(), *extra_special, *words]))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=specials["unk_token"]))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -25,7 +26,8 @@ def tiny_tokenizer(folder: Path, *, specials: dict[str, str], template: str):
     tok.post_processor = processors.TemplateProcessing(
         single=template, special_tokens=[(t, vocab[t]) for t in special_in_template]
     )
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **specials)
+    extra = {"extra_special_tokens": list(extra_special)} if extra_special else {}
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **specials, **extra)
     wrapped.save_pretrained(folder)
     return wrapped
 
@@ -80,4 +82,63 @@ def tiny_vae(folder: Path, *, scaling_factor: float = 0.25) -> Path:
         scaling_factor=scaling_factor,
     )  # fmt: skip
     vae.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+LLAMA3_CHAT = (  # the llama-3 chat layout of llava-hf/llama3-llava-next-8b-hf, on the tiny vocabulary
+    "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+CHAT_WORDS = (*WORDS, *"describe this image consider all objects picture them their position and relation . , user "
+              "assistant shows there is".split())
+
+
+def _tiny_llama_config(tok, **kw):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **kw,
+    )  # fmt: skip
+
+
+def _chat_tokenizer(folder: Path, extra=()):
+    specials = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}
+    return tiny_tokenizer(folder, specials=specials, template="$A", words=CHAT_WORDS,
+                          extra_special=("<|start_header_id|>", "<|end_header_id|>", *extra))  # fmt: skip
+
+
+def tiny_llava_next(folder: Path, *, crop: int = 28, patch: int = 14) -> Path:
+    """A tiny random LLaVA-NeXT (CLIP vision tower, llama LM, anyres pinpoints of 1x2, 2x1 and 2x2 crops) with its
+    processor (PIL image processor, llama-3 chat template), as `llava-hf/llama3-llava-next-8b-hf` is laid out."""
+    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tok = _chat_tokenizer(folder, extra=("<image>",))
+    pins = [[crop, 2 * crop], [2 * crop, crop], [2 * crop, 2 * crop]]
+    images = LlavaNextImageProcessorPil(size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop},
+                                       image_grid_pinpoints=pins)  # fmt: skip
+    LlavaNextProcessor(image_processor=images, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
+                       chat_template=LLAMA3_CHAT, num_additional_image_tokens=1).save_pretrained(folder)  # fmt: skip
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=crop, patch_size=patch)  # fmt: skip
+    config = LlavaNextConfig(vision_config=vision, text_config=_tiny_llama_config(tok), image_grid_pinpoints=pins,
+                             image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+                             vision_feature_select_strategy="default")  # fmt: skip
+    torch.manual_seed(0)
+    LlavaNextForConditionalGeneration(config).save_pretrained(folder)
+    return folder
+
+
+def tiny_causal_lm(folder: Path) -> Path:
+    """A tiny random llama `AutoModelForCausalLM` with a llama-3 chat template (for the prompt extender)."""
+    from transformers import LlamaForCausalLM
+
+    tok = _chat_tokenizer(folder)
+    tok.chat_template = LLAMA3_CHAT.replace("{% if c['type'] == 'image' %}<image>\n{% else %}", "{% if false %}{% else %}")
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    LlamaForCausalLM(_tiny_llama_config(tok)).save_pretrained(folder)
     return folder

@@ -83,9 +83,9 @@ def test_keep_mask_returns_kept_token_patches(tiny):
         tiny(x, t, y, m, keep_mask=keep)
 
 
-def test_crop_tokens_not_implemented(tiny):
+def test_crop_tokens_need_crop_cond(tiny):  # Crop itself: tests/test_crop.py
     x, t, y, m = _inputs(TINY)
-    with pytest.raises(NotImplementedError, match="Crop"):
+    with pytest.raises(ValueError, match="model.crop_cond=true"):
         tiny(x, t, y, m, crop_tokens=torch.zeros(2, 4))
 
 

@@ -86,6 +86,59 @@ def cmd_world(args) -> int:
     return 0
 
 
+def cmd_caption(args) -> int:
+    from .encoders.captioner import folder_source, make_captioner, run_caption_job, world_source
+
+    if args.source == "world":
+        keys, load = world_source(args.n, seed=args.seed, resolution=args.resolution, max_objects=args.max_objects)
+    else:
+        boxes = None
+        if args.boxes:  # CutMix composites: {"key", "box", "pattern"} per line → the CutMix prompt (App. D)
+            import json
+
+            lines = Path(args.boxes).read_text().splitlines()
+            boxes = {r["key"]: r for r in map(json.loads, filter(str.strip, lines))}
+        keys, load = folder_source(args.source, boxes=boxes)
+    kind = args.captioner or ("world" if args.source == "world" else "llava")
+    opts = {"template": {"classes": args.classes}, "aio": {"classes": args.classes}, "world": {},
+            "llava": {"model": args.model, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+                      **({"device": args.device} if args.device else {})}}[kind]
+    if kind == "world" and args.source != "world":
+        raise FileNotFoundError("--captioner world needs --source world (oracle captions come from scene specs)")
+    try:
+        out = run_caption_job(keys, load, make_captioner(kind, **opts), args.out, num_shards=args.num_shards,
+                              shard_index=args.shard_index, batch_size=args.batch_size, progress=not args.no_progress)
+    except ValueError as e:  # bad shard/batch options, a malformed existing caption file: one line
+        print(f"microt2i caption: error: {e}", file=sys.stderr)
+        return 2
+    print(f"[caption] {out['captioned']} captioned, {out['skipped_done']} already done, {len(out['failed'])} "
+          f"unreadable, in {out['seconds']:.1f} s → {out['path']}")
+    return 1 if out["failed"] else 0
+
+
+def cmd_cutmix(args) -> int:
+    from .config import apply_overrides
+    from .report import save_grid
+    from .train.loop import prepare_cutmix, resolve_device
+
+    cfg = _resolve_config(args.config, args.overrides)
+    cfg = apply_overrides(cfg, ["augment.cutmix.enabled=true"])
+    store = prepare_cutmix(cfg, resolve_device(cfg.train.device))
+    boxes = store.meta["boxes"]
+    for i in range(min(args.show, len(store))):
+        print(f"{i:3d}  [{boxes[i]['pattern']} of source {boxes[i]['source']}, partner {boxes[i]['partner']}] "
+              f"{store.captions[i]}")
+    if args.out and cfg.data.codec == "pixel":  # a preview grid of the first composites (pixel codec: no decoder)
+        from .data.store import tensor_to_images
+
+        n = min(args.show, len(store))
+        save_grid(tensor_to_images(store.latents[:n]), args.out, nrow=int(n ** 0.5 + 0.999),
+                  upscale=max(1, 128 // cfg.data.resolution))
+        print(f"[cutmix] preview → {args.out}")
+    print(f"[cutmix] {len(store)} composites ({cfg.augment.cutmix.setting}, ×{cfg.augment.cutmix.times})")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from . import presets
     from .bench import bench_train, write_benchmarks_md
@@ -132,6 +185,57 @@ def cmd_recipe(args) -> int:
     print(f"[recipe] {'finished' if out[-1]['finished'] and len(out) == len(stages) else 'stopped'}: "
           f"{len(out)} of {len(stages)} stages; final weights in {out[-1]['dir'] / 'ema'}")
     return 0
+
+
+def cmd_cost_recipe(args) -> int:
+    from . import presets
+    from .config import ConfigError, apply_overrides
+    from .cost import PAPER_NOTES, format_cost_table, recipe_cost
+
+    try:
+        img_s = [float(v) for v in args.img_s.split(",")] if args.img_s else None
+    except ValueError:
+        raise ConfigError(f"--img-s {args.img_s!r} must be comma-separated numbers (img/s per H100, one per stage)")
+    stages = [apply_overrides(s, args.overrides) for s in presets.recipe(args.name)]
+    costs = recipe_cost(stages, img_s=img_s, mfu=args.mfu)
+    print(f"Training cost of recipe {args.name!r} (FLOPs per image counted on the meta device; 8 GPUs)\n")
+    print(format_cost_table(costs))
+    if all(c.paper is not None for c in costs):
+        print("\n" + PAPER_NOTES)
+    elif any(c.img_s is None for c in costs):
+        print("\nNo throughput known for this recipe: pass --img-s (measured img/s per H100) or --mfu (assumed).")
+    return 0
+
+
+def cmd_cost_text_encoders(args) -> int:
+    import numpy as np
+    import torch
+
+    from .encoders.hub import MissingModelError
+    from .encoders.text import TextEncoder, format_text_cost_table, measure_text_encoder
+    from .world.scenes import long_caption, sample_scene
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    rng = np.random.default_rng(0)  # the world's long captions (LLaVA-style, often > 77 tokens)
+    captions = [long_caption(sample_scene(rng), rng) for _ in range(args.batch_size)]
+    costs, skipped = [], []
+    for name in args.encoders.split(","):
+        try:
+            enc = TextEncoder(name, max_length=args.length, device=args.device, storage_dtype=dtype, log=None)
+        except (MissingModelError, ValueError) as e:
+            skipped.append(f"{name}: {str(e).splitlines()[0]}")
+            continue
+        costs.append(measure_text_encoder(enc, captions, repeats=args.repeats))
+        del enc
+    device = args.device if args.device != "cpu" else f"cpu×{torch.get_num_threads()} threads"
+    print(f"Text-encoder cost (paper 003 Table 2), measured here on {device} with batches of {args.batch_size} "
+          f"world long captions, extrapolated to 1M captions\n")
+    print(format_text_cost_table(costs, device))
+    for line in skipped:
+        print(f"skipped {line}")
+    return 0 if costs else 2
 
 
 def cmd_eval(args) -> int:
@@ -206,6 +310,35 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", default="world.png")
     w.set_defaults(fn=cmd_world)
 
+    ca = sub.add_parser("caption", help="caption images into a TSV/JSONL caption file; resumable and shardable "
+                                        "(paper 000 §2.1 text augmentation)")
+    ca.add_argument("--source", default="world", help="'world' or an image folder (keys = relative paths)")
+    ca.add_argument("--captioner", choices=["world", "aio", "template", "llava"], default=None,
+                    help="default: world (oracle long captions) for the world, llava for a folder")
+    ca.add_argument("--out", default="captions.tsv", help=".tsv or .jsonl; shards write <stem>.shardI-of-N<suffix>")
+    ca.add_argument("--model", default="llava-hf/llama3-llava-next-8b-hf", help="llava: hub id or local folder")
+    ca.add_argument("--classes", default="imagenet", help="aio: 'imagenet' (synset folders) or 'world'")
+    ca.add_argument("--boxes", default=None, help="llava: JSONL of CutMix composites {key, box, pattern}")
+    ca.add_argument("--max-new-tokens", type=int, default=200)
+    ca.add_argument("--batch-size", type=int, default=16, help="images per captioner call and per append")
+    ca.add_argument("--device", default=None, help="llava: default cuda if available (bf16), else cpu")
+    ca.add_argument("--num-shards", type=int, default=1, help="split the keys over this many jobs (GPUs, nodes)")
+    ca.add_argument("--shard-index", type=int, default=0, help="this job's shard, 0-based")
+    ca.add_argument("--n", type=int, default=1000, help="world: number of images")
+    ca.add_argument("--seed", type=int, default=0, help="world: dataset seed (item i = make_dataset's item i)")
+    ca.add_argument("--resolution", type=int, default=64, help="world: image side")
+    ca.add_argument("--max-objects", type=int, default=3, help="world: objects per scene")
+    ca.add_argument("--no-progress", action="store_true")
+    ca.set_defaults(fn=cmd_caption)
+
+    cm = sub.add_parser("cutmix", help="build (or resume) the CutMix composite set of a preset's data, captioned "
+                                       "and encoded like the base set (paper 000 App. E)")
+    cm.add_argument("config", help="preset name (its data.* and augment.cutmix.*) or a config .yaml")
+    cm.add_argument("overrides", nargs="*", help="e.g. augment.cutmix.setting=1/4 augment.cutmix.times=2")
+    cm.add_argument("--show", type=int, default=8, help="print this many composites' captions")
+    cm.add_argument("--out", default=None, help="write a preview grid PNG of them (pixel codec)")
+    cm.set_defaults(fn=cmd_cutmix)
+
     b = sub.add_parser("bench", help="benchmarks; `bench train` measures training img/s vs diffusers PixArt")
     b.add_argument("what", choices=["train", "microdit"],
                    help="train: DiT-I vs PixArt; microdit: masked vs unmasked and MoE vs dense MicroDiT")
@@ -261,6 +394,26 @@ def build_parser() -> argparse.ArgumentParser:
                                     "`cost text-encoders` (paper 003 Table 2)")
     csub = c.add_subparsers(dest="what", required=True)
     # each cost subcommand adds its parser to `csub` below
+    cr = csub.add_parser("recipe", help="FLOPs per image and per stage, GPU-days and dollars of a recipe; "
+                                        "microdit-xl-2 next to paper 003's Table 6")
+    cr.add_argument("name", help="recipe name: microdit-xl-2, world-microdit-s, world-microdit-tiny, dit-i")
+    cr.add_argument("overrides", nargs="*", help="dotted overrides applied to every stage, e.g. data.text_len=120")
+    cr.add_argument("--img-s", default=None,
+                    help="measured or stated training img/s per H100: one value, or one per stage (comma-separated)")
+    cr.add_argument("--mfu", type=float, default=None,
+                    help="assumed model FLOPs utilisation on an H100 (0-1) when no throughput is given")
+    cr.set_defaults(fn=cmd_cost_recipe)
+    ct = csub.add_parser("text-encoders", help="paper 003 Table 2: measured time and storage per 1M captions of "
+                                               "the text encoders available here")
+    ct.add_argument("--encoders", default="minilm,flan-t5-xl,clip-l",
+                    help="comma-separated names, hub ids or folders; ones not available offline are skipped")
+    ct.add_argument("--length", type=int, default=None, help="tokens kept (default: CLIP 77, T5 256, else 64)")
+    ct.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16", help="storage dtype")
+    ct.add_argument("--batch-size", type=int, default=64)
+    ct.add_argument("--repeats", type=int, default=5, help="timed batches; the median is reported")
+    ct.add_argument("--threads", type=int, default=0, help="torch intra-op threads on CPU; 0 = leave as is")
+    ct.add_argument("--device", default="cpu")
+    ct.set_defaults(fn=cmd_cost_text_encoders)
 
     pr = sub.add_parser("presets", help="list the named presets")
     pr.set_defaults(fn=lambda a: print("\n".join(__import__("microt2i.presets", fromlist=["names"]).names())) or 0)

@@ -51,6 +51,7 @@ class DiTIConfig(ModelConfig):
     layerscale_init: float = 0.1  # LayerScale on every residual branch (App. C)
     pos_interp_scale: float = 1.0  # 2-D sin-cos positions computed on a grid scaled by this (2.0 at 512²)
     noise_embed_scale: float = 1000.0  # the noise condition is multiplied by this before the sinusoid
+    crop_cond: bool = False  # crop-coordinate token appended to the caption (Crop IA, 000 App. F)
 
 
 @dataclass(kw_only=True)
@@ -81,6 +82,7 @@ class MicroDiTConfig(ModelConfig):
     bias: bool = False  # biases in attention / FFN linears (False in both paper models)
     pos_interp_scale: float = 1.0  # 2-D sin-cos positions on a grid scaled by this (2.0 at 512²)
     noise_embed_scale: float = 1.0  # c_noise is multiplied by this before the sinusoid (1.0 as the reference)
+    crop_cond: bool = False  # crop-coordinate token appended to the caption (Crop IA, 000 App. F)
 
     def __post_init__(self):
         self.qkv_ratio = tuple(float(r) for r in self.qkv_ratio)
@@ -178,7 +180,10 @@ class ObjectiveConfig:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    source: str = "world"  # "world" (embedded world) — ImageNet and caption files arrive with the data engine
+    source: str = "world"  # "world" (embedded world), "imagenet" (train/<synset>/*.JPEG, val/) or "folder" (images)
+    root: str = ""  # imagenet / folder: the dataset folder (for ImageNet the one holding train/ and val/)
+    split: str = "train"  # imagenet: "train" or "val"
+    labels_file: str = ""  # imagenet val as flat files: "filename synset" lines or LOC_val_solution.csv
     resolution: int = 32  # pixels
     num_images: int = 4096  # world: size of the rendered training set
     captions: str = "long"  # "long" (oracle long captions, the paper's TA) or "aio" ("An image of a <class>")
@@ -188,20 +193,72 @@ class DataConfig:
     text_len: int = 64  # tokens kept per caption
     seed: int = 0
     cache_dir: str = ""  # precomputed stores; "" = $MICROT2I_CACHE or ~/.cache/microt2i
+    store_dir: str = ""  # sharded store written by `microt2i precompute` (required for imagenet / folder)
+    latent_mode: str = "mean_std"  # store the posterior mean+std, re-sampled every step (CAD-I) | "sample" (MicroDiT)
+    text_store: str = "embeddings"  # store text-encoder states, or token "ids" encoded on the fly at train time
+    store_dtype: str = "float16"  # latents / text states in the sharded store
+    shard_size: int = 1024  # samples per shard
+    workers: int = 0  # loader worker processes (0 = read in the training process)
 
     def __post_init__(self):
-        _choice("data.source", self.source, ("world",))
+        _choice("data.source", self.source, ("world", "imagenet", "folder"))
+        _choice("data.split", self.split, ("train", "val"))
+        _choice("data.latent_mode", self.latent_mode, ("mean_std", "sample"))
+        _choice("data.text_store", self.text_store, ("embeddings", "ids"))
+        _choice("data.store_dtype", self.store_dtype, ("float16", "float32"))
+        if self.source != "world" and not (self.root and self.store_dir):
+            raise ConfigError(f"data.source={self.source!r} needs data.root=<dataset folder> and data.store_dir=<store "
+                              f"folder> (fill it with `microt2i precompute`)")
+        if self.shard_size < 1 or self.workers < 0:
+            raise ConfigError(f"data.shard_size={self.shard_size} must be >= 1 and data.workers={self.workers} >= 0")
         _choice("data.captions", self.captions, ("long", "aio"))
         if not 8 <= self.resolution <= 1024:
             raise ConfigError(f"data.resolution={self.resolution} must be in [8, 1024]")
 
 
+CUTMIX_SETTINGS = ("all", "1/2", "1/4", "1/9", "1/16")
+
+
 @dataclass(kw_only=True)
-class AugmentConfig:
-    ia: str = "none"  # image augmentation (CutMix / Crop): arrives with the IA issue
+class CutMixConfig:
+    """CutMix IA (paper 000 App. E): a sample is swapped for one of its composites iff its noise level is above τ
+    and Bernoulli(p) fires (Algorithm 1, Eq. 2–4). Composites: `microt2i cutmix` (augment/cutmix.py)."""
+
+    enabled: bool = False
+    setting: str = "all"  # CM^all (uniform over the four patterns, the paper's best) | 1/2 | 1/4 | 1/9 | 1/16
+    p: float = 0.5  # Bernoulli(p) above τ (Table 10: p ≤ 0.5)
+    tau: float = 400.0  # threshold on the paper's scale: τ of T = 1000 steps of the linear-ᾱ schedule (Table 11)
+    times: int = 1  # composites per source image (the reference's `dataset_times`)
+    seed: int = 0  # partners, patterns and positions are a function of (seed, source index, composite index)
 
     def __post_init__(self):
-        _choice("augment.ia", self.ia, ("none",))
+        _choice("augment.cutmix.setting", self.setting, CUTMIX_SETTINGS)
+        if not 0.0 <= self.p <= 1.0 or not 0.0 < self.tau < 1000.0 or self.times < 1:
+            raise ConfigError(f"augment.cutmix.p={self.p} must be in [0, 1], augment.cutmix.tau={self.tau} in "
+                              f"(0, 1000) (paper scale) and augment.cutmix.times={self.times} >= 1")
+
+
+@dataclass(kw_only=True)
+class CropConfig:
+    """Crop IA (paper 000 App. F): with probability p a micro-batch sees only a square crop of its tokens (side ≥
+    min_side of the patch grid); crop-coordinate tokens join the caption. Needs model.crop_cond=true."""
+
+    enabled: bool = False
+    p: float = 0.5  # probability that a micro-batch is cropped (one crop size per micro-batch, positions per sample)
+    min_side: float = 0.5  # crop side ≥ this fraction of the patch grid's side (App. F: "> 50 %")
+
+    def __post_init__(self):
+        if not 0.0 <= self.p <= 1.0 or not 0.0 < self.min_side < 1.0:
+            raise ConfigError(f"augment.crop.p={self.p} must be in [0, 1] and augment.crop.min_side="
+                              f"{self.min_side} in (0, 1)")
+
+
+@dataclass(kw_only=True)
+class AugmentConfig:
+    """Image augmentation (IA, paper 000 §2.2): `augment.cutmix.*` and `augment.crop.*`; both may be on."""
+
+    cutmix: CutMixConfig = field(default_factory=CutMixConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
 
 
 @dataclass(kw_only=True)

@@ -81,6 +81,7 @@ def run_demo(run_dir: str | Path = "runs/demo", *, preset: str = "world-s", over
     from .eval.runner import mini_geneval
     from .report import loss_plot, read_stats, save_grid, write_report
     from .sample import generate
+    from .augment import describe as describe_augment
     from .train.loop import resolve_device, train
 
     t0 = time.perf_counter()
@@ -90,6 +91,7 @@ def run_demo(run_dir: str | Path = "runs/demo", *, preset: str = "world-s", over
         result, cfg = _run_stages(stages, run_dir, progress=progress, log=log), stages[-1]
     else:
         cfg: RunConfig = apply_overrides(presets.get(preset), overrides or [])
+        log(f"[demo] image augmentation: {describe_augment(cfg.augment)}")
         result = train(cfg, run_dir, progress=progress, log=log)
     t_train = time.perf_counter() - t0
     if not result["finished"]:
@@ -116,7 +118,8 @@ def run_demo(run_dir: str | Path = "runs/demo", *, preset: str = "world-s", over
     final_loss = next((s["loss"] for s in reversed(stats) if "loss" in s), float("nan"))  # eval lines have none
     metrics.update({"final_loss": final_loss, "images_seen": result["nimg"],
                     "params": result["params"], "train_seconds": round(t_train, 1), "sample_seconds": round(t_sample, 1),
-                    "sampler": f"{cfg.eval.sampler} {cfg.eval.steps} steps, cfg {cfg.eval.cfg_scale}"})
+                    "sampler": f"{cfg.eval.sampler} {cfg.eval.steps} steps, cfg {cfg.eval.cfg_scale}",
+                    "augmentation": describe_augment(cfg.augment)})
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     save_yaml(cfg, run_dir / "config.yaml")
     for r, s in zip(rows, specs):

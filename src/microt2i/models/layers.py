@@ -58,12 +58,41 @@ def keep_tokens(x: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation: x [B, N, D] with per-sample shift, scale [B, D] (DiT §3.2)."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN modulation: x [B, N, D] with per-sample shift, scale [B, D] (DiT §3.2); one fused op (addcmul)."""
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Normalisation, LayerScale, MLPs
+
+
+class _RMSNormFn(torch.autograd.Function):
+    """y = x̂·w, x̂ = x / √(mean(x²) + ε) over the last dim, in fp32, with a hand-written backward: 4 element-wise
+    passes forward and ≈ 5 backward instead of autograd's ≈ 12 for the composite (the CPU has no fused kernel).
+    w may broadcast over leading dims of x (e.g. [2, 1, D] normalising q and k with their own weights at once)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        xf = x.float()
+        r = torch.rsqrt(xf.square().mean(dim=-1, keepdim=True).add_(eps))  # [..., 1]
+        xhat = xf * r
+        ctx.save_for_backward(xhat, r, weight)
+        return (xhat * weight.float()).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        xhat, r, weight = ctx.saved_tensors
+        gyf = gy.float()
+        g = gyf * weight.float()  # ∂L/∂x̂
+        # ∂L/∂x = r · (g − x̂ · mean(g·x̂))  (the normaliser's Jacobian is r·(I − x̂x̂ᵀ/D))
+        gx = (g - xhat * (g * xhat).mean(dim=-1, keepdim=True)) * r
+        gw = (gyf * xhat).sum_to_size(weight.shape) if ctx.needs_input_grad[1] else None
+        return gx.to(gy.dtype), None if gw is None else gw.to(weight.dtype), None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm of x over its last dim with gain `weight` (broadcast over x's leading dims), fp32 inside."""
+    return _RMSNormFn.apply(x, weight, eps)
 
 
 class RMSNorm(nn.Module):
@@ -75,9 +104,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def make_norm(kind: str | None, dim: int) -> nn.Module:
@@ -101,8 +128,9 @@ class LayerScale(nn.Module):
         super().__init__()
         self.gamma = nn.Parameter(torch.full((dim,), float(init)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x·γ, or residual + x·γ in one fused op (addcmul) when `residual` is given."""
+        return x * self.gamma if residual is None else torch.addcmul(residual, x, self.gamma)
 
 
 class Mlp(nn.Module):
@@ -284,8 +312,8 @@ class TransformerBlock(nn.Module):
         self.ls2 = LayerScale(dim, layerscale_init)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), key_mask=mask))
-        return x + self.ls2(self.mlp(self.norm2(x)))
+        x = self.ls1(self.attn(self.norm1(x), key_mask=mask), x)  # x + γ1·attn
+        return self.ls2(self.mlp(self.norm2(x)), x)  # x + γ2·mlp
 
 
 class TextRefiner(nn.Module):

@@ -18,6 +18,9 @@ A DiT (Peebles & Xie 2023) with captions by cross-attention, read top to bottom:
   is SwiGLU (Fig. 9f), experts are GELU MLPs; QK-norm (non-affine LayerNorm over all heads, App. B).
 - **Caption path**: Mlp projection (GELU, LayerNorm in the middle) → one pre-LN self-attention + SwiGLU refiner
   block (Fig. 6 "we process the caption embeddings using an attention layer") → cross-attention K/V of every block.
+- **Crop IA** (`crop_cond`; paper 000 App. F, `augment/crop.py`; our choice, the paper has no guidance): the crop's
+  box (`crop_tokens`) becomes one token appended to the caption, and the mixer runs on the crop's tokens only;
+  `keep_mask` (⊆ the crop) then selects the backbone's tokens among them, so 75 % masking masks the cropped image.
 - **Init**: xavier-uniform linears; q/k/v and FFN-in N(0, 0.02); output projections depth-scaled
   N(0, 0.02/√(2(i+1))) in backbone block i and N(0, 0.02/√(2·depth)) in the mixer; adaLN modulations, the refiner's
   output projections and the final linear zero — the untrained network outputs exactly 0, so the EDM denoiser
@@ -37,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..augment.crop import CropEmbedder, append_crop_token, box_keep_mask
 from ..config import MicroDiTConfig
 from .layers import (
     Attention,
@@ -262,6 +266,7 @@ class MicroDiT(nn.Module):
         self.y_refiner = CaptionRefiner(D, D // cfg.head_dim, swiglu_hidden(4 * D, cfg.multiple_of), qk_norm=qk_norm,
                                         bias=cfg.bias)
         self.y_pool = Mlp(D, D, mid_norm=True)  # mean caption token → added to the time embedding
+        self.crop_embedder = CropEmbedder(D) if cfg.crop_cond else None  # Crop IA's crop-coordinate token
 
         # Patch-mixer over all patches; maps between the backbone and mixer widths when they differ
         self.mixer = nn.ModuleList([MicroDiTBlock(Dm, s, cfg) for s in mixer_specs(cfg)])
@@ -307,11 +312,15 @@ class MicroDiT(nn.Module):
         `sample_keep_mask`): the backbone runs on those tokens only and the output is their patches
         [B, N_keep, p²·C] in token order (compare with `layers.patchify(target, p)` gathered by `keep_tokens`).
 
-        Returns F(x) [B, C, H, W] (or [B, N_keep, p²·C] with keep_mask).
+        crop_tokens [B, 4] normalised crop boxes (x0, y0, x1, y1) of Crop IA (needs `crop_cond`; None = whole
+        image): the crop token joins the caption, the mixer sees only the crop's tokens, and keep_mask (default:
+        the crop) must lie inside the crop (`augment.crop.crop_patch_mask` draws one).
+
+        Returns F(x) [B, C, H, W] (or [B, N_keep, p²·C] with keep_mask or a crop).
         """
-        if crop_tokens is not None:
-            raise NotImplementedError("crop_tokens (Crop augmentation) is not supported by MicroDiT; "
-                                      "pass crop_tokens=None")
+        if crop_tokens is not None and self.crop_embedder is None:
+            raise ValueError("crop_tokens given to a MicroDiT built without the crop-coordinate token; "
+                             "set model.crop_cond=true (and train with augment.crop.enabled=true)")
         cfg = self.config
         B, C, H, W = x.shape
         p = cfg.patch_size
@@ -321,7 +330,10 @@ class MicroDiT(nn.Module):
         noise_cond = torch.as_tensor(noise_cond, device=x.device).expand(B)  # [B]
 
         # Conditioning: caption → refined tokens y [B, L, D]; c = t_emb + MLP(mean real caption token) [B, D]
-        y = self.y_refiner(self.y_embedder(text_tokens), text_mask)
+        y = self.y_embedder(text_tokens)
+        if self.crop_embedder is not None:  # + crop-coordinate token [B, L+1, D], always attended and pooled
+            y, text_mask = append_crop_token(self.crop_embedder, y, text_mask, crop_tokens)
+        y = self.y_refiner(y, text_mask)
         if text_mask is None:
             pooled = y.mean(dim=1)
         else:
@@ -330,14 +342,23 @@ class MicroDiT(nn.Module):
         c = self.t_embedder(noise_cond) + self.y_pool(pooled)
 
         h = self.x_embedder(patchify(x, p)) + self.pos_embed  # [B, N, D]
-        if keep_mask is not None and cfg.masking == "naive":  # naive masking: drop patches before any mixing
-            h = keep_tokens(h, keep_mask)  # [B, N_keep, D]
+        crop = None if crop_tokens is None else box_keep_mask(crop_tokens.to(x.device), self.grid)  # [B, N]
+        inner = keep_mask  # the kept tokens among those the mixer sees
+        if crop is not None and not bool(crop.all()):  # Crop: the mixer sees the crop's tokens only
+            if keep_mask is None:
+                keep_mask = crop
+            elif bool((keep_mask & ~crop).any()):
+                raise ValueError("keep_mask keeps tokens outside the crop of crop_tokens; draw it inside the crop "
+                                 "(augment.crop.crop_patch_mask)")
+            h, inner = keep_tokens(h, crop), keep_tokens(keep_mask, crop)  # [B, N_crop, D], [B, N_crop]
+        if inner is not None and cfg.masking == "naive":  # naive masking: drop patches before any mixing
+            h = keep_tokens(h, inner)  # [B, N_keep, D]
         if len(self.mixer):
             h, y_mixer = self.mixer_in(h), self.mixer_y(y)  # [B, N, Dm], [B, L, Dm]
             for block in self.mixer:
                 h = block(h, y_mixer, text_mask, c)
-        if keep_mask is not None and cfg.masking != "naive":  # deferred masking: after the mixer saw all patches
-            h = keep_tokens(h, keep_mask)  # [B, N_keep, Dm]
+        if inner is not None and cfg.masking != "naive":  # deferred masking: after the mixer saw all patches
+            h = keep_tokens(h, inner)  # [B, N_keep, Dm]
         h = self.mixer_out(h)  # [B, N | N_keep, D]; mapped after masking to save compute (reference)
 
         for block in self.blocks:

@@ -17,7 +17,9 @@ import torch
 from safetensors.torch import save
 from tqdm import tqdm
 
-from ..config import RunConfig, save_yaml, to_dict
+from ..augment.crop import crop_patch_mask, crop_sides, sample_crop
+from ..augment.cutmix import build_cutmix_store, ia_gate, twin_index
+from ..config import ConfigError, RunConfig, save_yaml, to_dict
 from ..data.sampler import ResumableSampler
 from ..data.store import Store, load_or_build
 from ..diffusion.objectives import build_objective
@@ -42,12 +44,48 @@ def step_seed(seed: int, rank: int, nimg: int) -> int:
 
 
 def prepare_data(cfg: RunConfig, device: torch.device, log=print) -> Store:
-    """Load the cached store or build it (render, encode images with the codec, encode captions)."""
+    """Load the cached store or build it (render, encode images with the codec, encode captions); with
+    `data.store_dir`, open the sharded store `microt2i precompute` wrote, refusing one built with other settings."""
+    if cfg.data.store_dir:
+        from ..data.store import open_store, store_key
+
+        sharded = open_store(cfg.data.store_dir, store_key(cfg.data))
+        if sharded.text_mode == "ids":  # token ids are encoded on the fly by the store's own text encoder
+            sharded.attach_text_encoder(TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device))
+        log(f"[data] sharded store {cfg.data.store_dir}: {len(sharded)} samples ({sharded.latent_mode} latents, "
+            f"text {sharded.text_mode})")
+        return sharded
+
     def make_encoders():
         return (load_codec(cfg.data.codec, device=device),
                 TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device))
 
     return load_or_build(cfg.data, make_encoders, log=log)
+
+
+def prepare_cutmix(cfg: RunConfig, device: torch.device, log=print) -> Store:
+    """The CutMix composite store of `cfg.augment.cutmix` (augment/cutmix.py), built and cached on first use."""
+    def make_encoders():
+        return (load_codec(cfg.data.codec, device=device),
+                TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device))
+
+    return build_cutmix_store(cfg.data, cfg.augment.cutmix, make_encoders, log=log)
+
+
+def _check_augment(cfg: RunConfig, store: Store, cutmix: Store | None) -> None:
+    """Image augmentation (paper 000 §2.2) needs a model and data that can take it; fail before training."""
+    crop = cfg.augment.crop
+    if crop.enabled:
+        if not getattr(cfg.model, "crop_cond", False):
+            raise ConfigError(f"augment.crop.enabled=true needs the crop-coordinate token: set model.crop_cond=true "
+                              f"(model.family={cfg.model.family!r}: dit-i and microdit support it)")
+        crop_sides(cfg.model.input_size // cfg.model.patch_size, crop.min_side)
+    if cutmix is not None:
+        times = cfg.augment.cutmix.times
+        if len(cutmix) != len(store) * times or cutmix.text_tokens.shape[1:] != store.text_tokens.shape[1:]:
+            raise ValueError(f"the CutMix store has {len(cutmix)} composites with tokens "
+                             f"{list(cutmix.text_tokens.shape[1:])} but the data set needs {len(store)}×{times} "
+                             f"with {list(store.text_tokens.shape[1:])}; rebuild it with `microt2i cutmix`")
 
 
 class StatsLog:
@@ -75,10 +113,11 @@ def _check_same_run(saved: dict, cfg: RunConfig, run_dir: Path) -> None:
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, progress: bool = True,
-          log=print, store: Store | None = None) -> dict:
+          log=print, store: Store | None = None, cutmix_store: Store | None = None) -> dict:
     """Train `cfg` in `run_dir`, resuming from its newest checkpoint. Returns a summary dict.
 
     `stop_nimg` ends the job early (after a checkpoint) the way EDM2's `slice_nimg` does on preemptible clusters.
+    `store` / `cutmix_store` replace the cached data set / CutMix composites (composite k = i·times + j of source i).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -95,6 +134,12 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
     if store.text_tokens.shape[-1] != cfg.model.text_dim:
         raise ValueError(f"model.text_dim={cfg.model.text_dim} but the text encoder gives {store.text_tokens.shape[-1]}; "
                          f"set model.text_dim={store.text_tokens.shape[-1]}")
+    aug = cfg.augment
+    if aug.cutmix.enabled and cutmix_store is None:
+        cutmix_store = prepare_cutmix(cfg, device, log=log)
+    cutmix_store = cutmix_store if aug.cutmix.enabled else None
+    _check_augment(cfg, store, cutmix_store)
+    grid = cfg.model.input_size // cfg.model.patch_size  # Crop works on the patch grid
     torch.manual_seed(t.seed)
     net = build(cfg.model).to(device)
     objective = build_objective(cfg.objective)
@@ -142,17 +187,34 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
         loss_sum = 0.0
         for r in range(rounds):
             start = nimg + r * micro
-            batch = store.batch(sampler.rank_indices(start, micro, rank, world_size), device)
+            idx = sampler.rank_indices(start, micro, rank, world_size)
             gen = torch.Generator(device).manual_seed(step_seed(t.seed, rank, start))
+            # Each sample's noise level first (EDM σ for every objective): IA gating depends on it (Algorithm 1)
+            sigma = objective.sample_sigma(micro, gen, device)
+            batch = store.batch(idx, device, generator=gen)  # a posterior store re-samples z = mean + std·ε
+            if cutmix_store is not None:  # CutMix: above τ and with prob. p a sample becomes one of its composites
+                swap = ia_gate(sigma, aug.cutmix.tau, aug.cutmix.p, generator=gen).to(device)
+                twins = twin_index(idx, aug.cutmix.times, generator=gen)
+                if bool(swap.any()):  # fetch the selected samples' twins only
+                    twin = cutmix_store.batch(twins[swap.cpu().numpy()], device, generator=gen)
+                    for k in ("x0", "text_tokens", "text_mask"):
+                        batch[k][swap] = twin[k]
             # Caption dropout for classifier-free guidance: swap in the unconditional caption.
             drop = torch.rand(micro, generator=gen, device=device) < cfg.objective.cond_drop
             tokens = torch.where(drop[:, None, None], uncond_tokens, batch["text_tokens"])
             mask = torch.where(drop[:, None], uncond_mask, batch["text_mask"])
             # Patch masking (MicroDiT): a fresh keep-mask per micro-batch from the same per-step generator
             keep = sample_keep_mask(cfg.model, micro, generator=gen, device=device)
-            net_kwargs = {} if keep is None else {"keep_mask": keep}
+            net_kwargs = {}
+            if aug.crop.enabled:  # Crop: one side per micro-batch, a corner per sample (augment/crop.py)
+                crop_keep, net_kwargs["crop_tokens"] = sample_crop(aug.crop, grid, micro, generator=gen, device=device)
+                if crop_keep is not None:  # MicroDiT's patch masking then masks the crop
+                    keep = crop_keep if keep is None else crop_patch_mask(crop_keep, cfg.model.mask_ratio,
+                                                                          generator=gen)
+            if keep is not None:
+                net_kwargs["keep_mask"] = keep
             with autocast:
-                loss = objective.loss(net, batch["x0"], tokens, mask, generator=gen, **net_kwargs).mean()
+                loss = objective.loss(net, batch["x0"], tokens, mask, generator=gen, sigma=sigma, **net_kwargs).mean()
             (loss / rounds).backward()
             loss_sum += loss.item() / rounds
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))

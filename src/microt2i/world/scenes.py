@@ -259,6 +259,72 @@ def long_caption(scene: Scene, rng: int | np.random.Generator | None = None) -> 
     return " ".join([first] + [facts[i] for i in order])
 
 
+# ---------------------------------------------------------------------------------------- CutMix composites
+# The oracle of a CutMix composite (paper 000 App. E; augment/cutmix.py): `partner`'s window `src` is pasted over
+# `box` of `base` (both normalised (x0, y0, x1, y1)). Like the paper's LLaVA prompt ("do not consider the image as
+# a composite"), the caption describes one scene: every visible object with its position and relations.
+
+
+def cutmix_objects(base: Scene, partner: Scene, box, src) -> tuple[list[WorldObject], list[WorldObject]]:
+    """(base objects the paste covers less than half of, partner objects whose centre lies in `src`, mapped into
+    the composite's coordinates and scale)."""
+    bx0, by0, bx1, by1 = box
+    sx0, sy0, sx1, sy1 = src
+    scale = (bx1 - bx0) / (sx1 - sx0)
+    kept = [o for o in base.objects if _covered(o, box) < 0.5]
+    pasted = [WorldObject(o.cls, o.color, o.size * scale, bx0 + (o.cx - sx0) * scale, by0 + (o.cy - sy0) * scale,
+                          o.angle) for o in partner.objects if sx0 <= o.cx < sx1 and sy0 <= o.cy < sy1]
+    return kept, pasted
+
+
+def _covered(o: WorldObject, box) -> float:
+    """The fraction of o's bounding square (side = its circumscribed diameter) that the paste box covers."""
+    r = o.size / 2
+    w = max(0.0, min(o.cx + r, box[2]) - max(o.cx - r, box[0]))
+    h = max(0.0, min(o.cy + r, box[3]) - max(o.cy - r, box[1]))
+    return w * h / o.size**2
+
+
+def cutmix_caption(base: Scene, partner: Scene, box, src, rng: int | np.random.Generator, *,
+                   captions: str = "long") -> str:
+    """The world oracle's caption of a CutMix composite: "aio" names the two main classes, "long" describes every
+    visible object (colour, class, size, position, relation to the first), the pasted region's background, and
+    which objects the paste partly hides."""
+    rng = _rng(rng)
+    kept, pasted = cutmix_objects(base, partner, box, src)
+    objects = kept + pasted
+    if not objects:  # a paste can hide every base object while showing none of the partner's
+        return f"An image of {BACKGROUNDS[base.background][0]} with a patch of {BACKGROUNDS[partner.background][0]}."
+    if captions == "aio":
+        names = list(dict.fromkeys(o.cls for o in ([kept[0]] if kept else []) + ([pasted[0]] if pasted else [])))
+        return "An image of " + " and ".join(f"{article(c)} {c}" for c in names)
+    main = objects[0]
+    img = _pick(rng, _IMAGE_WORDS)
+    np_main = _noun_phrase(main, rng, with_size=True)
+    where = _where(main, rng, img)
+    first = _pick(rng, _OPENERS).format(img=img, np=np_main, Np=_cap(np_main), where=where, Where=_cap(where))
+    first += _pick(rng, _ON_BG).format(bg=_pick(rng, BACKGROUNDS[base.background])) + "."
+    ref = _pick(rng, (main.cls, f"{main.color} {main.cls}"))
+    facts = []
+    for o in objects[1:]:
+        np_o = _noun_phrase(o, rng, with_size=True)
+        rel, w = relation(o, main), _where(o, rng, img)
+        facts.append(_pick(rng, _OTHER_SENTENCES).format(np=np_o, Np=_cap(np_o), rel=rel, Rel=_cap(rel), ref=ref,
+                                                         where=w))
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    patch = _pick(rng, BACKGROUNDS[partner.background])
+    region = "half" if (box[2] - box[0]) * (box[3] - box[1]) >= 0.5 - 1e-6 else "part"
+    facts.append(f"The {position_name(cx, cy)} {region} of the {img} shows {patch}.")
+    hidden = list(dict.fromkeys(o.cls for o in kept if _covered(o, box) > 0))
+    if hidden:
+        facts.append(f"The {' and the '.join(hidden)} {'is' if len(hidden) == 1 else 'are'} partly hidden.")
+    if len(objects) > 1 and rng.random() < 0.5:
+        n = len(objects)
+        facts.append(_pick(rng, _COUNT).format(n=_pick(rng, (str(n), _NUMBERS.get(n, str(n)))), img=img))
+    order = rng.permutation(len(facts))
+    return " ".join([first] + [facts[i] for i in order])
+
+
 def make_dataset(n: int, *, seed: int = 0, resolution: int = 32, captions: str = "long", max_objects: int = 3):
     """n rendered scenes with captions ("long" or "aio"); item i depends only on (seed, i)."""
     from .render import render  # imported here: render.py builds on this module's vocabulary

@@ -1,0 +1,267 @@
+"""`microt2i precompute`: images + captions → codec latents + text states in a sharded store (data/store.py).
+
+The items (world renders, an ImageNet split, an image folder) are listed in a fixed order and cut into shards of
+`data.shard_size` items; shard s is a pure function of its items and the config, so the job is
+- resumable: a finished shard (its sidecar JSON exists) is skipped, a half-written one was never renamed into place;
+- shardable across machines: `num_shards`/`shard_index` take shards s ≡ shard_index (mod num_shards);
+- multi-process: `workers` processes decode and resize images while the main process runs the encoders.
+The store's `plan.json` holds the cache key; a folder planned with other settings is refused, never mixed.
+Unreadable images are skipped and counted per reason (sidecars, then the manifest's "skipped").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import DataConfig
+from ..io import atomic_write_bytes, atomic_write_text
+from .imagenet import IngestReport, list_folder, list_imagenet, try_load
+from .store import (EMPTY, PLAN, CONFIG_KEY_FIELDS, StoreMismatchError, finalize_store, images_to_tensor, key_hash,
+                    shard_info, store_key, write_shard)
+
+_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+def list_items(data: DataConfig) -> list:
+    """The ordered items of the data source: ImageItems, or world indices 0..num_images-1."""
+    if data.source == "world":
+        return list(range(data.num_images))
+    if data.source == "imagenet":
+        return list_imagenet(data.root, data.split, data.labels_file)
+    return list_folder(data.root)
+
+
+def _caption_source(data: DataConfig) -> str:
+    return getattr(data, "caption_file", "") or ""  # the caption-file field of DataConfig, when the config has it
+
+
+def caption_table(data: DataConfig) -> dict[str, list[str]] | None:
+    """Key → captions from the caption file, or None when captions come from a template / the world oracle."""
+    src = _caption_source(data)
+    if data.source == "world" or not src:
+        if data.source != "world" and data.captions != "aio":
+            raise FileNotFoundError(f"data.source={data.source} with data.captions={data.captions!r} needs a caption "
+                                    f"file (write one with `microt2i caption`); or set data.captions=aio for the "
+                                    f"'An image of <class>' template")
+        return None
+    from .captions import read_captions
+
+    return read_captions(src)
+
+
+def _lookup(table: dict[str, list[str]], key: str) -> list[str] | None:
+    """Captions of `key`, also tried as its basename and stem (caption files key by relative path or filename)."""
+    name = key.rsplit("/", 1)[-1]
+    return table.get(key) or table.get(name) or table.get(name.rsplit(".", 1)[0])
+
+
+def plan_store(data: DataConfig, items: list, augment: dict | None = None) -> dict:
+    """The plan (cache key, item count, shard layout) of `data`; written once, then every job must agree."""
+    fields = store_key(data, augment)
+    keys = [str(i) if isinstance(i, int) else i.key for i in items]
+    content = {"num_items": len(items), "items_sha": hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]}
+    if src := _caption_source(data):
+        content["captions_sha"] = _file_sha(src)
+    return {"key": key_hash({**fields, **content}), "fields": fields, "content": content,
+            "shard_size": data.shard_size, "num_shards": math.ceil(len(items) / data.shard_size)}
+
+
+def _file_sha(spec: str) -> str:
+    import glob
+
+    h = hashlib.sha256()
+    for f in sorted(glob.glob(spec)) or [spec]:
+        p = Path(f)
+        h.update(p.read_bytes() if p.is_file() else f.encode())  # a datasets folder / hub id: keyed by its name
+    return h.hexdigest()[:16]
+
+
+def _check_plan(store_dir: Path, plan: dict) -> None:
+    path = store_dir / PLAN
+    if not path.is_file():
+        atomic_write_text(path, json.dumps(plan, indent=1))
+        return
+    old = json.loads(path.read_text())
+    if old["key"] == plan["key"]:
+        return
+    diff = [f"data.{k}: {old['fields'].get(k)!r} → {plan['fields'].get(k)!r}" for k in CONFIG_KEY_FIELDS
+            if old["fields"].get(k) != plan["fields"].get(k)]
+    diff += [f"{k}: {old['content'].get(k)!r} → {plan['content'].get(k)!r}" for k in plan["content"]
+             if old["content"].get(k) != plan["content"].get(k)]
+    diff += [f"data.shard_size: {old['shard_size']} → {plan['shard_size']}"] if old["shard_size"] != plan["shard_size"] else []
+    raise StoreMismatchError(f"{store_dir} holds a store planned with other settings ({'; '.join(diff)}); pass a new "
+                             f"data.store_dir, or delete {store_dir} to rebuild it")
+
+
+class _Encoders:
+    """Codec and text encoder, loaded on first use (a job whose shards are all done loads nothing)."""
+
+    def __init__(self, data: DataConfig, device, codec=None, text_encoder=None):
+        self.data, self.device, self._codec, self._text = data, device, codec, text_encoder
+
+    @property
+    def codec(self):
+        if self._codec is None:
+            from ..encoders import load_codec
+
+            self._codec = load_codec(self.data.codec, device=self.device)
+        return self._codec
+
+    @property
+    def text(self):
+        if self._text is None:
+            from ..encoders import TextEncoder
+
+            self._text = TextEncoder(self.data.text_encoder, max_length=self.data.text_len, device=self.device)
+        return self._text
+
+
+def _encode_text(enc: _Encoders, data: DataConfig, captions: list[str]) -> dict[str, torch.Tensor]:
+    dtype = _DTYPES[data.store_dtype]
+    if data.text_store == "ids":
+        tok = enc.text.tokenizer(captions, padding="max_length", truncation=True, max_length=data.text_len,
+                                 return_tensors="pt")
+        return {"text_ids": tok["input_ids"].to(torch.int32), "text_mask": tok["attention_mask"].to(torch.uint8)}
+    emb = enc.text.encode(captions)
+    return {"text_tokens": emb.tokens.to(dtype).cpu(), "text_mask": emb.mask.to(torch.uint8).cpu()}
+
+
+def _write_empty(store_dir: Path, enc: _Encoders, data: DataConfig) -> None:
+    if (store_dir / EMPTY).is_file():
+        return
+    from safetensors.torch import save
+
+    t = _encode_text(enc, data, [""])
+    out = {"mask": t["text_mask"]}
+    out["ids" if data.text_store == "ids" else "tokens"] = t.get("text_ids", t.get("text_tokens"))
+    atomic_write_bytes(store_dir / EMPTY, save({k: v.contiguous() for k, v in out.items()}))
+
+
+def _load_shard_images(data: DataConfig, items: list, table, pool, report: IngestReport):
+    """(uint8 images [n, R, R, 3], records) of one shard's items; unreadable / uncaptioned ones go to `report`."""
+    if data.source == "world":
+        from ..world import CLASSES, make_dataset
+
+        stop = items[-1] + 1  # item i depends only on (seed, i): render up to the shard's end and keep its part
+        images, captions, scenes = make_dataset(stop, seed=data.seed, resolution=data.resolution,
+                                                captions=data.captions, max_objects=data.max_objects)
+        keep = slice(items[0], stop)
+        records = [{"key": f"{i:08d}", "caption": c, "label": CLASSES.index(s.main.cls)}
+                   for i, c, s in zip(items, captions[keep], scenes[keep])]
+        report.total += len(items)
+        report.kept += len(items)
+        return images[keep], records
+    from ..encoders.captioner import TemplateCaptioner
+    from .captions import pick_caption
+
+    args = [(str(it.path), data.resolution) for it in items]
+    loaded = pool.imap(try_load, args, chunksize=4) if pool is not None else map(try_load, args)
+    images, records = [], []
+    for it, (img, reason) in zip(items, loaded):
+        report.total += 1
+        if table is None:
+            caption = TemplateCaptioner.for_name(it.name)
+        else:
+            caps = _lookup(table, it.key)
+            # several captions per image: one fixed draw per sample (paper 000 §2.1 uses one long caption each)
+            caption = pick_caption(caps, data.seed, 0, hash_key(it.key)) if caps else None
+            if caption is None:
+                reason = reason or "no caption"
+        if reason is not None:
+            report.add_skip(it.key, reason)
+            continue
+        report.kept += 1
+        images.append(img)
+        records.append({"key": it.key, "caption": caption, "label": it.label})
+    res = data.resolution
+    return (np.stack(images) if images else np.zeros((0, res, res, 3), np.uint8)), records
+
+
+def hash_key(key: str) -> int:
+    """A stable integer of a sample key (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+
+
+@torch.no_grad()
+def _encode_shard(enc: _Encoders, data: DataConfig, index: int, images: np.ndarray, records: list[dict],
+                  batch_size: int) -> dict[str, torch.Tensor]:
+    dtype = _DTYPES[data.store_dtype]
+    means, stds = [], []
+    for i in range(0, len(images), batch_size):
+        m, s = enc.codec.encode_moments(images_to_tensor(images[i:i + batch_size]))
+        means.append(m.float().cpu())
+        stds.append(s.float().cpu())
+    if not records:  # an all-skipped shard still needs well-formed tensors
+        c, f = enc.codec.channels, enc.codec.factor
+        means = stds = [torch.zeros(0, c, data.resolution // f, data.resolution // f)]
+    mean, std = torch.cat(means), torch.cat(stds)
+    if data.latent_mode == "sample":  # MicroDiT stores one posterior sample; its noise is a function of (seed, shard)
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([data.seed, index]).generate_state(1)[0]))
+        tensors = {"latents": (mean + std * torch.randn(mean.shape, generator=gen)).to(dtype)}
+    else:
+        tensors = {"latents": mean.to(dtype), "latents_std": std.to(dtype)}
+    tensors |= _encode_text(enc, data, [r["caption"] for r in records])
+    tensors["labels"] = torch.tensor([r["label"] for r in records], dtype=torch.int64)
+    return tensors
+
+
+def precompute(data: DataConfig, *, augment: dict | None = None, num_shards: int = 1, shard_index: int = 0,
+               workers: int = 0, device: str = "cpu", batch_size: int = 64, codec=None, text_encoder=None,
+               log=print, on_shard=None) -> dict:
+    """Fill `data.store_dir` with this job's shards (see the module docstring) and return a summary:
+    {"done": shards written now, "skipped_shards": already finished, "report": ingest counts, "manifest": bool}.
+
+    `on_shard(index)` runs after each written shard (progress hooks; tests inject failures there)."""
+    if not data.store_dir:
+        raise FileNotFoundError("precompute needs data.store_dir=<folder for the sharded store>")
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise ValueError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
+    store_dir = Path(data.store_dir).expanduser()
+    items = list_items(data)
+    table = caption_table(data)
+    plan = plan_store(data, items, augment)
+    store_dir.mkdir(parents=True, exist_ok=True)
+    _check_plan(store_dir, plan)
+    mine = [s for s in range(plan["num_shards"]) if s % num_shards == shard_index]
+    todo = [s for s in mine if shard_info(store_dir, s) is None]
+    log(f"[precompute] {len(items)} items → {plan['num_shards']} shards of {data.shard_size} in {store_dir} "
+        f"(key {plan['key']}); this job: {len(mine)} shards, {len(mine) - len(todo)} already done")
+    enc = _Encoders(data, device, codec, text_encoder)
+    report = IngestReport()
+    pool = mp.get_context("spawn").Pool(workers) if workers > 0 and todo and data.source != "world" else None
+    try:
+        if todo:
+            _write_empty(store_dir, enc, data)
+        for s in todo:
+            shard_report = IngestReport()
+            part = items[s * data.shard_size:(s + 1) * data.shard_size]
+            images, records = _load_shard_images(data, part, table, pool, shard_report)
+            tensors = _encode_shard(enc, data, s, images, records, batch_size)
+            extra = {"skipped": dict(shard_report.skipped), "skipped_examples": shard_report.examples,
+                     "text_dim": enc.text.dim}
+            write_shard(store_dir, s, tensors, records, extra)
+            report.total += shard_report.total
+            report.kept += shard_report.kept
+            report.skipped.update(shard_report.skipped)
+            report.examples += shard_report.examples[:20 - len(report.examples)]
+            log(f"[precompute] shard {s}: {len(records)} samples, {shard_report.total - shard_report.kept} skipped")
+            if on_shard is not None:
+                on_shard(s)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    manifest = finalize_store(store_dir)
+    if manifest is None:
+        log(f"[precompute] shards of other jobs are still missing; the store is usable once every --shard-index ran")
+    else:
+        log(f"[precompute] store complete: {manifest['count']} samples, skipped {manifest['skipped'] or 'none'}")
+    return {"done": todo, "skipped_shards": sorted(set(mine) - set(todo)), "report": report.as_dict(),
+            "manifest": manifest is not None, "store_dir": str(store_dir)}
