@@ -120,8 +120,8 @@ def tiny_llava_next(folder: Path, *, crop: int = 28, patch: int = 14) -> Path:
     pins = [[crop, 2 * crop], [2 * crop, crop], [2 * crop, 2 * crop]]
     images = LlavaNextImageProcessorPil(size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop},
                                        image_grid_pinpoints=pins)  # fmt: skip
-    LlavaNextProcessor(image_processor=images, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
-                       chat_template=LLAMA3_CHAT, num_additional_image_tokens=1).save_pretrained(folder)  # fmt: skip
+    LlavaNextProcessor(image_processor=images, tokenizer=tok, patch_size=patch, num_additional_image_tokens=1,
+                       vision_feature_select_strategy="default", chat_template=LLAMA3_CHAT).save_pretrained(folder)
     vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                               image_size=crop, patch_size=patch)  # fmt: skip
     config = LlavaNextConfig(vision_config=vision, text_config=_tiny_llama_config(tok), image_grid_pinpoints=pins,
@@ -137,7 +137,7 @@ def tiny_causal_lm(folder: Path) -> Path:
     from transformers import LlamaForCausalLM
 
     tok = _chat_tokenizer(folder)
-    tok.chat_template = LLAMA3_CHAT.replace("{% if c['type'] == 'image' %}<image>\n{% else %}", "{% if false %}{% else %}")
+    tok.chat_template = LLAMA3_CHAT.replace("<image>\n", "")  # text only
     tok.save_pretrained(folder)
     torch.manual_seed(0)
     LlamaForCausalLM(_tiny_llama_config(tok)).save_pretrained(folder)

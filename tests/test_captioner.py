@@ -347,8 +347,8 @@ def test_parse_prompt_reads_every_geneval_template():
 
 def test_template_extender_keeps_the_prompt_facts():
     ext = make_extender("world", seed=0)
-    prompts = ["a photo of two red stars", "a photo of a blue heart and a green fish", "a photo of a cross above a bone",
-               "a photo of a ring"]  # fmt: skip
+    prompts = ["a photo of two red stars", "a photo of a blue heart and a green fish",
+               "a photo of a cross above a bone", "a photo of a ring"]
     out = ext.extend(prompts)
     assert out == TemplateExtender(seed=0).extend(prompts) and out != TemplateExtender(seed=1).extend(prompts)
     assert all(len(c.split()) > len(p.split()) + 5 for c, p in zip(out, prompts))  # long-caption style

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -138,35 +139,88 @@ def test_token_ids_encoded_on_the_fly_match_stored_states(models, tmp_path):
 def test_imagenet_tree_caption_precompute_train_end_to_end(models, tree, tmp_path):
     """Done-when of issue 8: a fabricated ImageNet tree with corrupt files → caption file → precompute → train."""
     from microt2i import presets
-    from microt2i.data.captions import write_captions
-    from microt2i.data.imagenet import list_imagenet
+    from microt2i.data.captions import read_captions, write_captions
+    from microt2i.encoders.captioner import TemplateCaptioner, folder_source, run_caption_job
     from microt2i.train.loop import train
 
     root, expect = tree
-    items = list_imagenet(root, "train")
-    caps = tmp_path / "captions.tsv"
-    write_captions(caps, [(it.key.split("/")[-1], f"a red cube number {i}") for i, it in enumerate(items)])
+    # caption: the resumable caption job (issue 6) over the train folder; corrupt files fail there too
+    keys, load = folder_source(root / "train")
+    job = run_caption_job(keys, load, TemplateCaptioner(), tmp_path / "captions.tsv", progress=False,
+                          log=lambda *_: None)
+    assert len(job["failed"]) == 2
+    table = read_captions(tmp_path / "captions.tsv")
+    write_captions(tmp_path / "long.tsv", [(k, f"a long caption of {k.split('/')[-1]}") for k in table]
+                   + [(k, f"another caption of {k.split('/')[-1]}") for k in table])  # two captions per image
     run = apply_overrides(presets.get("world-tiny"), [
         "data.source=imagenet", f"data.root={root}", f"data.store_dir={tmp_path / 'store'}", "data.shard_size=5",
-        f"data.codec={models['vae']}", f"data.text_encoder={models['t5']}", "data.text_len=8", "data.captions=aio",
+        f"data.codec={models['vae']}", f"data.text_encoder={models['t5']}", "data.text_len=8",
+        f"data.caption_file={tmp_path / 'long.tsv'}",
         "model.in_channels=4", "model.input_size=8", "model.patch_size=2", "model.text_dim=16",
         "train.total_nimg=32", "train.batch_size=8", "train.threads=1", "train.log_every_nimg=16",
         "eval.every_nimg=0"])
-    if hasattr(run.data, "caption_file"):  # the caption-file field (issue 6) selects the long captions
-        run = apply_overrides(run, [f"data.caption_file={caps}"])
     out = precompute(run.data, workers=1, log=lambda *_: None)
     assert out["report"]["total"] == expect["train_images"] and out["report"]["kept"] == expect["train_readable"]
     assert out["report"]["skipped"] == expect["skipped"]
     assert verify_store(run.data.store_dir) == []
     st = open_store(run.data.store_dir)
     assert len(st) == expect["train_readable"] and st.manifest["skipped"] == expect["skipped"]
-    if hasattr(run.data, "caption_file"):
-        assert all(c.startswith("a red cube number") for c in st.captions)
-    else:
-        assert set(st.captions) == {"An image of a tench", "An image of a goldfish"}
+    assert st.keys == sorted(table)  # the readable images, each with one of its captions
+    assert all(c.split(" of ")[-1] == k.split("/")[-1] for c, k in zip(st.captions, st.keys))
+    assert {c.split(" of ")[0] for c in st.captions} == {"a long caption", "another caption"}
     result = train(run, tmp_path / "run", progress=False, log=lambda *_: None)
     assert result["finished"] and result["nimg"] == 32 and len(result["store"]) == len(st)
     # a config with another text encoder refuses the store, naming both
     other = apply_overrides(run, [f"data.text_encoder={models['t5b']}"])
     with pytest.raises(StoreMismatchError, match="text_encoder"):
         train(other, tmp_path / "run2", progress=False, log=lambda *_: None)
+
+
+def test_cli_precompute_verify_filter_and_world_train_vae(models, tmp_path, capsys):
+    from microt2i.cli import main
+
+    store = tmp_path / "store"
+    args = ["world-tiny", f"data.store_dir={store}", f"data.text_encoder={models['t5']}", "data.num_images=12",
+            "data.shard_size=5", "data.text_len=8"]
+    assert main(["precompute", *args]) == 0
+    assert "3 shards written" in capsys.readouterr().out
+    assert main(["precompute", *args]) == 0 and "0 shards written, 3 already done" in capsys.readouterr().out
+    assert main(["precompute", "--verify", str(store)]) == 0
+    (store / f"{shard_name(2)}.safetensors").write_bytes(b"x")
+    assert main(["precompute", "--verify", *args]) == 1 and "checksum" in capsys.readouterr().out
+    assert main(["precompute", *args[:-1], "data.text_len=9"]) == 2  # stale store: one line, exit 2
+    assert "text_len" in capsys.readouterr().err
+    assert main(["filter", "world-tiny", "data.num_images=6", "data.resolution=32", "--threshold", "0.0",
+                 "--out", str(tmp_path / "kept.jsonl")]) == 0
+    assert len((tmp_path / "kept.jsonl").read_text().splitlines()) == 6
+    assert main(["world", "--n", "2", "--resolution", "16", "--out", str(tmp_path / "w.png")]) == 0  # old usage
+    assert main(["world", "train-vae", "--steps", "1", "--batch-size", "2", "--vae-dir", str(tmp_path / "vae"),
+                 "--threads", "1"]) == 0
+    assert json.loads((tmp_path / "vae" / "training.json").read_text())["steps"] == 1
+
+
+def test_world_captions_from_a_caption_file_and_uncaptioned_images_are_skipped(models, tmp_path):
+    from microt2i.data.captions import write_captions
+
+    write_captions(tmp_path / "c.jsonl", [(f"world-0/{i:07d}", f"caption {i}") for i in range(20) if i % 3])
+    cfg = _cfg(models, tmp_path / "s", caption_file=str(tmp_path / "c.jsonl"))
+    out = precompute(cfg, log=lambda *_: None)
+    assert out["report"]["skipped"] == {"no caption": 7} and out["report"]["kept"] == 13
+    st = open_store(cfg.store_dir)
+    assert st.captions == [f"caption {i}" for i in range(20) if i % 3]
+    assert st.keys[:2] == ["world-0/0000001", "world-0/0000002"]
+    bare = open_store(precompute(_cfg(models, tmp_path / "o"), log=lambda *_: None)["store_dir"])
+    assert torch.equal(st.latents[[0]], bare.latents[[1]])  # same render, the caption file only picks the text
+    with pytest.raises(FileNotFoundError, match="caption file"):
+        precompute(DataConfig(source="folder", root=str(tmp_path), store_dir=str(tmp_path / "f")))
+
+
+def test_decoding_processes_do_not_change_the_store(models, tree, tmp_path):
+    root, _ = tree
+    stores = []
+    for w in (0, 2):
+        cfg = DataConfig(source="imagenet", root=str(root), store_dir=str(tmp_path / f"w{w}"), resolution=16,
+                         captions="aio", text_encoder=models["t5"], text_len=8, shard_size=4)
+        precompute(cfg, workers=w, log=lambda *_: None)
+        stores.append(_files(tmp_path / f"w{w}"))
+    assert stores[0] == stores[1] and len(stores[0]) == 2 * 4 + 3  # 4 shards (+ sidecars), plan, empty, manifest

@@ -41,16 +41,24 @@ def cmd_demo(args) -> int:
 def cmd_train(args) -> int:
     import yaml
 
-    from .config import _plain, to_dict
+    from .config import ConfigError, _plain, to_dict
     from .train.loop import train
 
+    if args.recipe:  # `train --recipe NAME` ≡ `recipe NAME`: every stage, in order, in one run folder
+        if args.config:
+            args.overrides = [args.config, *args.overrides]  # the positional slot held the first override
+        args.name, args.root = args.recipe, args.run_dir
+        return cmd_recipe(args)
+    if not args.config:
+        raise ConfigError("train needs a preset name or a config .yaml (or --recipe NAME); see `microt2i presets`")
     cfg = _resolve_config(args.config, args.overrides, model=args.model, objective=args.objective)
     if args.dry_run:
         print(yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False))
         return 0
     out = train(cfg, args.run_dir or Path("runs") / cfg.name, progress=not args.no_progress,
                 stop_nimg=args.stop_nimg)
-    print(f"[train] {'finished' if out['finished'] else 'stopped'} at {out['nimg']} images")
+    if out["rank"] == 0:
+        print(f"[train] {'finished' if out['finished'] else 'stopped'} at {out['nimg']} images")
     return 0
 
 
@@ -76,6 +84,15 @@ def cmd_world(args) -> int:
     from .report import save_grid
     from .world import detect, make_dataset
 
+    if args.action == "train-vae":  # the shipped world VAE (world/vae/README.md)
+        import torch
+
+        from .world.vae import train_world_vae
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        train_world_vae(args.vae_dir, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+        return 0
     images, captions, _ = make_dataset(args.n, seed=args.seed, resolution=args.resolution, captions=args.captions,
                                        max_objects=args.max_objects)
     save_grid(images, args.out, nrow=int(args.n ** 0.5 + 0.999), upscale=max(1, 256 // args.resolution))
@@ -139,6 +156,44 @@ def cmd_cutmix(args) -> int:
     return 0
 
 
+def cmd_precompute(args) -> int:
+    from .data.precompute import precompute
+    from .data.store import verify_store
+
+    if args.verify:  # a store folder, or the data.store_dir of a config
+        store_dir = args.config if Path(args.config).is_dir() else _resolve_config(args.config, args.overrides).data.store_dir
+        problems = verify_store(store_dir)
+        print("\n".join(problems) or f"[precompute] {store_dir}: every shard checks out")
+        return 1 if problems else 0
+    cfg = _resolve_config(args.config, args.overrides)
+    out = precompute(cfg.data, num_shards=args.num_shards, shard_index=args.shard_index, workers=args.workers,
+                     device=args.device, batch_size=args.batch_size)
+    rep = out["report"]
+    print(f"[precompute] {len(out['done'])} shards written, {len(out['skipped_shards'])} already done; "
+          f"{rep['kept']} of {rep['total']} images kept, skipped {rep['skipped'] or 'none'}")
+    return 0
+
+
+def cmd_filter(args) -> int:
+    from .data.filter import filter_dataset
+
+    cfg = _resolve_config(args.config, args.overrides)
+    spec = args.classes or ("world" if cfg.data.source == "world" else "")
+    if spec == "world":
+        from .world import CLASSES as classes
+    elif spec == "imagenet":
+        from .data.synsets import imagenet_classes
+
+        classes = [name for _, name in imagenet_classes()]
+    elif spec == "cifar10":  # CIFAR-Captions' ten classes (paper 003 §4)
+        classes = "airplane,car,bird,cat,deer,dog,frog,horse,ship,truck".split(",")
+    else:
+        classes = [c.strip() for c in spec.split(",") if c.strip()]
+    filter_dataset(cfg.data, args.out, classes=list(classes), scorer=args.scorer, threshold=args.threshold,
+                   batch_size=args.batch_size, device=args.device)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from . import presets
     from .bench import bench_train, write_benchmarks_md
@@ -147,6 +202,30 @@ def cmd_bench(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.what in ("all", "sample", "loader"):  # the one report (issue 11), or one of its parts
+        from .bench import bench_all, bench_loader, bench_sample, report_rows, write_report_md
+
+        if args.what == "all":
+            report = bench_all(device=args.device, presets_=tuple(args.preset.split(",")) if args.preset else None)
+        else:
+            from .bench import device_string
+
+            import datetime
+
+            report = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+                      "device": device_string(args.device), "torch": torch.__version__}
+            if args.what == "sample":
+                report["sample"] = bench_sample(args.preset or "world-s", batch_size=args.batch_size or 8,
+                                                device=args.device, repeats=args.repeats)
+            else:
+                report["loader"] = bench_loader(num_samples=1024, micro=args.batch_size or 128, epochs=3)
+        for row in report_rows(report):
+            print(" | ".join(row))
+        if not args.no_write:
+            write_report_md(report, args.out)
+            print(f"[bench] appended to {args.out}")
+        return 0
+    args.precision, args.batch_size = args.precision or "fp32", args.batch_size or 8
     if args.what == "microdit":
         from .bench import bench_microdit, write_microdit_md
 
@@ -182,7 +261,9 @@ def cmd_recipe(args) -> int:
         print("\n".join(f"stage {i + 1} → {d}" for i, d in enumerate(stage_dirs(stages, root))))
         return 0
     out = run_recipe(stages, root, progress=not args.no_progress)
-    print(f"[recipe] {'finished' if out[-1]['finished'] and len(out) == len(stages) else 'stopped'}: "
+    from .train.dist import print0
+
+    print0(f"[recipe] {'finished' if out[-1]['finished'] and len(out) == len(stages) else 'stopped'}: "
           f"{len(out)} of {len(stages)} stages; final weights in {out[-1]['dir'] / 'ema'}")
     return 0
 
@@ -277,10 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     t = sub.add_parser("train", help="train a preset or a config.yaml; resumes from the run folder")
-    t.add_argument("config", help="preset name (see `microt2i presets`) or a config .yaml")
+    t.add_argument("config", nargs="?", help="preset name (see `microt2i presets`) or a config .yaml")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 model.depth=4")
     t.add_argument("--run-dir", default=None, help="default: runs/<name>")
     t.add_argument("--stop-nimg", type=int, default=None, help="checkpoint and stop after this many images")
+    t.add_argument("--recipe", default=None, help="train a multi-stage recipe instead (same as `microt2i recipe NAME`)")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     t.add_argument("--model", choices=["dit-i", "cad-i", "microdit"],
                    help="a world preset's network (world-s → world-cad-s)")
@@ -301,7 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--upscale", type=int, default=4)
     s.set_defaults(fn=cmd_sample)
 
-    w = sub.add_parser("world", help="render embedded-world images with captions and detections")
+    w = sub.add_parser("world", help="render embedded-world images with captions and detections; "
+                                     "`world train-vae` retrains the shipped world VAE")
+    w.add_argument("action", nargs="?", choices=["render", "train-vae"], default="render")
+    w.add_argument("--steps", type=int, default=3000, help="train-vae: optimiser steps (the shipped one: 900)")
+    w.add_argument("--batch-size", type=int, default=32, help="train-vae: renders per step")
+    w.add_argument("--vae-dir", default=str(Path(__file__).parent / "world" / "vae"),
+                   help="train-vae: output folder (default: the shipped asset in the package)")
+    w.add_argument("--threads", type=int, default=0, help="train-vae: torch threads; 0 = leave as is")
     w.add_argument("--n", type=int, default=16)
     w.add_argument("--resolution", type=int, default=64)
     w.add_argument("--seed", type=int, default=0)
@@ -339,21 +428,50 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--out", default=None, help="write a preview grid PNG of them (pixel codec)")
     cm.set_defaults(fn=cmd_cutmix)
 
-    b = sub.add_parser("bench", help="benchmarks; `bench train` measures training img/s vs diffusers PixArt")
-    b.add_argument("what", choices=["train", "microdit"],
-                   help="train: DiT-I vs PixArt; microdit: masked vs unmasked and MoE vs dense MicroDiT")
-    b.add_argument("--preset", default=None, help="default: world-s (train), world-microdit-s (microdit)")
+    pc = sub.add_parser("precompute", help="encode a data set (world, ImageNet, folder) into the sharded store at "
+                                           "data.store_dir; resumable, shardable over machines")
+    pc.add_argument("config", help="preset or config .yaml (its data.* section); with --verify also a store folder")
+    pc.add_argument("overrides", nargs="*", help="e.g. data.source=imagenet data.root=/data/imagenet "
+                                                 "data.store_dir=/data/store data.captions=aio")
+    pc.add_argument("--verify", action="store_true", help="check every shard (sha256, dtypes, shapes, counts)")
+    pc.add_argument("--num-shards", type=int, default=1, help="split the shards over this many jobs (machines)")
+    pc.add_argument("--shard-index", type=int, default=0, help="this job's share, 0-based")
+    pc.add_argument("--workers", type=int, default=0, help="image decoding processes (0 = in this process)")
+    pc.add_argument("--device", default="cpu", help="where the codec and text encoder run")
+    pc.add_argument("--batch-size", type=int, default=64, help="images per codec call")
+    pc.set_defaults(fn=cmd_precompute)
+
+    fl = sub.add_parser("filter", help="keep images whose class-prompt score beats a threshold (paper 003's "
+                                       "CIFAR-Captions); writes the kept set with scores")
+    fl.add_argument("config", help="preset or config .yaml (its data.* section picks the images)")
+    fl.add_argument("overrides", nargs="*")
+    fl.add_argument("--classes", default=None, help="world | imagenet | cifar10 | comma-separated names "
+                                                    "(default: world for the world)")
+    fl.add_argument("--scorer", default="world", help="'world' (the world detector) or a CLIP hub id / folder")
+    fl.add_argument("--threshold", type=float, default=0.25, help="keep iff score > this (paper: CLIP 0.25)")
+    fl.add_argument("--out", default="filtered.jsonl", help=".jsonl or .tsv")
+    fl.add_argument("--batch-size", type=int, default=64)
+    fl.add_argument("--device", default="cpu")
+    fl.set_defaults(fn=cmd_filter)
+
+    b = sub.add_parser("bench", help="benchmarks; `bench` alone runs the one report (presets, PixArt, sampler, "
+                                     "loader) and appends it to BENCHMARKS.md")
+    b.add_argument("what", nargs="?", default="all", choices=["all", "train", "microdit", "sample", "loader"],
+                   help="all (default): the one report; train: DiT-I vs PixArt; microdit: masked vs unmasked and "
+                        "MoE vs dense MicroDiT; sample: Heun 30 steps + CFG img/s; loader: samples/s")
+    b.add_argument("--preset", default=None, help="default: world-s (train, sample), world-microdit-s (microdit); "
+                                                  "all: comma-separated presets (default: every world and paper one)")
     b.add_argument("--mask-ratio", type=float, default=0.75, help="microdit: the masked variants' mask ratio")
     b.add_argument("--variants", default="moe-unmasked,moe-masked,dense-unmasked,dense-masked",
                    help="microdit: comma-separated subset (one XL variant fits a GPU: moe-masked is stage 1)")
-    b.add_argument("--batch-size", type=int, default=8)
+    b.add_argument("--batch-size", type=int, default=None, help="default: 8 (train, microdit, sample), 128 (loader)")
     b.add_argument("--steps", type=int, default=3, help="timed steps per repetition")
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--repeats", type=int, default=5, help="interleaved repetitions; the median is reported")
     b.add_argument("--text-len", type=int, default=64)
     b.add_argument("--threads", type=int, default=0, help="torch intra-op threads on CPU; 0 = leave as is")
     b.add_argument("--device", default="auto")
-    b.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    b.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="train, microdit; default fp32")
     b.add_argument("--out", default="BENCHMARKS.md")
     b.add_argument("--no-write", action="store_true")
     b.set_defaults(fn=cmd_bench)
@@ -435,6 +553,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"microt2i {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if "torch.distributed" in sys.modules:  # under torchrun: leave the process group cleanly
+            from .train.dist import shutdown
+
+            shutdown()
 
 
 if __name__ == "__main__":

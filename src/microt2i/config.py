@@ -184,6 +184,7 @@ class DataConfig:
     root: str = ""  # imagenet / folder: the dataset folder (for ImageNet the one holding train/ and val/)
     split: str = "train"  # imagenet: "train" or "val"
     labels_file: str = ""  # imagenet val as flat files: "filename synset" lines or LOC_val_solution.csv
+    caption_file: str = ""  # precompute: captions by image key (`microt2i caption` output; data/captions.py formats)
     resolution: int = 32  # pixels
     num_images: int = 4096  # world: size of the rendered training set
     captions: str = "long"  # "long" (oracle long captions, the paper's TA) or "aio" ("An image of a <class>")
@@ -198,7 +199,6 @@ class DataConfig:
     text_store: str = "embeddings"  # store text-encoder states, or token "ids" encoded on the fly at train time
     store_dtype: str = "float16"  # latents / text states in the sharded store
     shard_size: int = 1024  # samples per shard
-    workers: int = 0  # loader worker processes (0 = read in the training process)
 
     def __post_init__(self):
         _choice("data.source", self.source, ("world", "imagenet", "folder"))
@@ -209,8 +209,8 @@ class DataConfig:
         if self.source != "world" and not (self.root and self.store_dir):
             raise ConfigError(f"data.source={self.source!r} needs data.root=<dataset folder> and data.store_dir=<store "
                               f"folder> (fill it with `microt2i precompute`)")
-        if self.shard_size < 1 or self.workers < 0:
-            raise ConfigError(f"data.shard_size={self.shard_size} must be >= 1 and data.workers={self.workers} >= 0")
+        if self.shard_size < 1:
+            raise ConfigError(f"data.shard_size={self.shard_size} must be >= 1")
         _choice("data.captions", self.captions, ("long", "aio"))
         if not 8 <= self.resolution <= 1024:
             raise ConfigError(f"data.resolution={self.resolution} must be in [8, 1024]")
@@ -285,6 +285,12 @@ class TrainConfig:
     seed: int = 0
     log_every_nimg: int = 1024
     ckpt_every_nimg: int = 16384
+    # distributed and memory (train/dist.py): applied to the model from outside
+    parallel: str = "ddp"  # "ddp" (replicated; the default under torchrun) or "fsdp" (FSDP2 fully_shard per block)
+    compile: bool = False  # torch.compile each block
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    dist_timeout_s: float = 1800.0  # bound on every collective (NCCL / gloo), so a dead rank ends the job
+    nan_abort_streak: int = 100  # abort after this many consecutive non-finite steps (0 = never); single ones are skipped
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -293,6 +299,10 @@ class TrainConfig:
         if not 0.0 < self.cosine_rate <= 1.0:
             raise ConfigError(f"train.cosine_rate={self.cosine_rate} must be in (0, 1]")
         _choice("train.precision", self.precision, ("fp32", "bf16"))
+        _choice("train.parallel", self.parallel, ("ddp", "fsdp"))
+        if self.dist_timeout_s <= 0 or self.nan_abort_streak < 0:
+            raise ConfigError(f"train.dist_timeout_s={self.dist_timeout_s} must be > 0 and train.nan_abort_streak="
+                              f"{self.nan_abort_streak} >= 0 (0 = never abort)")
         mb = self.micro_batch or self.batch_size
         if self.batch_size <= 0 or self.batch_size % mb:
             raise ConfigError(

@@ -1,4 +1,4 @@
-"""Caption files: image key → one or more captions (paper 000 §2.1: long LLaVA captions replace "An image of <class>").
+"""Caption files: image key → one or more captions (paper 000 §2.1: long LLaVA captions replace AIO captions).
 
 Formats, picked by the path:
 - TSV (`.tsv`, `.txt`): `filename<TAB>caption` per line, as the authors' `captions.tsv` (anchors §3.6); a key may

@@ -55,7 +55,7 @@ def world_class_scores(images: np.ndarray, classes: Sequence[str]) -> np.ndarray
 def _batches(data: DataConfig, batch_size: int):
     """(images uint8 [n, R, R, 3], keys, labels, class names) per batch; unreadable images are dropped and counted."""
     from .imagenet import IngestReport, try_load
-    from .precompute import list_items
+    from .precompute import list_items, world_key
 
     items = list_items(data)
     report = IngestReport()
@@ -67,7 +67,7 @@ def _batches(data: DataConfig, batch_size: int):
         report.total = report.kept = len(items)
         for i in range(0, len(items), batch_size):
             part = scenes[i:i + batch_size]
-            yield (images[i:i + batch_size], [f"{k:08d}" for k in items[i:i + batch_size]],
+            yield (images[i:i + batch_size], [world_key(data.seed, k) for k in items[i:i + batch_size]],
                    [CLASSES.index(s.main.cls) for s in part], [s.main.cls for s in part]), report
         return
     for i in range(0, len(items), batch_size):

@@ -23,7 +23,7 @@ import torch
 from ..config import DataConfig
 from ..io import atomic_write_bytes, atomic_write_text
 from .imagenet import IngestReport, list_folder, list_imagenet, try_load
-from .store import (EMPTY, PLAN, CONFIG_KEY_FIELDS, StoreMismatchError, finalize_store, images_to_tensor, key_hash,
+from .store import (CONFIG_KEY_FIELDS, EMPTY, PLAN, StoreMismatchError, finalize_store, images_to_tensor, key_hash,
                     shard_info, store_key, write_shard)
 
 _DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -38,14 +38,14 @@ def list_items(data: DataConfig) -> list:
     return list_folder(data.root)
 
 
-def _caption_source(data: DataConfig) -> str:
-    return getattr(data, "caption_file", "") or ""  # the caption-file field of DataConfig, when the config has it
+def world_key(seed: int, i: int) -> str:
+    """The key of world item i (the keys `microt2i caption --source world` writes)."""
+    return f"world-{seed}/{i:07d}"
 
 
 def caption_table(data: DataConfig) -> dict[str, list[str]] | None:
-    """Key → captions from the caption file, or None when captions come from a template / the world oracle."""
-    src = _caption_source(data)
-    if data.source == "world" or not src:
+    """Key → captions from `data.caption_file`, or None when captions come from the AIO template / world oracle."""
+    if not data.caption_file:
         if data.source != "world" and data.captions != "aio":
             raise FileNotFoundError(f"data.source={data.source} with data.captions={data.captions!r} needs a caption "
                                     f"file (write one with `microt2i caption`); or set data.captions=aio for the "
@@ -53,7 +53,7 @@ def caption_table(data: DataConfig) -> dict[str, list[str]] | None:
         return None
     from .captions import read_captions
 
-    return read_captions(src)
+    return read_captions(data.caption_file)
 
 
 def _lookup(table: dict[str, list[str]], key: str) -> list[str] | None:
@@ -65,10 +65,10 @@ def _lookup(table: dict[str, list[str]], key: str) -> list[str] | None:
 def plan_store(data: DataConfig, items: list, augment: dict | None = None) -> dict:
     """The plan (cache key, item count, shard layout) of `data`; written once, then every job must agree."""
     fields = store_key(data, augment)
-    keys = [str(i) if isinstance(i, int) else i.key for i in items]
+    keys = [world_key(data.seed, i) if isinstance(i, int) else i.key for i in items]
     content = {"num_items": len(items), "items_sha": hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]}
-    if src := _caption_source(data):
-        content["captions_sha"] = _file_sha(src)
+    if data.caption_file:
+        content["captions_sha"] = _file_sha(data.caption_file)
     return {"key": key_hash({**fields, **content}), "fields": fields, "content": content,
             "shard_size": data.shard_size, "num_shards": math.ceil(len(items) / data.shard_size)}
 
@@ -95,7 +95,8 @@ def _check_plan(store_dir: Path, plan: dict) -> None:
             if old["fields"].get(k) != plan["fields"].get(k)]
     diff += [f"{k}: {old['content'].get(k)!r} → {plan['content'].get(k)!r}" for k in plan["content"]
              if old["content"].get(k) != plan["content"].get(k)]
-    diff += [f"data.shard_size: {old['shard_size']} → {plan['shard_size']}"] if old["shard_size"] != plan["shard_size"] else []
+    if old["shard_size"] != plan["shard_size"]:
+        diff.append(f"data.shard_size: {old['shard_size']} → {plan['shard_size']}")
     raise StoreMismatchError(f"{store_dir} holds a store planned with other settings ({'; '.join(diff)}); pass a new "
                              f"data.store_dir, or delete {store_dir} to rebuild it")
 
@@ -153,35 +154,43 @@ def _load_shard_images(data: DataConfig, items: list, table, pool, report: Inges
         images, captions, scenes = make_dataset(stop, seed=data.seed, resolution=data.resolution,
                                                 captions=data.captions, max_objects=data.max_objects)
         keep = slice(items[0], stop)
-        records = [{"key": f"{i:08d}", "caption": c, "label": CLASSES.index(s.main.cls)}
+        records = [{"key": world_key(data.seed, i), "caption": c, "label": CLASSES.index(s.main.cls)}
                    for i, c, s in zip(items, captions[keep], scenes[keep])]
+        kept = [j for j, r in enumerate(records) if table is None or _set_caption(r, table, data.seed, report)]
         report.total += len(items)
-        report.kept += len(items)
-        return images[keep], records
+        report.kept += len(kept)
+        return images[keep][kept], [records[j] for j in kept]
     from ..encoders.captioner import TemplateCaptioner
-    from .captions import pick_caption
 
     args = [(str(it.path), data.resolution) for it in items]
     loaded = pool.imap(try_load, args, chunksize=4) if pool is not None else map(try_load, args)
     images, records = [], []
     for it, (img, reason) in zip(items, loaded):
         report.total += 1
-        if table is None:
-            caption = TemplateCaptioner.for_name(it.name)
-        else:
-            caps = _lookup(table, it.key)
-            # several captions per image: one fixed draw per sample (paper 000 §2.1 uses one long caption each)
-            caption = pick_caption(caps, data.seed, 0, hash_key(it.key)) if caps else None
-            if caption is None:
-                reason = reason or "no caption"
         if reason is not None:
             report.add_skip(it.key, reason)
             continue
+        record = {"key": it.key, "caption": TemplateCaptioner.for_name(it.name), "label": it.label}
+        if table is not None and not _set_caption(record, table, data.seed, report):
+            continue
         report.kept += 1
         images.append(img)
-        records.append({"key": it.key, "caption": caption, "label": it.label})
+        records.append(record)
     res = data.resolution
     return (np.stack(images) if images else np.zeros((0, res, res, 3), np.uint8)), records
+
+
+def _set_caption(record: dict, table: dict[str, list[str]], seed: int, report: IngestReport) -> bool:
+    """Give `record` its caption from the caption file; False (and a "no caption" skip) when the file has none.
+    Several captions per image: one fixed draw per sample (paper 000 §2.1 trains on one long caption each)."""
+    from .captions import pick_caption
+
+    caps = _lookup(table, record["key"])
+    if not caps:
+        report.add_skip(record["key"], "no caption")
+        return False
+    record["caption"] = pick_caption(caps, seed, 0, hash_key(record["key"]))
+    return True
 
 
 def hash_key(key: str) -> int:
@@ -224,8 +233,8 @@ def precompute(data: DataConfig, *, augment: dict | None = None, num_shards: int
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise ValueError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
     store_dir = Path(data.store_dir).expanduser()
-    items = list_items(data)
     table = caption_table(data)
+    items = list_items(data)
     plan = plan_store(data, items, augment)
     store_dir.mkdir(parents=True, exist_ok=True)
     _check_plan(store_dir, plan)
@@ -260,7 +269,7 @@ def precompute(data: DataConfig, *, augment: dict | None = None, num_shards: int
             pool.join()
     manifest = finalize_store(store_dir)
     if manifest is None:
-        log(f"[precompute] shards of other jobs are still missing; the store is usable once every --shard-index ran")
+        log("[precompute] shards of other jobs are still missing; the store is usable once every --shard-index ran")
     else:
         log(f"[precompute] store complete: {manifest['count']} samples, skipped {manifest['skipped'] or 'none'}")
     return {"done": todo, "skipped_shards": sorted(set(mine) - set(todo)), "report": report.as_dict(),

@@ -31,8 +31,8 @@ from ..diffusion.guidance import null_text
 from ..io import atomic_write_bytes, atomic_write_text
 
 FORMAT_VERSION = 1
-_NOT_IN_WORLD_KEY = ("cache_dir", "workers", "store_dir", "root", "split", "labels_file", "latent_mode", "text_store",
-                     "store_dtype", "shard_size")
+_NOT_IN_WORLD_KEY = ("cache_dir", "store_dir", "root", "split", "labels_file", "caption_file", "latent_mode",
+                     "text_store", "store_dtype", "shard_size")
 
 
 @dataclass
@@ -208,7 +208,8 @@ def check_store_key(store_dir: str | os.PathLike, stored: dict, expected: dict) 
     diff = [k for k in CONFIG_KEY_FIELDS if stored.get(k) != expected.get(k)]
     if not diff:
         return
-    lines = "; ".join(f"data.{k}: the store has {stored.get(k)!r}, the config asks for {expected.get(k)!r}" for k in diff)
+    lines = "; ".join(f"data.{k}: the store has {stored.get(k)!r}, the config asks for {expected.get(k)!r}"
+                      for k in diff)
     raise StoreMismatchError(
         f"the store {store_dir} was built with other settings ({lines}). Either train with the store's settings, or "
         f"run `microt2i precompute` with this config into a new data.store_dir (a stale cache is never reused)")
@@ -311,7 +312,7 @@ def verify_store(store_dir: str | os.PathLike) -> list[str]:
             problems.append(f"{path.name}: tensors {sorted(header)} != manifest {sorted(s['tensors'])}")
         for name, t in s["tensors"].items():
             got = header.get(name, {})
-            dtype = {"F16": "float16", "F32": "float32", "I32": "int32", "I64": "int64", "U8": "uint8"}.get(got.get("dtype"))
+            dtype = np.dtype(_NP_DTYPES[got["dtype"]]).name if got.get("dtype") in _NP_DTYPES else got.get("dtype")
             if got and (dtype != t["dtype"] or got["shape"] != t["shape"] or got["shape"][0] != s["count"]):
                 problems.append(f"{path.name}: {name} is {dtype}{got['shape']}, manifest says {t['dtype']}{t['shape']} "
                                 f"with {s['count']} rows")
@@ -336,7 +337,9 @@ class _Column:
         return self.shape[0]
 
     def __getitem__(self, idx) -> torch.Tensor:
-        return self._fetch(np.atleast_1d(np.arange(self.shape[0])[idx] if isinstance(idx, slice) else np.asarray(idx)))
+        if isinstance(idx, slice):
+            idx = np.arange(self.shape[0])[idx]
+        return self._fetch(np.atleast_1d(np.asarray(idx)))
 
 
 class ShardedStore:
@@ -361,11 +364,13 @@ class ShardedStore:
         self._records: list[dict] | None = None
         first = next((s["tensors"] for s in self.manifest["shards"] if s["count"]), None)
         if first is None:
-            raise ValueError(f"the store {self.dir} holds no samples (every image was skipped?); see its shard sidecars")
+            raise ValueError(f"the store {self.dir} holds no samples (every image was skipped?); see the skipped "
+                             f"counts in its shard sidecars")
         n = len(self)
-        self.latents = _Column((n, *first["latents"]["shape"][1:]), torch.float32, lambda i: self._col(i, "latents"))
+        self.latents = _Column((n, *first["latents"]["shape"][1:]), torch.float32,
+                               lambda i: torch.from_numpy(self.read(i, ("latents",))["latents"]).float())
         self.text_mask = _Column((n, *first["text_mask"]["shape"][1:]), torch.bool,
-                                 lambda i: self._col(i, "text_mask").bool())
+                                 lambda i: torch.from_numpy(self.read(i, ("text_mask",))["text_mask"]).bool())
         text_len = first["text_mask"]["shape"][1]
         self.text_tokens = _Column((n, text_len, self.manifest["text_dim"]), torch.float32,
                                    lambda i: self.batch(i)["text_tokens"])
@@ -390,9 +395,9 @@ class ShardedStore:
             self._maps[s] = _mmap_safetensors(self.dir / f"{shard_name(s)}.safetensors")
         return self._maps[s]
 
-    def read(self, idx, alloc=np.empty) -> dict[str, np.ndarray]:
-        """Rows `idx` of every stored tensor, gathered shard by shard in sorted order, returned in `idx` order.
-        `alloc(shape, dtype)` makes the output arrays (loader workers gather straight into shared memory)."""
+    def read(self, idx, names: tuple[str, ...] | None = None, alloc=np.empty) -> dict[str, np.ndarray]:
+        """Rows `idx` of the stored tensors (all, or `names`), gathered shard by shard in sorted order, returned in
+        `idx` order. `alloc(shape, dtype)` makes the outputs (loader workers gather straight into shared memory)."""
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"sample index out of range [0, {len(self)}) in the store {self.dir}")
@@ -403,14 +408,12 @@ class ShardedStore:
             local = idx[sel] - self.offsets[s]
             order = np.argsort(local, kind="stable")
             for name, arr in self._shard(int(s)).items():
+                if names is not None and name not in names:
+                    continue
                 if name not in out:
                     out[name] = alloc((len(idx), *arr.shape[1:]), arr.dtype)
                 out[name][sel[order]] = arr[local[order]]
         return out
-
-    def _col(self, idx, name: str) -> torch.Tensor:
-        return torch.from_numpy(self.read(idx)[name]).float() if name == "latents" else torch.from_numpy(
-            self.read(idx)[name])
 
     def to_batch(self, rows: dict, device="cpu", generator: torch.Generator | None = None) -> dict:
         """Training tensors from `read` rows (numpy or tensors): z = mean + std·ε when the store holds the posterior
@@ -423,8 +426,9 @@ class ShardedStore:
         mask = t["text_mask"].to(device).bool()
         if self.text_mode == "ids":
             if self.text_encoder is None:
-                raise RuntimeError(f"the store {self.dir} holds token ids (data.text_store=ids): attach the text encoder "
-                                   f"{self.manifest['fields']['text_encoder']!r} with store.attach_text_encoder(...)")
+                raise RuntimeError(f"the store {self.dir} holds token ids (data.text_store=ids): attach the text "
+                                   f"encoder {self.manifest['fields']['text_encoder']!r} with "
+                                   f"store.attach_text_encoder(...)")
             tokens = encode_ids(self.text_encoder, t["text_ids"], mask).to(device)
         else:
             tokens = t["text_tokens"].to(device, torch.float32)
@@ -439,7 +443,8 @@ class ShardedStore:
             tokens = self._empty["tokens"]
         elif mode == "empty":
             if self.text_encoder is None:
-                raise RuntimeError("null_text('empty') of an ids store needs its text encoder: attach_text_encoder(...)")
+                raise RuntimeError("null_text('empty') of an ids store needs its text encoder: "
+                                   "store.attach_text_encoder(...)")
             tokens = encode_ids(self.text_encoder, self._empty["ids"], self.empty_mask).cpu()
         else:
             tokens = torch.zeros(1, self.empty_mask.shape[1], self.manifest["text_dim"])

@@ -171,11 +171,10 @@ def anyres_patch_for_box(
     bx1, bx2 = ox + x1 * nw / w, ox + x2 * nw / w
     by1, by2 = oy + y1 * nh / h, oy + y2 * nh / h
     rows, cols = ph // crop, pw // crop
-    overlaps = [
-        max(0.0, min(bx2, (c + 1) * crop) - max(bx1, c * crop)) * max(0.0, min(by2, (r + 1) * crop) - max(by1, r * crop))
-        for r in range(rows)
-        for c in range(cols)
-    ]
+    def overlap(lo: float, hi: float, k: int) -> float:
+        return max(0.0, min(hi, (k + 1) * crop) - max(lo, k * crop))
+
+    overlaps = [overlap(bx1, bx2, c) * overlap(by1, by2, r) for r in range(rows) for c in range(cols)]
     return int(np.argmax(overlaps))
 
 
@@ -322,7 +321,7 @@ class LlavaCaptioner:
         seqs, prompts = [], []
         for (composite, _), f in zip(plans, feats):
             prompt = self.prompt_text(composite)
-            ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"][0]
+            ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"][0]  # as LlavaNextProcessor tokenises
             at = (ids == image_id).nonzero().flatten()
             if len(at) != 1:
                 raise ValueError(f"the prompt must hold exactly one image placeholder, found {len(at)}: {prompt!r}")

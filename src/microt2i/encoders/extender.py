@@ -137,7 +137,8 @@ class LMExtender:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
-        self.instruction, self.max_new_tokens, self.batch_size, self.device = instruction, max_new_tokens, batch_size, device
+        self.instruction, self.max_new_tokens = instruction, max_new_tokens
+        self.batch_size, self.device = batch_size, device
         self.name = f"lm:{model}"
 
     def prompt_text(self, prompt: str) -> str:

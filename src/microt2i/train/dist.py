@@ -142,10 +142,10 @@ def apply_activation_checkpointing(net: nn.Module) -> None:
         block.forward = functools.partial(checkpoint, type(block).forward.__get__(block), use_reentrant=False)
 
 
-def apply_compile(net: nn.Module) -> None:
+def apply_compile(net: nn.Module, backend: str = "inductor") -> None:
     """torch.compile each block in place (torchtitan: per block, so recompiles stay small and names unchanged)."""
     for block in blocks(net):
-        block.compile()
+        block.compile(backend=backend)
 
 
 def wrap_model(net: nn.Module, *, parallel: str = "ddp", precision: str = "fp32", compile: bool = False,
@@ -245,8 +245,24 @@ def load_sharded(path: str | Path, model: nn.Module, optimizer, ema_model: nn.Mo
 
     path = Path(path)
     state = _dcp_state(model, optimizer, ema_model)
-    dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    dcp.load(state, checkpoint_id=str(path), no_dist=not is_sharded(model))  # a plain model: no collective
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
     set_model_state_dict(ema_model, state["ema"])
     return json.loads((path / "meta.json").read_text())
+
+
+def load_optimizer(model: nn.Module, optimizer, state: dict) -> None:
+    """Load a plain `optimizer.state_dict()` (a `.pt` checkpoint, e.g. a recipe's stage seed) into the optimizer of
+    `model`, sharded or not. torch numbers parameters in param-group order; FSDP2's state dict names them, so the
+    numbering is mapped to names first."""
+    if not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = {id(p): n for n, p in unwrap(model).named_parameters()}
+    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    named = {"state": {order[i]: s for i, s in state["state"].items()},
+             "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, named, options=StateDictOptions(full_state_dict=True))

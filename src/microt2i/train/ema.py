@@ -8,6 +8,11 @@ import torch
 from torch import nn
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A sharded DTensor's local shard (foreach ops have no sharding rule); a plain tensor as is."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 class EMA:
     def __init__(self, model: nn.Module, decay: float, start_nimg: int = 0):
         if not 0.0 <= decay < 1.0:
@@ -17,13 +22,18 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module, nimg: int) -> None:
-        """ema ← decay·ema + (1 − decay)·θ; a plain copy until `start_nimg` images have been seen."""
+        """ema ← decay·ema + (1 − decay)·θ; a plain copy until `start_nimg` images have been seen. Multi-tensor
+        (foreach) ops: one kernel launch per op for all parameters, no per-tensor Python loop, no host sync."""
         decay = self.decay if nimg >= self.start_nimg else 0.0
-        ema_p = list(self.model.parameters())
-        src_p = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_p, src_p, 1.0 - decay)
-        for b_ema, b in zip(self.model.buffers(), model.buffers()):
-            b_ema.copy_(b)
+        ema_p = [_local(p) for p in self.model.parameters()]  # FSDP2: each rank updates its own shards
+        src_p = [_local(p.detach()) for p in model.parameters()]
+        if decay == 0.0:
+            torch._foreach_copy_(ema_p, src_p)
+        else:
+            torch._foreach_lerp_(ema_p, src_p, 1.0 - decay)
+        ema_b, src_b = [_local(b) for b in self.model.buffers()], [_local(b) for b in model.buffers()]
+        if ema_b:
+            torch._foreach_copy_(ema_b, src_b)
 
     def state_dict(self) -> dict:
         return self.model.state_dict()

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors.torch import save
 from tqdm import tqdm
 
 from ..augment.crop import crop_patch_mask, crop_sides, sample_crop
 from ..augment.cutmix import build_cutmix_store, ia_gate, twin_index
-from ..config import ConfigError, RunConfig, save_yaml, to_dict
+
+from ..config import ConfigError, RunConfig, _plain, save_yaml, to_dict
 from ..data.sampler import ResumableSampler
 from ..data.store import Store, load_or_build
 from ..diffusion.objectives import build_objective
@@ -29,7 +31,9 @@ from ..eval.live import LiveEval
 from ..models import build, count_params, sample_keep_mask, save_pretrained
 from .ema import EMA
 from .optim import lr_at, make_optimizer
-from .state import list_checkpoints, load_latest, save_checkpoint
+from .dist import (all_reduce_mean, barrier, full_state_dict, grad_sync, init_distributed, is_main, is_sharded,
+                   load_optimizer, load_sharded, save_sharded, shard, split_batch, wrap_model)
+from .state import checkpoint_path, list_checkpoints, load_latest, prune_checkpoints, save_checkpoint
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,9 +42,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def step_seed(seed: int, rank: int, nimg: int) -> int:
-    """A 63-bit seed for the noise of the micro-batch that starts at image `nimg` (EDM2 reseeds per step)."""
-    return int(np.random.SeedSequence([seed, rank, nimg]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+def step_seed(seed: int, position: int) -> int:
+    """A 63-bit seed for the micro-batch whose first sample is the run's `position`-th image (EDM2 reseeds per
+    step). Keyed on the global position, not on (rank, step): at a fixed micro-batch size, how the global batch is
+    split over ranks and accumulation rounds changes no random draw (2 ranks × 1 round ≡ 1 rank × 2 rounds)."""
+    return int(np.random.SeedSequence([seed, position]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def main_first(fn):
+    """fn() on rank 0, then on the other ranks (which then hit the cache rank 0 wrote). One process: just fn()."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return fn()
+    out = fn() if is_main() else None
+    barrier()
+    return out if is_main() else fn()
 
 
 def prepare_data(cfg: RunConfig, device: torch.device, log=print) -> Store:
@@ -88,6 +103,38 @@ def _check_augment(cfg: RunConfig, store: Store, cutmix: Store | None) -> None:
                              f"with {list(store.text_tokens.shape[1:])}; rebuild it with `microt2i cutmix`")
 
 
+def micro_batch(cfg: RunConfig, objective, store: Store, cutmix_store: Store | None, idx: np.ndarray,
+                gen: torch.Generator, device: torch.device, uncond_tokens: torch.Tensor, uncond_mask: torch.Tensor):
+    """One micro-batch, every draw from `gen`: noise levels, the IA gate and twins (CutMix), caption dropout, and the
+    keep-mask of MicroDiT's patch masking and / or Crop. Returns (x0, text tokens, text mask, σ, net kwargs)."""
+    aug, n = cfg.augment, len(idx)
+    # Each sample's noise level first (EDM σ for every objective): IA gating depends on it (000 Algorithm 1)
+    sigma = objective.sample_sigma(n, gen, device)
+    batch = store.batch(idx, device, generator=gen)  # a posterior store re-samples z = mean + std·ε
+    if cutmix_store is not None:  # CutMix: above τ and with prob. p a sample becomes one of its composites
+        swap = ia_gate(sigma, aug.cutmix.tau, aug.cutmix.p, generator=gen).to(device)
+        twins = twin_index(idx, aug.cutmix.times, generator=gen)
+        if bool(swap.any()):  # fetch the selected samples' twins only
+            twin = cutmix_store.batch(twins[swap.cpu().numpy()], device, generator=gen)
+            for k in ("x0", "text_tokens", "text_mask"):
+                batch[k][swap] = twin[k]
+    # Caption dropout for classifier-free guidance: swap in the unconditional caption.
+    drop = torch.rand(n, generator=gen, device=device) < cfg.objective.cond_drop
+    tokens = torch.where(drop[:, None, None], uncond_tokens, batch["text_tokens"])
+    mask = torch.where(drop[:, None], uncond_mask, batch["text_mask"])
+    # Patch masking (MicroDiT): a fresh keep-mask per micro-batch from the same generator
+    keep = sample_keep_mask(cfg.model, n, generator=gen, device=device)
+    net_kwargs = {}
+    if aug.crop.enabled:  # Crop: one side per micro-batch, a corner per sample (augment/crop.py)
+        grid = cfg.model.input_size // cfg.model.patch_size
+        crop_keep, net_kwargs["crop_tokens"] = sample_crop(aug.crop, grid, n, generator=gen, device=device)
+        if crop_keep is not None:  # MicroDiT's patch masking then masks the crop
+            keep = crop_keep if keep is None else crop_patch_mask(crop_keep, cfg.model.mask_ratio, generator=gen)
+    if keep is not None:
+        net_kwargs["keep_mask"] = keep
+    return batch["x0"], tokens, mask, sigma, net_kwargs
+
+
 class StatsLog:
     """Appends one JSON object per report to stats.jsonl (every stat, EDM2 habit)."""
 
@@ -103,7 +150,7 @@ class StatsLog:
 
 
 def _check_same_run(saved: dict, cfg: RunConfig, run_dir: Path) -> None:
-    now = to_dict(cfg)
+    saved, now = _plain(saved), _plain(to_dict(cfg))  # tuples vs lists: .pt keeps tuples, a DCP meta.json lists
     for section in ("model", "objective", "data"):
         if saved.get(section) != now[section]:
             raise ValueError(
@@ -116,66 +163,94 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
           log=print, store: Store | None = None, cutmix_store: Store | None = None) -> dict:
     """Train `cfg` in `run_dir`, resuming from its newest checkpoint. Returns a summary dict.
 
-    `stop_nimg` ends the job early (after a checkpoint) the way EDM2's `slice_nimg` does on preemptible clusters.
-    `store` / `cutmix_store` replace the cached data set / CutMix composites (composite k = i·times + j of source i).
+    Under `torchrun` every rank calls this; rank 0 alone writes logs, checkpoints (except sharded ones, which every
+    rank writes) and the final weights. `stop_nimg` ends the job early (after a checkpoint) the way EDM2's
+    `slice_nimg` does on preemptible clusters. `store` / `cutmix_store` replace the cached data set / CutMix
+    composites (composite k = i·times + j of source i).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     t = cfg.train
-    device = resolve_device(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)
-    rank, world_size = 0, 1
-    micro = t.micro_batch or t.batch_size
-    rounds = t.batch_size // micro
+    env = init_distributed(t.device, timeout_s=t.dist_timeout_s, need_group=t.parallel == "fsdp")
+    device, rank, world_size, main = env.device, env.rank, env.world_size, env.is_main
+    log = log if main else (lambda *a, **k: None)
+    micro, rounds = split_batch(t.batch_size, t.micro_batch, world_size)  # global batch = micro × rounds × ranks
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
-    # ---- data, model, objective, optimizer ----
-    store = store if store is not None else prepare_data(cfg, device, log=log)
+    # ---- data (rank 0 builds a missing cache first; the others then read it) ----
+    aug = cfg.augment
+
+    def data():
+        s = store if store is not None else prepare_data(cfg, device, log=log)
+        c = cutmix_store if cutmix_store is not None or not aug.cutmix.enabled else prepare_cutmix(cfg, device, log=log)
+        return s, c
+
+    store, cutmix_store = main_first(data)
+    cutmix_store = cutmix_store if aug.cutmix.enabled else None
     if store.text_tokens.shape[-1] != cfg.model.text_dim:
         raise ValueError(f"model.text_dim={cfg.model.text_dim} but the text encoder gives {store.text_tokens.shape[-1]}; "
                          f"set model.text_dim={store.text_tokens.shape[-1]}")
-    aug = cfg.augment
-    if aug.cutmix.enabled and cutmix_store is None:
-        cutmix_store = prepare_cutmix(cfg, device, log=log)
-    cutmix_store = cutmix_store if aug.cutmix.enabled else None
     _check_augment(cfg, store, cutmix_store)
-    grid = cfg.model.input_size // cfg.model.patch_size  # Crop works on the patch grid
+
+    # ---- model, EMA, resume point; then wrapping from outside (dist.py) and the optimizer ----
     torch.manual_seed(t.seed)
     net = build(cfg.model).to(device)
-    objective = build_objective(cfg.objective)
-    opt = make_optimizer(net, t)
     ema = EMA(net, t.ema_decay, t.ema_start_nimg)
+    objective = build_objective(cfg.objective)
     sampler = ResumableSampler(len(store), seed=t.seed)
     uncond_tokens, uncond_mask = (v.to(device) for v in store.null_text(cfg.objective.uncond))
-
-    # ---- resume ----
-    nimg, step, elapsed, nan_skips = 0, 0, 0.0, 0
-    payload = load_latest(run_dir)
+    ckpts = list_checkpoints(run_dir)
+    latest = ckpts[-1] if ckpts else None
+    payload = load_latest(run_dir) if latest is not None and latest.suffix == ".pt" else None
     if payload is not None:
         _check_same_run(payload["config"], cfg, run_dir)
         net.load_state_dict(payload["model"])
         ema.load_state_dict(payload["ema"])
-        opt.load_state_dict(payload["optimizer"])
-        nimg, step, elapsed, nan_skips = payload["nimg"], payload["step"], payload["elapsed"], payload["nan_skips"]
+    model = wrap_model(net, parallel=t.parallel, precision=t.precision, compile=t.compile,
+                       activation_checkpointing=t.activation_checkpointing, env=env)
+    if t.parallel == "fsdp":
+        shard(ema.model, t.precision)
+    model.config = net.config  # objectives read the patch size through the wrapper
+    opt = make_optimizer(net, t)
+    nimg, step, elapsed, nan_skips = 0, 0, 0.0, 0
+    if payload is not None:
+        load_optimizer(model, opt, payload["optimizer"])
+        meta = payload
+    elif latest is not None:  # a sharded checkpoint: loads at any world size (DCP reshards)
+        meta = load_sharded(latest, model, opt, ema.model)
+        _check_same_run(meta["config"], cfg, run_dir)
+    if latest is not None:
+        nimg, step, elapsed, nan_skips = meta["nimg"], meta["step"], meta["elapsed"], meta["nan_skips"]
         log(f"[resume] {run_dir} at {nimg} images (step {step})")
-    save_yaml(cfg, run_dir / "config.yaml")
-    stats_log = StatsLog(run_dir / "stats.jsonl", nimg)
+    sharded = is_sharded(model)
+    if main:
+        save_yaml(cfg, run_dir / "config.yaml")
+    stats_log = StatsLog(run_dir / "stats.jsonl", nimg) if main else None
     live_eval = LiveEval(cfg, run_dir, device, log=log) if cfg.eval.every_nimg else None
     log(f"[train] {cfg.name}: {count_params(net) / 1e6:.2f}M params, {len(store)} samples, batch {t.batch_size} "
-        f"({rounds}×{micro}), {t.total_nimg} images, device {device}")
+        f"({world_size} rank{'s' if world_size > 1 else ''} × {rounds} × {micro}"
+        f"{', ' + t.parallel if world_size > 1 or sharded else ''}), {t.total_nimg} images, device {device}")
 
     def checkpoint():
-        save_checkpoint(run_dir, nimg, {
-            "model": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-            "nimg": nimg, "step": step, "elapsed": elapsed, "nan_skips": nan_skips, "config": to_dict(cfg),
-        })
+        meta = {"nimg": nimg, "step": step, "elapsed": elapsed, "nan_skips": nan_skips, "config": to_dict(cfg)}
+        if sharded:  # every rank writes its shards
+            save_sharded(checkpoint_path(run_dir, nimg, sharded=True), model, opt, ema.model, _plain(meta))
+            if main:
+                prune_checkpoints(run_dir)
+        elif main:
+            save_checkpoint(run_dir, nimg, {"model": net.state_dict(), "ema": ema.state_dict(),
+                                            "optimizer": opt.state_dict(), **meta})
+        barrier()
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
     end_nimg = t.total_nimg if stop_nimg is None else min(stop_nimg, t.total_nimg)
-    bar = tqdm(total=t.total_nimg, initial=nimg, unit="img", unit_scale=True, disable=not progress, dynamic_ncols=True)
-    acc = {"loss": 0.0, "grad_norm": 0.0, "n": 0}
-    t_report, nimg_report = time.perf_counter(), nimg
-    net.train()
+    bar = tqdm(total=t.total_nimg, initial=nimg, unit="img", unit_scale=True, disable=not (progress and main),
+               dynamic_ncols=True)
+    acc = torch.zeros(3, device=device, dtype=torch.float64)  # Σ loss, Σ grad norm, steps: summed on device
+    t_report, nimg_report, nan_streak = time.perf_counter(), nimg, 0
+    model.train()
 
     # ---- loop ----
     while nimg < end_nimg:
@@ -184,66 +259,52 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
         for group in opt.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # e.g. MoE experts at lr × train.expert_lr_scale
         opt.zero_grad(set_to_none=True)
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=device)
         for r in range(rounds):
-            start = nimg + r * micro
-            idx = sampler.rank_indices(start, micro, rank, world_size)
-            gen = torch.Generator(device).manual_seed(step_seed(t.seed, rank, start))
-            # Each sample's noise level first (EDM σ for every objective): IA gating depends on it (Algorithm 1)
-            sigma = objective.sample_sigma(micro, gen, device)
-            batch = store.batch(idx, device, generator=gen)  # a posterior store re-samples z = mean + std·ε
-            if cutmix_store is not None:  # CutMix: above τ and with prob. p a sample becomes one of its composites
-                swap = ia_gate(sigma, aug.cutmix.tau, aug.cutmix.p, generator=gen).to(device)
-                twins = twin_index(idx, aug.cutmix.times, generator=gen)
-                if bool(swap.any()):  # fetch the selected samples' twins only
-                    twin = cutmix_store.batch(twins[swap.cpu().numpy()], device, generator=gen)
-                    for k in ("x0", "text_tokens", "text_mask"):
-                        batch[k][swap] = twin[k]
-            # Caption dropout for classifier-free guidance: swap in the unconditional caption.
-            drop = torch.rand(micro, generator=gen, device=device) < cfg.objective.cond_drop
-            tokens = torch.where(drop[:, None, None], uncond_tokens, batch["text_tokens"])
-            mask = torch.where(drop[:, None], uncond_mask, batch["text_mask"])
-            # Patch masking (MicroDiT): a fresh keep-mask per micro-batch from the same per-step generator
-            keep = sample_keep_mask(cfg.model, micro, generator=gen, device=device)
-            net_kwargs = {}
-            if aug.crop.enabled:  # Crop: one side per micro-batch, a corner per sample (augment/crop.py)
-                crop_keep, net_kwargs["crop_tokens"] = sample_crop(aug.crop, grid, micro, generator=gen, device=device)
-                if crop_keep is not None:  # MicroDiT's patch masking then masks the crop
-                    keep = crop_keep if keep is None else crop_patch_mask(crop_keep, cfg.model.mask_ratio,
-                                                                          generator=gen)
-            if keep is not None:
-                net_kwargs["keep_mask"] = keep
-            with autocast:
-                loss = objective.loss(net, batch["x0"], tokens, mask, generator=gen, sigma=sigma, **net_kwargs).mean()
-            (loss / rounds).backward()
-            loss_sum += loss.item() / rounds
-        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
-        if torch.isfinite(grad_norm) and np.isfinite(loss_sum):
+            # This rank's slice of round r: global positions start … start + micro (data order and draws: step_seed)
+            start = nimg + r * micro * world_size + rank * micro
+            gen = torch.Generator(device).manual_seed(step_seed(t.seed, start))
+            x0, tokens, mask, sigma, net_kwargs = micro_batch(cfg, objective, store, cutmix_store, sampler.indices(start, micro),
+                                                              gen, device, uncond_tokens, uncond_mask)
+            with grad_sync(model, r == rounds - 1):  # accumulation: all-reduce on the last micro-step only
+                with autocast:
+                    loss = objective.loss(model, x0, tokens, mask, generator=gen, sigma=sigma, **net_kwargs).mean()
+                (loss / rounds).backward()
+            loss_sum += loss.detach() / rounds
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        if torch.isfinite(grad_norm):  # the one host sync per step: skip non-finite updates (NaN guard)
             opt.step()
-        else:  # NaN guard: skip the update, keep going, count it
-            nan_skips += 1
+            nan_streak = 0
+        else:
+            nan_skips, nan_streak = nan_skips + 1, nan_streak + 1
+            log(f"[train] non-finite gradient at {nimg} images: step skipped ({nan_skips} so far)")
+            if t.nan_abort_streak and nan_streak >= t.nan_abort_streak:
+                raise FloatingPointError(f"{nan_streak} consecutive non-finite steps at {nimg} images; lower train.lr, "
+                                         f"raise train.grad_clip or use train.precision=fp32, then resume from {run_dir}")
         nimg += t.batch_size
         step += 1
-        ema.update(net, nimg)
+        ema.update(model, nimg)
         elapsed += time.perf_counter() - t_step
-        acc["loss"] += loss_sum
-        acc["grad_norm"] += float(grad_norm)
-        acc["n"] += 1
+        acc += torch.stack([loss_sum.double(), grad_norm.double().nan_to_num(0.0, 0.0, 0.0), torch.ones((), device=device, dtype=torch.float64)])
         bar.update(t.batch_size)
-        bar.set_postfix(loss=f"{loss_sum:.4f}", refresh=False)
 
         done = nimg >= end_nimg
         if nimg // t.log_every_nimg != (nimg - t.batch_size) // t.log_every_nimg or done:
             now = time.perf_counter()
-            stats = {"nimg": nimg, "step": step, "loss": acc["loss"] / acc["n"], "grad_norm": acc["grad_norm"] / acc["n"],
-                     "lr": lr, "img_per_s": (nimg - nimg_report) / max(now - t_report, 1e-9),
-                     "elapsed_s": round(elapsed, 3), "nan_skips": nan_skips,
-                     "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-            stats_log.append(stats)
-            acc = {"loss": 0.0, "grad_norm": 0.0, "n": 0}
+            loss_avg, gn_avg, n = all_reduce_mean(acc).tolist()
+            stats = {"nimg": nimg, "step": step, "loss": loss_avg / n, "grad_norm": gn_avg / n, "lr": lr,
+                     "img_per_s": (nimg - nimg_report) / max(now - t_report, 1e-9), "elapsed_s": round(elapsed, 3),
+                     "nan_skips": nan_skips, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            if main:
+                stats_log.append(stats)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", refresh=False)
+            acc.zero_()
             t_report, nimg_report = now, nimg
-        if live_eval is not None and live_eval.due(nimg, t.batch_size):  # EMA samples; training RNG untouched
-            stats_log.append(live_eval(ema.model, nimg, uncond_tokens, uncond_mask))
+        if live_eval is not None and live_eval.due(nimg, t.batch_size):  # every rank samples (a sharded EMA needs
+            ev = live_eval(ema.model, nimg, uncond_tokens, uncond_mask)  # all), so none waits in a collective
+            if main:
+                stats_log.append(ev)
         if nimg // t.ckpt_every_nimg != (nimg - t.batch_size) // t.ckpt_every_nimg or done:
             checkpoint()
     bar.close()
@@ -251,9 +312,17 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
     if not list_checkpoints(run_dir):
         checkpoint()
     finished = nimg >= t.total_nimg
-    if finished:  # the inference artifacts: EMA weights + the unconditional caption CFG needs
-        save_pretrained(ema.model, run_dir / "ema")
-        atomic_write_bytes(run_dir / "null_text.safetensors",
-                           save({"tokens": uncond_tokens.cpu().contiguous(), "mask": uncond_mask.cpu().to(torch.uint8)}))
+    ema_model = ema.model
+    if finished:  # the inference artifacts: consolidated EMA weights + the unconditional caption CFG needs
+        weights = full_state_dict(ema.model)  # a collective under FSDP2; the full copy lands on rank 0 only
+        if sharded and main:
+            ema_model = build(cfg.model)
+            ema_model.load_state_dict(weights)
+        if main:
+            save_pretrained(ema_model, run_dir / "ema")
+            atomic_write_bytes(run_dir / "null_text.safetensors", save({
+                "tokens": uncond_tokens.cpu().contiguous(), "mask": uncond_mask.cpu().to(torch.uint8)}))
+        barrier()
     return {"nimg": nimg, "step": step, "finished": finished, "elapsed_s": elapsed, "nan_skips": nan_skips,
-            "params": count_params(net), "net": net, "ema": ema.model, "store": store}
+            "params": count_params(net), "net": net, "ema": ema_model, "store": store, "rank": rank,
+            "world_size": world_size}

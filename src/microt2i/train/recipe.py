@@ -26,6 +26,7 @@ import torch
 
 from ..config import RunConfig, to_dict
 from ..models import build
+from .dist import broadcast_object, is_main, load_sharded
 from .loop import train
 from .optim import make_optimizer
 from .state import list_checkpoints, load_latest, save_checkpoint
@@ -46,12 +47,23 @@ def stage_finished(cfg: RunConfig, run_dir: str | Path) -> bool:
     return _checkpoint_nimg(run_dir) >= cfg.train.total_nimg and (run_dir / "ema" / "model.safetensors").is_file()
 
 
+def _latest_payload(cfg: RunConfig, run_dir: Path) -> dict | None:
+    """The newest checkpoint as a plain payload; a sharded (FSDP2) `.dcp` folder is loaded into a CPU copy."""
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts or ckpts[-1].suffix != ".dcp":
+        return load_latest(run_dir)
+    net, ema = build(cfg.model), build(cfg.model)
+    opt = make_optimizer(net, cfg.train)
+    meta = load_sharded(ckpts[-1], net, opt, ema)
+    return {**meta, "model": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict()}
+
+
 def seed_stage(prev_cfg: RunConfig, prev_dir: str | Path, cfg: RunConfig, run_dir: str | Path) -> str:
     """Write the finished previous stage's state into `run_dir` as the new stage's starting checkpoint.
 
     Returns "state" (weights, EMA, optimizer moments: same resolution) or "weights" (weights only: new resolution).
     """
-    payload = load_latest(prev_dir)
+    payload = _latest_payload(prev_cfg, prev_dir)
     if payload is None or payload["nimg"] < prev_cfg.train.total_nimg:
         raise RuntimeError(f"stage {cfg.name!r} starts from {prev_cfg.name!r}, which has not finished in {prev_dir}; "
                            f"run the recipe from the start (it resumes unfinished stages)")
@@ -83,6 +95,7 @@ def run_recipe(stages: list[RunConfig], root_dir: str | Path, *, progress: bool 
     """
     if not stages:
         raise ValueError("a recipe needs at least one stage")
+    log = log if is_main() else (lambda *a, **k: None)
     dirs = stage_dirs(stages, root_dir)
     results: list[dict] = []
     for i, (cfg, run_dir) in enumerate(zip(stages, dirs)):
@@ -93,7 +106,8 @@ def run_recipe(stages: list[RunConfig], root_dir: str | Path, *, progress: bool 
                             "nimg": _checkpoint_nimg(run_dir)})
             continue
         if i > 0 and not list_checkpoints(run_dir):
-            mode = seed_stage(stages[i - 1], dirs[i - 1], cfg, run_dir)
+            mode = seed_stage(stages[i - 1], dirs[i - 1], cfg, run_dir) if is_main() else None
+            mode = broadcast_object(mode)  # under torchrun rank 0 writes the seed; the others wait, then read it
             carried = "weights, EMA and optimizer" if mode == "state" else "weights"
             log(f"{tag}: starts from {dirs[i - 1].name} ({carried})")
         out = train(cfg, run_dir, progress=progress, log=log, store=store_fn(cfg) if store_fn else None)
