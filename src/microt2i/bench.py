@@ -254,10 +254,15 @@ def write_benchmarks_md(result: dict, path: str = "BENCHMARKS.md") -> None:
 
 def train_flops_per_image(step, batch_size: int) -> float:
     """FLOPs of one training forward + backward per image, counted by `torch.utils.flop_counter` (matmuls and
-    attention; element-wise work is not counted). `step()` runs forward + backward of one batch."""
+    attention; element-wise work is not counted). `step()` runs forward + backward of one batch.
+
+    The counter has no formula for the CPU's fused attention kernel (`_scaled_dot_product_flash_attention_for_cpu`)
+    and would count attention as 0 FLOPs there, so the step runs with SDPA's math backend on every device, whose
+    batched matmuls it counts (4·N·M·d forward, twice that backward; `cost.count_train_flops` on meta agrees)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
         step()
     return counter.get_total_flops() / batch_size
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -63,20 +64,48 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .encoders import TextEncoder, load_codec
-    from .report import save_grid
-    from .sample import generate, load_run
+    from .config import ConfigError
+    from .sample import check_source, read_prompts, sample_prompts, write_samples
 
-    cfg, net, null_tokens, null_mask = load_run(args.run_dir)
-    if not (args.prompt or args.prompts_file):
-        raise FileNotFoundError("no prompts: pass --prompt \"a red star …\" (repeatable) or --prompts-file FILE")
-    prompts = args.prompt or [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
-    emb = TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len).encode(prompts)
-    images = generate(net, cfg, emb.tokens, emb.mask, null_tokens, null_mask, codec=load_codec(cfg.data.codec),
-                      sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed)
-    out = Path(args.out)
-    save_grid(images, out, nrow=min(len(prompts), args.nrow), upscale=args.upscale)
-    print(f"[sample] {len(prompts)} images → {out}")
+    run = args.run or args.run_dir
+    if run and args.model:
+        raise ConfigError("sample: pass a run folder (--run / positional) or --model EXPORT, not both")
+    check_source(run=run if not args.model else None, model=args.model)
+    prompts = originals = read_prompts(args.prompt, args.prompts_file)
+    try:
+        if args.extend:  # the prompt extender (encoders/extender.py): short prompt → training-style long caption
+            from .encoders.extender import make_extender
+
+            prompts = make_extender(args.extend).extend(originals)
+            for a, b in zip(originals, prompts):
+                print(f"[extend] {a!r} → {b!r}")
+        images, settings = sample_prompts(prompts, run=None if args.model else run, model=args.model, n=args.n,
+                                          sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
+                                          seed=args.seed, batch_size=args.batch_size, device=args.device,
+                                          progress=not args.no_progress)
+    except ValueError as e:  # a prompt the extender cannot read, a bad sampler name or option value: one line
+        print(f"microt2i sample: error: {e}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out_dir or (Path(args.out).with_suffix("") if args.out else "samples"))
+    grid = write_samples(images, prompts, out_dir, settings, grid=args.out, nrow=args.nrow, upscale=args.upscale,
+                         originals=originals if args.extend else None)
+    print(f"[sample] {len(images)} images ({settings['sampler']}, {settings['steps']} steps, cfg "
+          f"{settings['cfg_scale']}, seed {settings['seed']}) → {out_dir}/, grid {grid}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    export_run(args.run_dir, args.folder, dtype=args.dtype, grid=not args.no_grid, overwrite=args.overwrite,
+               device=args.device)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import run_report
+
+    print(f"[report] {run_report(args.run_dir, args.out)}")
     return 0
 
 
@@ -344,7 +373,10 @@ def cmd_eval(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="microt2i", description=__doc__)
+    p = argparse.ArgumentParser(prog="microt2i", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="examples:\n  microt2i demo\n  microt2i train world-s\n  microt2i sample --run "
+                                       "runs/world-s --prompt \"A red star.\"\n  microt2i COMMAND --help")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no log lines (errors only)")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train a world preset on CPU, sample a grid, write runs/demo/report.html")
@@ -370,18 +402,44 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("sample", help="sample images from a finished run's EMA weights")
-    s.add_argument("run_dir")
+    s = sub.add_parser("sample", help="sample PNGs + a grid from a finished run (EMA weights) or an exported model")
+    s.add_argument("run_dir", nargs="?", default=None, help="a finished run folder (same as --run)")
+    s.add_argument("--run", default=None, help="a finished run folder (ema/, config.yaml, null_text.safetensors)")
+    s.add_argument("--model", default=None, help="an export folder written by `microt2i export` (same images)")
     s.add_argument("--prompt", action="append", help="a caption (repeatable)")
-    s.add_argument("--prompts-file", help="one caption per line")
-    s.add_argument("--out", default="samples.png")
-    s.add_argument("--sampler", default=None)
-    s.add_argument("--steps", type=int, default=None)
-    s.add_argument("--cfg-scale", type=float, default=None)
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--nrow", type=int, default=8)
-    s.add_argument("--upscale", type=int, default=4)
+    s.add_argument("--prompts-file", help="one caption per line (.txt) or {\"prompt\": …} per line (.jsonl)")
+    s.add_argument("--extend", default=None, metavar="EXTENDER",
+                   help="rewrite prompts as long captions first: 'world' (template) or a causal-LM id / folder")
+    s.add_argument("--n", type=int, default=1, help="images per prompt (image k uses the noise of (seed, k))")
+    s.add_argument("--sampler", default=None, help="heun | euler | ddim | dpmpp_2m (default: the run's eval.sampler)")
+    s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's eval.steps)")
+    s.add_argument("--cfg", "--cfg-scale", dest="cfg_scale", type=float, default=None,
+                   help="CFG scale: uncond + s·(cond − uncond) (default: the run's eval.cfg_scale)")
+    s.add_argument("--seed", type=int, default=None, help="default: the run's eval.seed")
+    s.add_argument("--out-dir", default=None, help="PNGs + samples.jsonl go here (default: --out without .png, "
+                                                   "else ./samples)")
+    s.add_argument("--out", default=None, help="the grid PNG (default: <out-dir>/grid.png)")
+    s.add_argument("--nrow", type=int, default=8, help="grid columns")
+    s.add_argument("--upscale", type=int, default=4, help="grid nearest-neighbour upscale")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=cmd_sample)
+
+    ex = sub.add_parser("export", help="write a finished run as a diffusers folder (DiffusionPipeline.from_pretrained)")
+    ex.add_argument("run_dir", help="a finished run folder")
+    ex.add_argument("folder", help="output folder (written to a temp sibling, then renamed)")
+    ex.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="transformer weights' dtype")
+    ex.add_argument("--no-grid", action="store_true", help="skip the sample grid of the model card")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
+    ex.add_argument("--device", default="cpu", help="where the grid is sampled")
+    ex.set_defaults(fn=cmd_export)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page of a run: config, curves, grids per eval "
+                                       "point, GenEval, metrics, cost and throughput")
+    rp.add_argument("run_dir", help="a run folder (stats.jsonl, config.yaml; finished or not)")
+    rp.add_argument("--out", default=None, help="default: <run_dir>/run_report.html")
+    rp.set_defaults(fn=cmd_report)
 
     w = sub.add_parser("world", help="render embedded-world images with captions and detections; "
                                      "`world train-vae` retrains the shipped world VAE")
@@ -535,7 +593,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("presets", help="list the named presets")
     pr.set_defaults(fn=lambda a: print("\n".join(__import__("microt2i.presets", fromlist=["names"]).names())) or 0)
+    _add_examples(sub)
     return p
+
+
+EXAMPLES = {  # shown under `microt2i CMD --help`; every line runs on the embedded world (docs/ has more)
+    "demo": ["microt2i demo", "microt2i demo --preset world-tiny --run-dir runs/tiny",
+             "microt2i demo --model cad-i --objective flow"],
+    "train": ["microt2i train world-s", "microt2i train world-tiny train.total_nimg=256 train.tensorboard=true",
+              "microt2i train world-s --dry-run", "microt2i train world-s --stop-nimg 4096   # checkpoint and stop",
+              "torchrun --standalone --nproc_per_node=8 -m microt2i.cli train dit-i-256 train.parallel=fsdp"],
+    "sample": ['microt2i sample --run runs/demo --prompt "A red star on a grey background." --n 4 --seed 0',
+               "microt2i sample --run runs/demo --prompts-file prompts.txt --steps 30 --cfg 5 --sampler heun",
+               'microt2i sample --model exports/demo --prompt "a photo of two red stars" --extend world'],
+    "export": ["microt2i export runs/demo exports/demo", "microt2i export runs/demo exports/demo-bf16 --dtype bf16",
+               "python -c \"from diffusers import DiffusionPipeline as P; "
+               "P.from_pretrained('exports/demo', trust_remote_code=True)('a red star', seed=0).images[0].save('x.png')\""],
+    "report": ["microt2i report runs/demo", "microt2i report runs/world-s --out world-s.html"],
+    "world": ["microt2i world --n 16 --resolution 64 --out world.png", "microt2i world --captions aio"],
+    "caption": ["microt2i caption --source world --n 100 --out captions.tsv",
+                "microt2i caption --source /data/imagenet/train --captioner llava --num-shards 8 --shard-index 0"],
+    "cutmix": ["microt2i cutmix world-tiny augment.cutmix.setting=1/4 --out cutmix.png"],
+    "precompute": ["microt2i precompute world-tiny data.store_dir=/tmp/store",
+                   "microt2i precompute dit-i-256 data.source=imagenet data.root=/data/imagenet "
+                   "data.store_dir=/data/store --workers 8 --device cuda", "microt2i precompute /data/store --verify"],
+    "filter": ["microt2i filter world-tiny --out kept.jsonl"],
+    "bench": ["microt2i bench train --preset world-s --threads 1", "microt2i bench sample --no-write"],
+    "recipe": ["microt2i recipe microdit-xl-2 --dry-run", "microt2i recipe world-microdit-tiny --root runs/mt"],
+    "eval": ["microt2i eval geneval runs/demo", "microt2i eval fid runs/demo --n 256",
+             "microt2i eval dpg runs/demo --n 32"],
+    "cost": ["microt2i cost recipe microdit-xl-2", "microt2i cost text-encoders --encoders minilm"],
+    "presets": ["microt2i presets"],
+}
+
+
+def _add_examples(sub) -> None:
+    for name, parser in sub.choices.items():
+        if name in EXAMPLES:
+            parser.formatter_class = argparse.RawDescriptionHelpFormatter
+            parser.epilog = "examples:\n" + "\n".join(f"  {ex}" for ex in EXAMPLES[name])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -549,8 +645,20 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     try:
-        return args.fn(args)
-    except (ConfigError, FileNotFoundError) as e:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components" etc.
+    except ImportError:
+        pass
+    quiet = contextlib.ExitStack()
+    if args.quiet:  # stdout to /dev/null, no bars; errors still reach stderr
+        quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
+        if hasattr(args, "no_progress"):
+            args.no_progress = True
+    try:
+        with quiet:
+            return args.fn(args)
+    except (ConfigError, FileNotFoundError, FileExistsError) as e:
         print(f"microt2i {args.command}: error: {e}", file=sys.stderr)
         return 2
     finally:

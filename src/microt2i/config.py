@@ -179,8 +179,23 @@ class ObjectiveConfig:
 
 
 @dataclass(kw_only=True)
+class MixSource:
+    """One finished sharded store of a training mixture (data/mix.py) and its sampling weight."""
+
+    store_dir: str = ""
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if not self.store_dir or not self.weight > 0:
+            raise ConfigError(f"data.mix entry {{store_dir: {self.store_dir!r}, weight: {self.weight}}} needs a store "
+                              f"folder and a weight > 0")
+
+
+@dataclass(kw_only=True)
 class DataConfig:
     source: str = "world"  # "world" (embedded world), "imagenet" (train/<synset>/*.JPEG, val/) or "folder" (images)
+    # or your own data (data/ingest.py): "sidecar" (images + .txt/.json captions), "webdataset" (img2dataset tar
+    # shards), "hf" (a `datasets` folder or hub id with image and text columns)
     root: str = ""  # imagenet / folder: the dataset folder (for ImageNet the one holding train/ and val/)
     split: str = "train"  # imagenet: "train" or "val"
     labels_file: str = ""  # imagenet val as flat files: "filename synset" lines or LOC_val_solution.csv
@@ -199,10 +214,20 @@ class DataConfig:
     text_store: str = "embeddings"  # store text-encoder states, or token "ids" encoded on the fly at train time
     store_dtype: str = "float16"  # latents / text states in the sharded store
     shard_size: int = 1024  # samples per shard
+    min_resolution: int = 0  # precompute: skip images whose short side is smaller (MicroDiT's 512² stage: 512)
+    clean_captions: bool = False  # precompute: MicroDiT's caption cleaner (data/ingest.py `clean_caption`)
+    image_column: str = ""  # hf column / webdataset extension of the image ("" = image, jpg, png, …)
+    caption_column: str = ""  # hf column / .json sidecar key of the caption ("" = caption, captions, text, …)
+    mix: tuple[MixSource, ...] = ()  # train on finished stores mixed by weight: [{store_dir: a, weight: 0.7}, …]
 
     def __post_init__(self):
-        _choice("data.source", self.source, ("world", "imagenet", "folder"))
-        _choice("data.split", self.split, ("train", "val"))
+        _choice("data.source", self.source, ("world", "imagenet", "folder", "sidecar", "webdataset", "hf"))
+        if self.source != "hf":  # a datasets split may be any name
+            _choice("data.split", self.split, ("train", "val"))
+        if self.min_resolution < 0:
+            raise ConfigError(f"data.min_resolution={self.min_resolution} must be >= 0 (0 = keep every size)")
+        if self.mix and self.store_dir:
+            raise ConfigError("data.mix and data.store_dir are exclusive: list every store in data.mix")
         _choice("data.latent_mode", self.latent_mode, ("mean_std", "sample"))
         _choice("data.text_store", self.text_store, ("embeddings", "ids"))
         _choice("data.store_dtype", self.store_dtype, ("float16", "float32"))
@@ -291,6 +316,13 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     dist_timeout_s: float = 1800.0  # bound on every collective (NCCL / gloo), so a dead rank ends the job
     nan_abort_streak: int = 100  # abort after this many consecutive non-finite steps (0 = never); single ones are skipped
+    # logs (train/logger.py): stats.jsonl always; these mirror it when their package is installed
+    tensorboard: bool = False  # TensorBoard events in <run>/tensorboard (scalars + eval grids)
+    wandb: str = ""  # W&B project name; "" = off (WANDB_MODE=offline logs without a server)
+    # fine-tuning (train/finetune.py; `microt2i train --init`): a run's first checkpoint comes from another model
+    init: str = ""  # a run folder or an exported model folder (model.safetensors + config.json); "" = from scratch
+    init_mode: str = "weights"  # "weights": its EMA weights, fresh optimizer | "state": weights, EMA, AdamW moments
+    freeze: tuple[str, ...] = ()  # parameter-name prefixes not trained (requires_grad off), e.g. [t_embedder, blocks.0.]
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -300,6 +332,7 @@ class TrainConfig:
             raise ConfigError(f"train.cosine_rate={self.cosine_rate} must be in (0, 1]")
         _choice("train.precision", self.precision, ("fp32", "bf16"))
         _choice("train.parallel", self.parallel, ("ddp", "fsdp"))
+        _choice("train.init_mode", self.init_mode, ("weights", "state"))
         if self.dist_timeout_s <= 0 or self.nan_abort_streak < 0:
             raise ConfigError(f"train.dist_timeout_s={self.dist_timeout_s} must be > 0 and train.nan_abort_streak="
                               f"{self.nan_abort_streak} >= 0 (0 = never abort)")
@@ -321,6 +354,7 @@ class EvalConfig:
     eta: float = 0.0  # ddim: η (0 = deterministic DDIM, 1 = DDPM-like ancestral noise)
 
     def __post_init__(self):
+        check_sampling(self.steps, self.cfg_scale, "eval.steps", "eval.cfg_scale")
         if self.clamp < 0 or not 0.0 <= self.eta <= 1.0:
             raise ConfigError(f"eval.clamp={self.clamp} must be >= 0 (0 = off) and eval.eta={self.eta} in [0, 1]")
         if self.every_nimg < 0 or self.fd_n < 0 or self.geneval_per_tag < 0 or self.fd_n == 1:
@@ -352,6 +386,15 @@ class RunConfig:
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+
+
+def check_sampling(steps: int, cfg_scale: float, steps_name: str = "--steps", scale_name: str = "--cfg-scale") -> None:
+    """Sampler steps ≥ 1 and a guidance scale ≥ 0 (0 = unconditional, 1 = no guidance), else one ConfigError."""
+    if steps < 1 or steps > 10_000:
+        raise ConfigError(f"{steps_name}={steps} must be in [1, 10000] (sampler steps; the presets use 4-250)")
+    if not 0.0 <= cfg_scale <= 100.0:
+        raise ConfigError(f"{scale_name}={cfg_scale} must be in [0, 100] (0 = unconditional, 1 = no guidance, "
+                          f"3-7 typical)")
 
 
 def to_dict(cfg) -> dict:

@@ -122,12 +122,6 @@ def count_train_flops(run: RunConfig, *, mask_ratio: float | None = None, text_l
     """FLOPs per image of `run`'s training step (its objective's loss on its network, then backward), counted on
     the `meta` device. `mask_ratio` overrides the model's (MicroDiT), `text_len` the caption length
     (default `run.data.text_len`). Per image = the batch's count / batch (nothing here mixes samples)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .diffusion.objectives import build_objective
-    from .models import build, sample_keep_mask
-    from .models.moe import ExpertChoiceMoE, tokens_per_expert
-
     cfg = run.model
     if mask_ratio is not None:
         if not hasattr(cfg, "mask_ratio"):
@@ -135,6 +129,22 @@ def count_train_flops(run: RunConfig, *, mask_ratio: float | None = None, text_l
                               f"not model.family={cfg.family!r}")
         cfg = replace(cfg, mask_ratio=mask_ratio)
     L = text_len or run.data.text_len
+    key = (repr(cfg), repr(run.objective), L, batch)
+    if key not in _FLOPS_CACHE:  # a pure function of the configs: count each network once per process
+        _FLOPS_CACHE[key] = _count(run, cfg, L, batch)
+    return _FLOPS_CACHE[key]
+
+
+_FLOPS_CACHE: dict[tuple, TrainFlops] = {}
+
+
+def _count(run: RunConfig, cfg, L: int, batch: int) -> TrainFlops:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .diffusion.objectives import build_objective
+    from .models import build, sample_keep_mask
+    from .models.moe import ExpertChoiceMoE, tokens_per_expert
+
     keep = sample_keep_mask(cfg, 1)  # a real one on CPU: how many tokens a row keeps, whatever the masking kind
     kept = 0 if keep is None else int(keep.sum())
     objective = build_objective(run.objective)
@@ -219,19 +229,11 @@ def recipe_cost(stages: list[RunConfig], *, img_s: list[float] | None = None, mf
     if img_s is not None and min(img_s) <= 0 or mfu is not None and not 0 < mfu <= 1:
         raise ConfigError(f"throughput must be positive and mfu in (0, 1], got img_s={img_s}, mfu={mfu}")
     paper = _is_paper_recipe(stages)
-    cache: dict[tuple, TrainFlops] = {}
-
-    def flops(run: RunConfig, ratio: float | None) -> TrainFlops:
-        key = (repr(run.model), repr(run.objective), run.data.text_len, ratio)
-        if key not in cache:
-            cache[key] = count_train_flops(run, mask_ratio=ratio)
-        return cache[key]
-
     out = []
     for i, s in enumerate(stages):
         ratio = getattr(s.model, "mask_ratio", 0.0)
-        f = flops(s, None)
-        fu = flops(s, 0.0) if ratio > 0 else f
+        f = count_train_flops(s)
+        fu = count_train_flops(s, mask_ratio=0.0) if ratio > 0 else f
         if img_s is not None:
             rate, source = img_s[i if len(img_s) > 1 else 0], "stated"
         elif mfu is not None:

@@ -1,9 +1,18 @@
-"""HTML report of a run: sample grid, loss curve, metrics table, per-sample detections, resolved config."""
+"""HTML reports, one self-contained file each (images base64-inlined, every text HTML-escaped).
+
+- `write_report`: the demo's and `microt2i eval`'s page (metrics, figures, per-sample table, config).
+- `run_report` (`microt2i report RUN`): a run's config, loss / grad-norm / lr / eval-metric curves from
+  stats.jsonl (inline SVG, no plotting library needed), the grid of every in-training evaluation (eval/live.py),
+  the GenEval tables of `microt2i eval geneval`, other eval results, and cost / throughput.
+"""
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +34,6 @@ def save_grid(images: np.ndarray, path: str | Path, *, nrow: int, upscale: int =
 
 
 def _save_png(im: Image.Image, path: str | Path) -> Path:
-    import io
-
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
@@ -53,8 +60,6 @@ def loss_plot(stats: list[dict], path: str | Path) -> Path:
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
@@ -65,9 +70,9 @@ def loss_plot(stats: list[dict], path: str | Path) -> Path:
 def _table(rows: list[dict]) -> str:
     if not rows:
         return "<p>(none)</p>"
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(c for r in rows for c in r))
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -75,23 +80,171 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def data_uri(path: str | Path) -> str:
+    """A PNG / JPEG file as a `data:` URI, so the page needs no other file."""
+    p = Path(path)
+    mime = "image/jpeg" if p.suffix.lower() in (".jpg", ".jpeg") else "image/png"
+    return f"data:{mime};base64,{base64.b64encode(p.read_bytes()).decode()}"
+
+
+def _figure(src: str, caption: str) -> str:
+    return f'<figure><img src="{src}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+
+
+_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;font-size:13px;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}
+figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}img{max-width:520px;image-rendering:pixelated}
+figcaption{font-size:12px;color:#555;max-width:520px}svg{margin:0 1em 1em 0}
+pre{background:#f6f6f6;padding:1em;font-size:12px;overflow:auto}"""
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+
+
 def write_report(run_dir: str | Path, *, title: str, metrics: dict, images: dict[str, str], samples: list[dict],
                  config_text: str) -> Path:
-    """Write run_dir/report.html; `images` maps captions to PNG paths relative to run_dir."""
+    """Write run_dir/report.html; `images` maps captions to PNG paths relative to run_dir (inlined as data URIs,
+    each followed by an HTML comment naming the file)."""
     run_dir = Path(run_dir)
-    figs = "".join(f'<figure><img src="{html.escape(src)}"><figcaption>{html.escape(cap)}</figcaption></figure>'
-                   for cap, src in images.items())
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}}
-figure{{display:inline-block;margin:0 1em 1em 0;vertical-align:top}}img{{max-width:520px;image-rendering:pixelated}}
-pre{{background:#f6f6f6;padding:1em;font-size:12px;overflow:auto}}</style></head><body>
-<h1>{html.escape(title)}</h1>
-<h2>Metrics</h2>{_table([{"metric": k, "value": v} for k, v in metrics.items()])}
-<h2>Figures</h2>{figs}
-<h2>Samples</h2>{_table(samples)}
-<h2>Resolved config</h2><pre>{html.escape(config_text)}</pre>
-</body></html>"""
+    figs = "".join(_figure(data_uri(run_dir / src), cap) + f"<!-- {html.escape(src)} -->" for cap, src in images.items())
+    body = (f'<h2>Metrics</h2>{_table([{"metric": k, "value": v} for k, v in metrics.items()])}'
+            f"<h2>Figures</h2>{figs}<h2>Samples</h2>{_table(samples)}"
+            f"<h2>Resolved config</h2><pre>{html.escape(config_text)}</pre>")
     path = run_dir / "report.html"
-    atomic_write_text(path, page)
+    atomic_write_text(path, _page(title, body))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ run report
+
+
+def run_metrics(run_dir: str | Path) -> dict[str, dict]:
+    """Every metric file of a run: {"demo": metrics.json, "eval/<suite>": results.json["metrics"], ...}."""
+    run_dir = Path(run_dir)
+    out = {}
+    if (run_dir / "metrics.json").is_file():
+        out["demo"] = json.loads((run_dir / "metrics.json").read_text())
+    for f in sorted(run_dir.glob("eval/*/results.json")):
+        out[f"eval/{f.parent.name}"] = json.loads(f.read_text()).get("metrics", {})
+    return out
+
+
+def svg_curve(points: list[tuple[float, float]], *, title: str, xlabel: str = "images seen", log_y: bool = False,
+              width: int = 480, height: int = 240) -> str:
+    """A line chart as inline SVG: axes with min/max ticks, one polyline (drops non-finite and, on log_y, ≤ 0)."""
+    pts = [(x, y) for x, y in points if math.isfinite(x) and math.isfinite(y) and (y > 0 or not log_y)]
+    esc = html.escape
+    head = f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">' \
+           f'<title>{esc(title)}</title><text x="{width / 2}" y="14" text-anchor="middle" font-size="13">{esc(title)}</text>'
+    if not pts:
+        return head + f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="12">no data</text></svg>'
+    f = math.log10 if log_y else (lambda v: v)
+    xs, ys = [p[0] for p in pts], [f(p[1]) for p in pts]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1e-12 + abs(y0) * 1e-6)
+    left, right, top, bottom = 58, 10, 24, 34
+    px = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)  # noqa: E731
+    py = lambda y: height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)  # noqa: E731
+    line = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(xs, ys))
+    lab = (lambda v: f"{10 ** v:.3g}") if log_y else (lambda v: f"{v:.3g}")
+    axes = (f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#888"/>'
+            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#888"/>'
+            f'<text x="{left - 4}" y="{py(y1) + 4:.1f}" text-anchor="end" font-size="10">{lab(y1)}</text>'
+            f'<text x="{left - 4}" y="{py(y0) + 4:.1f}" text-anchor="end" font-size="10">{lab(y0)}</text>'
+            f'<text x="{left}" y="{height - bottom + 14}" font-size="10">{x0:.4g}</text>'
+            f'<text x="{width - right}" y="{height - bottom + 14}" text-anchor="end" font-size="10">{x1:.4g}</text>'
+            f'<text x="{(left + width) / 2}" y="{height - 4}" text-anchor="middle" font-size="11">{esc(xlabel)}'
+            f'{" (log y)" if log_y else ""}</text>')
+    marker = "".join(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="#1f77b4"/>' for x, y in zip(xs, ys)) \
+        if len(xs) <= 40 else ""
+    return head + axes + f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{line}"/>{marker}</svg>'
+
+
+def _curves(stats: list[dict]) -> str:
+    train = [s for s in stats if "loss" in s]
+    evals = [s for s in stats if any(k.startswith("eval/") for k in s)]
+    charts = [svg_curve([(s["nimg"], s["loss"]) for s in train], title="training loss", log_y=True)]
+    for key, log_y in (("grad_norm", True), ("lr", False), ("img_per_s", False)):
+        if any(key in s for s in train):
+            charts.append(svg_curve([(s["nimg"], s[key]) for s in train if key in s], title=key, log_y=log_y))
+    keys = sorted({k for s in evals for k, v in s.items() if k.startswith("eval/") and isinstance(v, (int, float))
+                   and k not in ("eval/seconds", "eval/fd_n")})
+    charts += [svg_curve([(s["nimg"], s[k]) for s in evals if k in s], title=k) for k in keys]
+    return "".join(charts)
+
+
+def _cost(run_dir: Path, stats: list[dict], cfg) -> list[dict]:
+    train = [s for s in stats if "loss" in s]
+    if not train:
+        return []
+    last = train[-1]
+    rows = [{"quantity": "images seen", "value": last["nimg"]}, {"quantity": "optimizer steps", "value": last["step"]},
+            {"quantity": "training time (s)", "value": float(last.get("elapsed_s", 0.0))},
+            {"quantity": "mean throughput (img/s)", "value": last["nimg"] / max(float(last.get("elapsed_s", 0.0)), 1e-9)},
+            {"quantity": "last reported throughput (img/s)", "value": float(last.get("img_per_s", 0.0))},
+            {"quantity": "skipped non-finite steps", "value": last.get("nan_skips", 0)},
+            {"quantity": "peak host memory (MiB)", "value": float(last.get("maxrss_mib", 0.0))}]
+    evals = [s["eval/seconds"] for s in stats if "eval/seconds" in s]
+    if evals:
+        rows.append({"quantity": "in-training evaluation time (s)", "value": float(sum(evals))})
+    if cfg is not None:
+        from .cost import count_train_flops  # counted on the meta device (cost.py)
+
+        flops = count_train_flops(cfg).train
+        rows.append({"quantity": "training FLOPs per image (forward + backward)", "value": float(flops)})
+        rows.append({"quantity": "training FLOPs total", "value": float(flops) * last["nimg"]})
+        rows.append({"quantity": "achieved FLOP/s (mean)", "value": float(flops) * last["nimg"]
+                     / max(float(last.get("elapsed_s", 0.0)), 1e-9)})
+    return rows
+
+
+def _geneval_tables(run_dir: Path) -> str:
+    f = run_dir / "eval" / "geneval" / "results.json"
+    if not f.is_file():
+        return "<p>(no GenEval yet: <code>microt2i eval geneval RUN</code>)</p>"
+    summary = json.loads(f.read_text()).get("summary", {})
+    rows = [{"tag": tag, **{k: v for k, v in s.items() if isinstance(v, (int, float, str))}}
+            for tag, s in summary.get("tags", {}).items()]
+    rows.append({"tag": "overall", "score": summary.get("overall")})
+    return _table(rows)
+
+
+def run_report(run_dir: str | Path, out: str | Path | None = None, *, title: str | None = None) -> Path:
+    """Write the self-contained HTML report of a run folder (default `<run>/run_report.html`); returns its path."""
+    from .config import load_yaml
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "stats.jsonl").is_file() and not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} has neither stats.jsonl nor config.yaml: not a run folder "
+                                f"(`microt2i train PRESET --run-dir {run_dir}` makes one)")
+    stats = read_stats(run_dir / "stats.jsonl")
+    cfg_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    cfg = load_yaml(run_dir / "config.yaml") if cfg_text else None
+    parts = [f"<p>Run folder: <code>{html.escape(str(run_dir))}</code></p>"]
+    parts.append(f"<h2>Curves</h2>{_curves(stats)}")
+    grids = [(s["nimg"], s["eval/grid"]) for s in stats if isinstance(s.get("eval/grid"), str)
+             and (run_dir / s["eval/grid"]).is_file()]
+    if (run_dir / "grid.png").is_file():
+        grids.append(("final", "grid.png"))
+    prompts = ""
+    if cfg is not None:
+        from .demo import grid_prompts
+
+        prompts = "<ol>" + "".join(f"<li>{html.escape(s['prompt'])}</li>" for s in
+                                   grid_prompts(cfg.eval.grid_size ** 2, cfg.eval.seed)) + "</ol>"
+    figs = "".join(_figure(data_uri(run_dir / p), f"EMA samples at {n} images" if n != "final" else "final EMA samples")
+                   for n, p in grids)
+    parts.append(f"<h2>Sample grids per evaluation</h2>{figs or '<p>(none: set eval.every_nimg)</p>'}"
+                 f"<details><summary>grid prompts (row-major)</summary>{prompts}</details>")
+    parts.append(f"<h2>GenEval</h2>{_geneval_tables(run_dir)}")
+    metrics = run_metrics(run_dir)
+    rows = [{"source": src, "metric": k, "value": v} for src, vals in metrics.items() for k, v in vals.items()
+            if isinstance(v, (int, float, str))]
+    parts.append(f"<h2>Metrics</h2>{_table(rows)}")
+    parts.append(f"<h2>Cost and throughput</h2>{_table(_cost(run_dir, stats, cfg))}")
+    parts.append(f"<h2>Config</h2><pre>{html.escape(cfg_text)}</pre>")
+    path = Path(out) if out else run_dir / "run_report.html"
+    atomic_write_text(path, _page(title or f"microt2i run — {cfg.name if cfg else run_dir.name}", "\n".join(parts)))
     return path

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from tqdm import tqdm
 
-from .config import RunConfig, load_yaml
+from .config import RunConfig, check_sampling, load_yaml
 from .data.store import tensor_to_images
 from .diffusion.objectives import build_objective
 from .diffusion.guidance import cfg_denoiser
 from .diffusion.samplers import get_sampler
+from .io import atomic_write_bytes, atomic_write_text
 from .models import from_pretrained
 
 
@@ -26,18 +30,20 @@ def initial_noise(n: int, shape: tuple[int, ...], sigma_max: float, seed: int, d
 @torch.no_grad()
 def generate(net, cfg: RunConfig, text_tokens, text_mask, null_tokens, null_mask, *, codec, sampler: str | None = None,
              steps: int | None = None, cfg_scale: float | None = None, seed: int | None = None,
-             batch_size: int = 64, device="cpu") -> np.ndarray:
+             batch_size: int = 64, device="cpu", progress: bool = False) -> np.ndarray:
     """Sample one image per caption embedding; returns uint8 [N, H, W, 3].
 
     `eval.clamp` clips x̂0 in every step; `eval.eta` > 0 (ddim only) draws its fresh noise from a generator seeded by
-    (seed, first image of the batch), so those samples also depend on `batch_size`."""
+    (seed, first image of the batch), so those samples also depend on `batch_size`. `progress` draws a bar with
+    images/s and ETA."""
     e = cfg.eval
     name = sampler or e.sampler
     sampler_fn = get_sampler(name)
     if e.eta and name != "ddim":
         raise ValueError(f"eval.eta={e.eta} applies to the ddim sampler only, not {name!r}; set eval.eta=0")
-    steps = steps or e.steps
+    steps = e.steps if steps is None else steps
     scale = e.cfg_scale if cfg_scale is None else cfg_scale
+    check_sampling(steps, scale)
     seed = e.seed if seed is None else seed
     m = cfg.model
     objective = build_objective(cfg.objective)
@@ -46,6 +52,7 @@ def generate(net, cfg: RunConfig, text_tokens, text_mask, null_tokens, null_mask
     n = text_tokens.shape[0]
     noise = initial_noise(n, (m.in_channels, m.input_size, m.input_size), float(sigmas[0]), seed, device)
     images = []
+    bar = tqdm(total=n, unit="img", desc="sample", disable=not progress, dynamic_ncols=True)
     for i in range(0, n, batch_size):
         sl = slice(i, i + batch_size)
         b = noise[sl].shape[0]
@@ -58,14 +65,102 @@ def generate(net, cfg: RunConfig, text_tokens, text_mask, null_tokens, null_mask
             opts.update(eta=e.eta, generator=torch.Generator().manual_seed(gen_seed))
         x0 = sampler_fn(denoise, noise[sl], sigmas, **opts)
         images.append(tensor_to_images(codec.decode(x0.float())))
+        bar.update(b)
+    bar.close()
     return np.concatenate(images)
 
 
 def load_run(run_dir: str | Path, device="cpu"):
     """(config, EMA network, null tokens, null mask) of a finished run folder."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "ema" / "model.safetensors").exists():
-        raise FileNotFoundError(f"{run_dir} has no ema/model.safetensors; train it to the end first (`microt2i train`)")
+    run_dir = check_source(run=run_dir)
     null = load_file(str(run_dir / "null_text.safetensors"))
     return (load_yaml(run_dir / "config.yaml"), from_pretrained(run_dir / "ema", device=device),
             null["tokens"], null["mask"].bool())
+
+
+def check_source(run: str | Path | None = None, model: str | Path | None = None) -> Path:
+    """The run folder (with its final EMA weights) or export folder to sample from; a clear error otherwise."""
+    if (run is None) == (model is None):
+        from .config import ConfigError
+
+        raise ConfigError("sample from exactly one of a run folder (--run) or an exported model folder (--model)")
+    if run is not None:
+        if not (Path(run) / "ema" / "model.safetensors").exists():
+            raise FileNotFoundError(f"{run} has no ema/model.safetensors; train it to the end first (`microt2i train`)")
+        return Path(run)
+    if not (Path(model) / "model_index.json").is_file():
+        raise FileNotFoundError(f"{model} has no model_index.json: not an export (`microt2i export RUN {model}`)")
+    return Path(model)
+
+
+def read_prompts(prompts: list[str] | None = None, prompts_file: str | Path | None = None) -> list[str]:
+    """`prompts`, then one prompt per non-empty line of `prompts_file` (.txt), or its "prompt" fields (.jsonl)."""
+    out = list(prompts or [])
+    if prompts_file:
+        p = Path(prompts_file)
+        if not p.is_file():
+            raise FileNotFoundError(f"prompts file {str(p)!r} does not exist; pass one prompt per line")
+        lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+        out += [json.loads(ln)["prompt"] for ln in lines] if p.suffix == ".jsonl" else lines
+    if not out:
+        raise FileNotFoundError('no prompts: pass --prompt "a red star …" (repeatable) or --prompts-file FILE')
+    return out
+
+
+def sample_prompts(prompts: list[str], *, run: str | Path | None = None, model: str | Path | None = None,
+                   n: int = 1, sampler: str | None = None, steps: int | None = None, cfg_scale: float | None = None,
+                   seed: int | None = None, batch_size: int = 64, device="cpu", progress: bool = False):
+    """`n` images per prompt (prompt-major: image k is prompt k // n) from a run folder's EMA weights (`run`) or an
+    export folder (`model`, `microt2i export`), which give the same images at the same settings. Returns (uint8
+    images [N, H, W, 3], the settings used)."""
+    check_source(run, model)
+    if n < 1:
+        raise ValueError(f"--n {n}: images per prompt must be >= 1")
+    repeated = [p for p in prompts for _ in range(n)]
+    if model is not None:
+        from .pipeline import MicroT2IPipeline
+
+        pipe = MicroT2IPipeline.from_export(model, device=device)
+        e = pipe.run_config().eval
+        images = pipe(repeated, num_inference_steps=steps, guidance_scale=cfg_scale, sampler=sampler, seed=seed,
+                      batch_size=batch_size, output_type="np", progress=progress).images
+    else:
+        from .encoders import TextEncoder, load_codec
+
+        cfg, net, null_tokens, null_mask = load_run(run, device=device)
+        e = cfg.eval
+        emb = TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device).encode(repeated)
+        images = generate(net, cfg, emb.tokens, emb.mask, null_tokens, null_mask,
+                          codec=load_codec(cfg.data.codec, device=device), sampler=sampler, steps=steps,
+                          cfg_scale=cfg_scale, seed=seed, batch_size=batch_size, device=device, progress=progress)
+    settings = {"source": str(model or run), "sampler": sampler or e.sampler, "steps": steps or e.steps,
+                "cfg_scale": e.cfg_scale if cfg_scale is None else cfg_scale, "seed": e.seed if seed is None else seed,
+                "images_per_prompt": n}
+    return images, settings
+
+
+def write_samples(images: np.ndarray, prompts: list[str], out_dir: str | Path, settings: dict, *,
+                  grid: str | Path | None = None, nrow: int = 8, upscale: int = 4,
+                  originals: list[str] | None = None) -> Path:
+    """One PNG per image (`out_dir/0000.png`, …), a grid (`grid`, default `out_dir/grid.png`) and `samples.jsonl`
+    (file, prompt, the prompt before extension, image index = its noise seed's index, settings)."""
+    from PIL import Image
+
+    from .report import save_grid
+
+    out_dir = Path(out_dir)
+    n = settings.get("images_per_prompt", 1)
+    rows = []
+    for k, img in enumerate(images):
+        name = f"{k:04d}.png"
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        atomic_write_bytes(out_dir / name, buf.getvalue())
+        row = {"file": name, "prompt": prompts[k // n], "index": k}
+        if originals is not None:
+            row["original_prompt"] = originals[k // n]
+        rows.append(row | settings)
+    atomic_write_text(out_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    grid = Path(grid) if grid else out_dir / "grid.png"
+    save_grid(images, grid, nrow=min(len(images), nrow), upscale=upscale)
+    return grid

@@ -9,6 +9,10 @@ Formats, picked by the path:
   configurable; a caption column may hold strings or lists of strings.
 - a glob (`captions.shard*.tsv`): the union of the matching files (what a sharded `microt2i caption` job writes).
 
+Untrusted input: files must be UTF-8 (a bad line is named), keys are relative paths that may not leave the image
+root (`../x`, `/x` are refused), empty or whitespace-only captions are dropped (an image left with none is skipped
+by precompute and counted as "no caption"), and a repeated key means several captions for one image.
+
 `append_captions` is the crash-safe writer of the resumable captioning job: each call is one `write` of whole,
 newline-terminated rows followed by fsync, and an unterminated tail left by a killed append is cut before the next
 append, so a resumed job neither loses nor duplicates rows.
@@ -22,7 +26,7 @@ import io
 import json
 import os
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..io import atomic_write_text
 
@@ -47,48 +51,62 @@ def _format(path: Path) -> str:
 def _add(out: dict[str, list[str]], key, caption, where: str) -> None:
     if not isinstance(key, str) or not key:
         raise CaptionFileError(f"{where}: the key must be a non-empty string, got {key!r}")
+    parts = PurePosixPath(key.replace("\\", "/")).parts
+    if key.startswith(("/", "\\")) or ".." in parts or (len(key) > 1 and key[1] == ":"):
+        raise CaptionFileError(f"{where}: key {key!r} leaves the image folder (absolute path or '..'); keys are "
+                               f"paths relative to the image root, e.g. 'n01440764/n01440764_10026.JPEG'")
     captions = caption if isinstance(caption, list | tuple) else [caption]
     for c in captions:
         if not isinstance(c, str):
             raise CaptionFileError(f"{where}: captions must be strings, got {type(c).__name__} {c!r:.60}")
-        out.setdefault(key, []).append(c)
+        if c.strip():  # an empty / whitespace-only caption is no caption: an image left without any is skipped
+            out.setdefault(key, []).append(c)
+
+
+def _lines(path: Path):
+    """(line number, text) of a UTF-8 text file, split on \\n only; a non-UTF-8 line is one clear error."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CaptionFileError(f"{path}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                                       f"re-encode the file, e.g. `iconv -f latin1 -t utf-8`") from None
 
 
 def _read_tsv(path: Path, out: dict[str, list[str]]) -> None:
-    with open(path, encoding="utf-8", newline="\n") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                continue
-            key, tab, caption = line.partition("\t")
-            if not tab:
-                raise CaptionFileError(f"{path}:{n}: expected 'filename<TAB>caption', found no tab in {line!r:.80}")
-            if n == 1 and key.lower() in KEY_COLUMNS and caption.lower() in CAPTION_COLUMNS:
-                continue  # header
-            _add(out, key, caption, f"{path}:{n}")
+    for n, line in _lines(path):
+        line = line.rstrip("\n").rstrip("\r")
+        if not line.strip():
+            continue
+        key, tab, caption = line.partition("\t")
+        if not tab:
+            raise CaptionFileError(f"{path}:{n}: expected 'filename<TAB>caption', found no tab in {line!r:.80}")
+        if n == 1 and key.lower() in KEY_COLUMNS and caption.lower() in CAPTION_COLUMNS:
+            continue  # header
+        _add(out, key, caption, f"{path}:{n}")
 
 
 def _read_jsonl(path: Path, out: dict[str, list[str]], key_column: str | None, caption_column: str | None) -> None:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CaptionFileError(f"{path}:{n}: not valid JSON ({e.msg}): {line.strip()!r:.80}") from None
-            if not isinstance(row, dict):
-                raise CaptionFileError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            kc, cc = _columns(list(row), key_column, caption_column, f"{path}:{n}")
-            _add(out, row[kc], row[cc], f"{path}:{n}")
+    for n, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CaptionFileError(f"{path}:{n}: not valid JSON ({e.msg}): {line.strip()!r:.80}") from None
+        if not isinstance(row, dict):
+            raise CaptionFileError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        kc, cc = _columns(list(row), key_column, caption_column, f"{path}:{n}")
+        _add(out, row[kc], row[cc], f"{path}:{n}")
 
 
 def _read_csv(path: Path, out: dict[str, list[str]], key_column: str | None, caption_column: str | None) -> None:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        kc, cc = _columns(list(reader.fieldnames or []), key_column, caption_column, f"{path}:1 (header)")
-        for row in reader:
-            _add(out, row[kc], row[cc], f"{path}:{reader.line_num}")
+    rows = "".join(line for _, line in _lines(path))  # decoded line by line: a non-UTF-8 line is named
+    reader = csv.DictReader(io.StringIO(rows, newline=""))
+    kc, cc = _columns(list(reader.fieldnames or []), key_column, caption_column, f"{path}:1 (header)")
+    for row in reader:
+        _add(out, row[kc], row[cc], f"{path}:{reader.line_num}")
 
 
 def _columns(names: list[str], key_column: str | None, caption_column: str | None, where: str) -> tuple[str, str]:

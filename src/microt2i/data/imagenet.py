@@ -6,9 +6,10 @@ Layouts (paper 000 trains on ImageNet-1k train, 256² and 512²):
   `filename synset` / `filename,synset` / `filename class-index`, or Kaggle's `LOC_val_solution.csv`.
 Keys are paths relative to the split folder (`n01440764/n01440764_10026.JPEG`), which caption files use.
 
-Decoding converts any mode (greyscale, CMYK, palette, RGBA) to RGB, reads files by content (a PNG named .JPEG is
-fine), and never crashes on a bad file: `load_image` raises `UnreadableImage`, `try_load` returns the reason,
-and the precompute job counts skipped files per reason in its report.
+Decoding converts any mode (greyscale, 16-bit greyscale scaled to 8 bits, CMYK, palette, RGBA) to RGB, reads
+files by content (a PNG named .JPEG is fine), and never crashes on a bad file: `load_image` raises
+`UnreadableImage`, `try_load` returns the reason (empty, truncated, not an image, too large for PIL's
+decompression-bomb limit, ...), and the precompute job counts skipped files per reason in its report.
 """
 
 from __future__ import annotations
@@ -155,12 +156,17 @@ def load_image(path: str | Path, resolution: int) -> np.ndarray:
             warnings.simplefilter("ignore")  # PIL warns on odd EXIF / palette transparency; the pixels are fine
             with Image.open(path) as img:
                 img.load()  # decodes now: a truncated file fails here, not later
+                if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scale, not clip, to 8 bits
+                    img = Image.fromarray((np.asarray(img, np.float64) / 257).round().clip(0, 255).astype(np.uint8))
                 if img.mode != "RGB":
                     img = img.convert("RGBA").convert("RGB") if "transparency" in img.info else img.convert("RGB")
                 return np.asarray(resize_center_crop(img, resolution), dtype=np.uint8)
     except UnidentifiedImageError:
         raise UnreadableImage("not an image") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:  # more than 2 × Image.MAX_IMAGE_PIXELS: never decoded
+        raise UnreadableImage(f"too large (over {2 * Image.MAX_IMAGE_PIXELS} pixels, PIL's decompression-bomb "
+                              f"limit)") from None
+    except (OSError, SyntaxError, ValueError) as e:
         msg = str(e).lower()
         raise UnreadableImage("truncated" if "truncat" in msg else f"decode error: {type(e).__name__}") from None
 

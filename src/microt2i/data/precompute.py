@@ -22,9 +22,10 @@ import torch
 
 from ..config import DataConfig
 from ..io import atomic_write_bytes, atomic_write_text
-from .imagenet import IngestReport, list_folder, list_imagenet, try_load
+from .imagenet import IngestReport, list_folder, list_imagenet
+from .ingest import INGEST_SOURCES, finish_caption, ingest_content, item_caption, item_loader, list_ingest
 from .store import (CONFIG_KEY_FIELDS, EMPTY, PLAN, StoreMismatchError, finalize_store, images_to_tensor, key_hash,
-                    shard_info, store_key, write_shard)
+                    shard_info, shard_name, store_key, write_shard)
 
 _DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -35,6 +36,8 @@ def list_items(data: DataConfig) -> list:
         return list(range(data.num_images))
     if data.source == "imagenet":
         return list_imagenet(data.root, data.split, data.labels_file)
+    if data.source in INGEST_SOURCES:  # your own data: sidecar folders, WebDataset shards, HF datasets
+        return list_ingest(data)
     return list_folder(data.root)
 
 
@@ -46,7 +49,7 @@ def world_key(seed: int, i: int) -> str:
 def caption_table(data: DataConfig) -> dict[str, list[str]] | None:
     """Key → captions from `data.caption_file`, or None when captions come from the AIO template / world oracle."""
     if not data.caption_file:
-        if data.source != "world" and data.captions != "aio":
+        if data.source not in ("world", *INGEST_SOURCES) and data.captions != "aio":
             raise FileNotFoundError(f"data.source={data.source} with data.captions={data.captions!r} needs a caption "
                                     f"file (write one with `microt2i caption`); or set data.captions=aio for the "
                                     f"'An image of <class>' template")
@@ -62,6 +65,21 @@ def _lookup(table: dict[str, list[str]], key: str) -> list[str] | None:
     return table.get(key) or table.get(name) or table.get(name.rsplit(".", 1)[0])
 
 
+def _match_captions(table: dict[str, list[str]], keys: list[str], data: DataConfig, log) -> None:
+    """Refuse a caption file that captions none of the images; report rows that name no image (they are ignored)
+    and images without a caption (skipped, counted as "no caption")."""
+    names = set(keys) | {k.rsplit("/", 1)[-1] for k in keys} | {k.rsplit("/", 1)[-1].rsplit(".", 1)[0] for k in keys}
+    captioned = sum(_lookup(table, k) is not None for k in keys)
+    if captioned == 0:
+        raise FileNotFoundError(f"data.caption_file={data.caption_file} captions none of the {len(keys)} images of "
+                                f"{data.root or 'the world'} (e.g. {keys[0]!r} vs {next(iter(table), None)!r}); keys "
+                                f"must be paths relative to data.root, filenames or stems")
+    orphans = sum(k not in names for k in table)
+    if orphans or captioned < len(keys):
+        log(f"[precompute] caption file: {orphans} of {len(table)} keys name no image (ignored); "
+            f"{len(keys) - captioned} of {len(keys)} images have no caption (skipped)")
+
+
 def plan_store(data: DataConfig, items: list, augment: dict | None = None) -> dict:
     """The plan (cache key, item count, shard layout) of `data`; written once, then every job must agree."""
     fields = store_key(data, augment)
@@ -69,6 +87,8 @@ def plan_store(data: DataConfig, items: list, augment: dict | None = None) -> di
     content = {"num_items": len(items), "items_sha": hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]}
     if data.caption_file:
         content["captions_sha"] = _file_sha(data.caption_file)
+    if data.source in INGEST_SOURCES or data.min_resolution or data.clean_captions:
+        content["ingest"] = ingest_content(data, items)
     return {"key": key_hash({**fields, **content}), "fields": fields, "content": content,
             "shard_size": data.shard_size, "num_shards": math.ceil(len(items) / data.shard_size)}
 
@@ -160,18 +180,18 @@ def _load_shard_images(data: DataConfig, items: list, table, pool, report: Inges
         report.total += len(items)
         report.kept += len(kept)
         return images[keep][kept], [records[j] for j in kept]
-    from ..encoders.captioner import TemplateCaptioner
-
-    args = [(str(it.path), data.resolution) for it in items]
-    loaded = pool.imap(try_load, args, chunksize=4) if pool is not None else map(try_load, args)
+    load, args = item_loader(data, items)  # try_load for plain files; ingest items, min_resolution: load_item
+    loaded = pool.imap(load, args, chunksize=4) if pool is not None else map(load, args)
     images, records = [], []
     for it, (img, reason) in zip(items, loaded):
         report.total += 1
         if reason is not None:
             report.add_skip(it.key, reason)
             continue
-        record = {"key": it.key, "caption": TemplateCaptioner.for_name(it.name), "label": it.label}
+        record = {"key": it.key, "caption": item_caption(it, data.seed), "label": it.label}
         if table is not None and not _set_caption(record, table, data.seed, report):
+            continue
+        if not finish_caption(record, data, report):  # none found; data.clean_captions cleans it
             continue
         report.kept += 1
         images.append(img)
@@ -235,11 +255,16 @@ def precompute(data: DataConfig, *, augment: dict | None = None, num_shards: int
     store_dir = Path(data.store_dir).expanduser()
     table = caption_table(data)
     items = list_items(data)
+    if table is not None:
+        _match_captions(table, [world_key(data.seed, i) if isinstance(i, int) else i.key for i in items], data, log)
     plan = plan_store(data, items, augment)
     store_dir.mkdir(parents=True, exist_ok=True)
     _check_plan(store_dir, plan)
     mine = [s for s in range(plan["num_shards"]) if s % num_shards == shard_index]
     todo = [s for s in mine if shard_info(store_dir, s) is None]
+    for s in todo:  # temp files of this job's shard writes a kill cut short (other jobs' are theirs to finish)
+        for tmp in store_dir.glob(f".{shard_name(s)}.*.tmp"):
+            tmp.unlink(missing_ok=True)
     log(f"[precompute] {len(items)} items → {plan['num_shards']} shards of {data.shard_size} in {store_dir} "
         f"(key {plan['key']}); this job: {len(mine)} shards, {len(mine) - len(todo)} already done")
     enc = _Encoders(data, device, codec, text_encoder)

@@ -32,7 +32,8 @@ from ..io import atomic_write_bytes, atomic_write_text
 
 FORMAT_VERSION = 1
 _NOT_IN_WORLD_KEY = ("cache_dir", "store_dir", "root", "split", "labels_file", "caption_file", "latent_mode",
-                     "text_store", "store_dtype", "shard_size")
+                     "text_store", "store_dtype", "shard_size", "min_resolution", "clean_captions", "image_column",
+                     "caption_column", "mix")
 
 
 @dataclass
@@ -132,7 +133,10 @@ def load_or_build(data_cfg: DataConfig, make_encoders, *, log=print) -> Store:
     path = cache_root(data_cfg) / "stores" / f"world-{cache_key(data_cfg)}"
     if path.with_suffix(".safetensors").exists():
         log(f"[data] cached store {path}.safetensors")
-        return load_store(path)
+        try:
+            return load_store(path)
+        except Exception as e:  # a damaged cache (disk error, hand-edited): it is only a cache, so rebuild it
+            log(f"[data] cached store {path}.safetensors is unreadable ({type(e).__name__}: {e}); rebuilding it")
     codec, text_encoder = make_encoders()
     store = build_store(data_cfg, codec, text_encoder, log=log)
     save_store(store, path)
@@ -153,6 +157,10 @@ _NP_DTYPES = {"F16": np.float16, "F32": np.float32, "I32": np.int32, "I64": np.i
 
 class StoreMismatchError(ConfigError):
     """A store was built with other settings than the config asks for; the message names both and the fix."""
+
+
+class StoreDamagedError(ValueError):
+    """A shard file differs from the store's manifest (truncated, rewritten); the message names it and the fix."""
 
 
 def shard_name(index: int) -> str:
@@ -265,6 +273,8 @@ def finalize_store(store_dir: str | os.PathLike) -> dict | None:
 def _header(path: Path) -> tuple[dict, int]:
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
+        if not 0 < n <= min(path.stat().st_size - 8, 100 << 20):  # a foreign file: never allocate its length
+            raise ValueError(f"{path.name}: header length {n} does not fit the file; not a safetensors file")
         return json.loads(f.read(n)), 8 + n
 
 
@@ -306,16 +316,30 @@ def verify_store(store_dir: str | os.PathLike) -> list[str]:
         if h.hexdigest() != s["sha256"]:
             problems.append(f"{path.name}: checksum mismatch (corrupt or rewritten)")
             continue
-        header, _ = _header(path)
-        header.pop("__metadata__", None)
-        if set(header) != set(s["tensors"]):
-            problems.append(f"{path.name}: tensors {sorted(header)} != manifest {sorted(s['tensors'])}")
-        for name, t in s["tensors"].items():
-            got = header.get(name, {})
-            dtype = np.dtype(_NP_DTYPES[got["dtype"]]).name if got.get("dtype") in _NP_DTYPES else got.get("dtype")
-            if got and (dtype != t["dtype"] or got["shape"] != t["shape"] or got["shape"][0] != s["count"]):
-                problems.append(f"{path.name}: {name} is {dtype}{got['shape']}, manifest says {t['dtype']}{t['shape']} "
-                                f"with {s['count']} rows")
+        problems += _layout_problems(path, s)
+    return problems
+
+
+def _layout_problems(path: Path, entry: dict) -> list[str]:
+    """What differs between shard file `path` and its manifest `entry`: size, tensor names, dtypes, shapes, rows
+    (no checksum: cheap enough to run whenever a shard is opened)."""
+    try:
+        header, start = _header(path)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return [f"{path.name}: unreadable safetensors header (truncated or not a shard)"]
+    header.pop("__metadata__", None)
+    end = start + max((h["data_offsets"][1] for h in header.values()), default=0)
+    if path.stat().st_size != end:
+        return [f"{path.name}: {path.stat().st_size} bytes, its header needs {end} (truncated or rewritten)"]
+    problems = []
+    if set(header) != set(entry["tensors"]):
+        problems.append(f"{path.name}: tensors {sorted(header)} != manifest {sorted(entry['tensors'])}")
+    for name, t in entry["tensors"].items():
+        got = header.get(name, {})
+        dtype = np.dtype(_NP_DTYPES[got["dtype"]]).name if got.get("dtype") in _NP_DTYPES else got.get("dtype")
+        if got and (dtype != t["dtype"] or got["shape"] != t["shape"] or got["shape"][0] != entry["count"]):
+            problems.append(f"{path.name}: {name} is {dtype}{got['shape']}, manifest says {t['dtype']}{t['shape']} "
+                            f"with {entry['count']} rows")
     return problems
 
 
@@ -392,7 +416,15 @@ class ShardedStore:
 
     def _shard(self, s: int) -> dict[str, np.ndarray]:
         if s not in self._maps:
-            self._maps[s] = _mmap_safetensors(self.dir / f"{shard_name(s)}.safetensors")
+            path = self.dir / f"{shard_name(s)}.safetensors"
+            entry = self.manifest["shards"][s]
+            problems = _layout_problems(path, entry) if path.is_file() else [f"{path.name}: missing"]
+            if problems:  # a damaged shard never reaches training as garbage rows
+                raise StoreDamagedError(
+                    f"the store {self.dir} is damaged: {'; '.join(problems)}. Run `microt2i precompute --verify` on it, "
+                    f"delete the damaged shards' .safetensors and .json files, and re-run `microt2i precompute` with "
+                    f"the same config (it rewrites only those shards)")
+            self._maps[s] = _mmap_safetensors(path)
         return self._maps[s]
 
     def read(self, idx, names: tuple[str, ...] | None = None, alloc=np.empty) -> dict[str, np.ndarray]:

@@ -216,7 +216,8 @@ class LlavaCaptioner:
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)  # bf16 on GPU (anchors §3.6)
         folder = resolve_pretrained(model, what="LLaVA-NeXT captioner")
         self.processor = AutoProcessor.from_pretrained(folder)
-        self.model = LlavaNextForConditionalGeneration.from_pretrained(folder, dtype=dtype).to(device).eval()
+        self.model = LlavaNextForConditionalGeneration.from_pretrained(
+            folder, dtype=dtype, use_safetensors=True).to(device).eval()
         self.tokenizer = self.processor.tokenizer
         self.config = self.model.config
         self.prompt, self.composite_prompt, self.max_new_tokens = prompt, composite_prompt, max_new_tokens

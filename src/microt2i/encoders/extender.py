@@ -136,7 +136,7 @@ class LMExtender:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True).to(device).eval()
         self.instruction, self.max_new_tokens = instruction, max_new_tokens
         self.batch_size, self.device = batch_size, device
         self.name = f"lm:{model}"

@@ -78,9 +78,12 @@ class ImageTextModel:
         return torch.cat(out), self.truncated(texts)
 
 
-def load_image_text_model(spec: str = DEFAULT_MODEL, device="cpu") -> ImageTextModel:
-    """A `transformers` CLIPModel, or Jina-CLIP (model_type jina_clip), by hub id or local folder."""
+def load_image_text_model(spec: str = DEFAULT_MODEL, device="cpu", *,
+                          trust_remote_code: bool | None = None) -> ImageTextModel:
+    """A `transformers` CLIPModel, or Jina-CLIP (model_type jina_clip), by hub id or local folder. Jina-CLIP runs
+    Python files shipped with the checkpoint: only with `trust_remote_code=True` or MICROT2I_TRUST_REMOTE_CODE=1."""
     import json
+    import os
 
     from transformers import AutoModel, AutoTokenizer, CLIPModel
 
@@ -91,11 +94,18 @@ def load_image_text_model(spec: str = DEFAULT_MODEL, device="cpu") -> ImageTextM
     tokenizer = AutoTokenizer.from_pretrained(folder)
     device = torch.device(device)
     if model_type == "clip":
-        model = CLIPModel.from_pretrained(folder).eval().to(device)
+        model = CLIPModel.from_pretrained(folder, use_safetensors=True).eval().to(device)
         return ImageTextModel(spec, model, tokenizer, model.config.vision_config.image_size,
                               model.config.text_config.max_position_embeddings, device)
     if model_type == "jina_clip":
-        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval().to(device)
+        if trust_remote_code is None:
+            trust_remote_code = os.environ.get("MICROT2I_TRUST_REMOTE_CODE", "") == "1"
+        if not trust_remote_code:
+            raise ValueError(f"{spec} is a Jina-CLIP checkpoint, which runs Python code shipped in its folder; "
+                             f"read that code, then set MICROT2I_TRUST_REMOTE_CODE=1 (or pass trust_remote_code=True) "
+                             f"to load it")
+        model = AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code,
+                                          use_safetensors=True).eval().to(device)
         return ImageTextModel(spec, model, tokenizer, 0, tokenizer.model_max_length, device, remote_code=True)
     raise ValueError(f"{spec} is a {model_type!r} model; CLIPScore needs a CLIPModel or a Jina-CLIP checkpoint")
 

@@ -92,7 +92,8 @@ class TransformersDetector:
         folder = resolve_pretrained(spec, what="GenEval detector")
         self.name, self.device = spec, torch.device(device)
         self.processor = AutoImageProcessor.from_pretrained(folder)
-        self.model = AutoModelForUniversalSegmentation.from_pretrained(folder).eval().to(self.device)
+        self.model = AutoModelForUniversalSegmentation.from_pretrained(
+            folder, use_safetensors=True).eval().to(self.device)
         labels = self.model.config.id2label
         self._names = {int(i): _COCO_ALIASES.get(n, n) for i, n in labels.items()}
         self.classes = tuple(self._names[i] for i in sorted(self._names))

@@ -220,7 +220,8 @@ class TransformersVQA:
         folder = resolve_pretrained(spec, what="VQA model")
         self.name, self.device = spec, torch.device(device)
         self.processor = AutoProcessor.from_pretrained(folder)
-        self.model = AutoModelForVisualQuestionAnswering.from_pretrained(folder).eval().to(self.device)
+        self.model = AutoModelForVisualQuestionAnswering.from_pretrained(
+            folder, use_safetensors=True).eval().to(self.device)
 
     def answer_text(self, image: np.ndarray, question: str) -> str:
         import torch

@@ -141,7 +141,7 @@ def _hf_model(kind: str, weights: str | None, device):
         from transformers import Dinov2Model as cls
     else:
         from transformers import CLIPModel as cls
-    return spec, folder, cls.from_pretrained(folder).eval().to(device)
+    return spec, folder, cls.from_pretrained(folder, use_safetensors=True).eval().to(device)
 
 
 def dinov2(weights: str | None = None, device="cpu", resolution: int = 224) -> FeatureExtractor:

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import socket
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -245,7 +246,9 @@ def load_sharded(path: str | Path, model: nn.Module, optimizer, ema_model: nn.Mo
 
     path = Path(path)
     state = _dcp_state(model, optimizer, ema_model)
-    dcp.load(state, checkpoint_id=str(path), no_dist=not is_sharded(model))  # a plain model: no collective
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(path), no_dist=not is_sharded(model))  # a plain model: no collective
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
     set_model_state_dict(ema_model, state["ema"])

@@ -7,7 +7,6 @@ is a function of nimg, so a run resumed from its folder replays exactly what an 
 
 from __future__ import annotations
 
-import json
 import resource
 import time
 from pathlib import Path
@@ -30,10 +29,12 @@ from ..encoders import TextEncoder, load_codec
 from ..eval.live import LiveEval
 from ..models import build, count_params, sample_keep_mask, save_pretrained
 from .ema import EMA
+from .logger import RunLogger
 from .optim import lr_at, make_optimizer
 from .dist import (all_reduce_mean, barrier, full_state_dict, grad_sync, init_distributed, is_main, is_sharded,
                    load_optimizer, load_sharded, save_sharded, shard, split_batch, wrap_model)
-from .state import checkpoint_path, list_checkpoints, load_latest, prune_checkpoints, save_checkpoint
+from .state import (TRAINING_KEYS, checkpoint_path, list_checkpoints, load_latest, prune_checkpoints,
+                    remove_stale_temp, save_checkpoint)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,6 +71,11 @@ def prepare_data(cfg: RunConfig, device: torch.device, log=print) -> Store:
         log(f"[data] sharded store {cfg.data.store_dir}: {len(sharded)} samples ({sharded.latent_mode} latents, "
             f"text {sharded.text_mode})")
         return sharded
+    if cfg.data.mix:  # several finished stores mixed by weight into one stream (data/mix.py)
+        from ..data.mix import open_mixture
+
+        return open_mixture(cfg.data, seed=cfg.train.seed, log=log, text_encoder=lambda: TextEncoder(
+            cfg.data.text_encoder, max_length=cfg.data.text_len, device=device))
 
     def make_encoders():
         return (load_codec(cfg.data.codec, device=device),
@@ -135,20 +141,6 @@ def micro_batch(cfg: RunConfig, objective, store: Store, cutmix_store: Store | N
     return batch["x0"], tokens, mask, sigma, net_kwargs
 
 
-class StatsLog:
-    """Appends one JSON object per report to stats.jsonl (every stat, EDM2 habit)."""
-
-    def __init__(self, path: Path, resume_nimg: int):
-        self.path = path
-        if path.exists():  # drop reports written after the checkpoint we resume from
-            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["nimg"] <= resume_nimg]
-            path.write_text("".join(ln + "\n" for ln in keep))
-
-    def append(self, stats: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(stats) + "\n")
-
-
 def _check_same_run(saved: dict, cfg: RunConfig, run_dir: Path) -> None:
     saved, now = _plain(saved), _plain(to_dict(cfg))  # tuples vs lists: .pt keeps tuples, a DCP meta.json lists
     for section in ("model", "objective", "data"):
@@ -192,18 +184,33 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
     if store.text_tokens.shape[-1] != cfg.model.text_dim:
         raise ValueError(f"model.text_dim={cfg.model.text_dim} but the text encoder gives {store.text_tokens.shape[-1]}; "
                          f"set model.text_dim={store.text_tokens.shape[-1]}")
+    m, latent = cfg.model, tuple(store.latents.shape[1:])
+    if latent != (m.in_channels, m.input_size, m.input_size):
+        raise ValueError(f"the data's latents are {list(latent)} (data.resolution={cfg.data.resolution}, data.codec="
+                         f"{cfg.data.codec!r}) but the model takes [{m.in_channels}, {m.input_size}, {m.input_size}]; "
+                         f"set model.in_channels={latent[0]} model.input_size={latent[-1]} or change data.resolution")
     _check_augment(cfg, store, cutmix_store)
 
     # ---- model, EMA, resume point; then wrapping from outside (dist.py) and the optimizer ----
     torch.manual_seed(t.seed)
     net = build(cfg.model).to(device)
+    if t.freeze:  # fine-tuning: parameters under these name prefixes keep their weights (train/finetune.py)
+        from .finetune import freeze
+
+        freeze(net, t.freeze, log=log)
     ema = EMA(net, t.ema_decay, t.ema_start_nimg)
     objective = build_objective(cfg.objective)
     sampler = ResumableSampler(len(store), seed=t.seed)
     uncond_tokens, uncond_mask = (v.to(device) for v in store.null_text(cfg.objective.uncond))
+    if main:  # temp files of checkpoint writes a kill interrupted: never read, so only disk space
+        remove_stale_temp(run_dir)
     ckpts = list_checkpoints(run_dir)
     latest = ckpts[-1] if ckpts else None
-    payload = load_latest(run_dir) if latest is not None and latest.suffix == ".pt" else None
+    payload = load_latest(run_dir, log=log, require=TRAINING_KEYS) if latest is not None and latest.suffix == ".pt" \
+        else None
+    if latest is not None and latest.suffix == ".pt" and payload is None:
+        raise RuntimeError(f"no readable checkpoint in {run_dir} ({', '.join(p.name for p in ckpts)} are damaged or "
+                           f"incomplete); move them away to start over, or pass another run folder")
     if payload is not None:
         _check_same_run(payload["config"], cfg, run_dir)
         net.load_state_dict(payload["model"])
@@ -227,7 +234,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
     sharded = is_sharded(model)
     if main:
         save_yaml(cfg, run_dir / "config.yaml")
-    stats_log = StatsLog(run_dir / "stats.jsonl", nimg) if main else None
+    stats_log = RunLogger(run_dir, nimg, tensorboard=t.tensorboard, wandb=t.wandb,
+                          config=_plain(to_dict(cfg))) if main else None  # JSONL (+ TensorBoard / W&B)
     live_eval = LiveEval(cfg, run_dir, device, log=log) if cfg.eval.every_nimg else None
     log(f"[train] {cfg.name}: {count_params(net) / 1e6:.2f}M params, {len(store)} samples, batch {t.batch_size} "
         f"({world_size} rank{'s' if world_size > 1 else ''} × {rounds} × {micro}"
@@ -308,6 +316,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
         if nimg // t.ckpt_every_nimg != (nimg - t.batch_size) // t.ckpt_every_nimg or done:
             checkpoint()
     bar.close()
+    if stats_log is not None:
+        stats_log.close()
 
     if not list_checkpoints(run_dir):
         checkpoint()

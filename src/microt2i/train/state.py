@@ -46,17 +46,48 @@ def save_checkpoint(run_dir: str | Path, nimg: int, payload: dict, *, keep: int 
     buf = io.BytesIO()
     torch.save(payload, buf)
     path = checkpoint_path(run_dir, nimg)
-    atomic_write_bytes(path, buf.getvalue())
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:  # disk full, quota, permissions: the temp file is gone, older checkpoints are untouched
+        older = [p.name for p in list_checkpoints(run_dir)]
+        raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror or e}); the previous checkpoints "
+                               f"{older or '(none)'} are intact. Free space in {Path(run_dir)} and re-run the same "
+                               f"command: it resumes from the newest one") from e
     prune_checkpoints(run_dir, keep)
     return path
 
 
-def load_latest(run_dir: str | Path, map_location="cpu") -> dict | None:
-    """The newest readable `.pt` checkpoint's payload, or None for a fresh run (sharded `.dcp` folders are loaded
-    into a live model by `dist.load_sharded`)."""
+def remove_stale_temp(run_dir: str | Path) -> list[str]:
+    """Delete temp files / folders that killed checkpoint writes left behind (`.training-state-*.tmp`,
+    `training-state-*.dcp.tmp`), so repeated kills cannot fill the disk. Call before any checkpoint is written."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    stale = [p for p in run_dir.iterdir() if p.name.endswith(".tmp") and p.name.lstrip(".").startswith(
+        "training-state-")]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return [p.name for p in stale]
+
+
+TRAINING_KEYS = ("model", "ema", "optimizer", "nimg", "step", "elapsed", "nan_skips", "config")  # what train writes
+
+
+def load_latest(run_dir: str | Path, map_location="cpu", log=print, require: tuple[str, ...] = ()) -> dict | None:
+    """The newest readable `.pt` checkpoint's payload holding every key in `require`, or None when there is none
+    (sharded `.dcp` folders are loaded into a live model by `dist.load_sharded`). An unreadable or incomplete newest
+    file (a damaged disk, a foreign file, no EMA; a killed write never gets the final name) falls back to the
+    previous one with a warning."""
     for path in reversed([p for p in list_checkpoints(run_dir) if p.suffix == ".pt"]):
         try:
-            return torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:  # a torn file from a crash mid-write would not be renamed, but be safe
-            print(f"[resume] skipping unreadable checkpoint {path.name}: {e}")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:
+            log(f"[resume] warning: skipping unreadable checkpoint {path.name}: {type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}")
+            continue
+        missing = [k for k in require if not isinstance(payload, dict) or k not in payload]
+        if missing:
+            log(f"[resume] warning: skipping checkpoint {path.name}: it lacks {', '.join(missing)}")
+            continue
+        return payload
     return None
