@@ -132,3 +132,19 @@ def test_world_folder_is_a_background_subset_of_the_world(tmp_path):
     assert all((load_item((it.ref, 16, 0))[0] == images[i]).all() for it, i in zip(items, want))  # PNG: lossless
     with pytest.raises(ValueError, match="unknown world background"):
         write_world_folder(tmp_path / "x", 1, backgrounds=("lava",))
+
+
+def test_min_resolution_applies_to_plain_folders_and_cli_ingest_list(t5, tmp_path, capsys):
+    from microt2i.cli import main
+
+    write_sidecar(tmp_path / "side", n=4)  # 16×16 images
+    data = _data(t5, "folder", tmp_path / "side", tmp_path / "store", captions="aio", min_resolution=17)
+    out = precompute(data, **QUIET)  # plain ImageItems go through the ingest loader when a minimum is set
+    assert out["report"]["kept"] == 0 and out["report"]["skipped"] == {"below min_resolution": 4}
+    with pytest.raises(ValueError, match="holds no samples"):
+        open_store(data.store_dir)
+    write_shards(tmp_path / "wds", per_shard=2, shards=1)
+    assert main(["ingest", "list", "world-tiny", "data.source=webdataset", f"data.root={tmp_path / 'wds'}",
+                 f"data.store_dir={tmp_path / 's'}", "data.clean_captions=true"]) == 0
+    out = capsys.readouterr().out
+    assert "2 images" in out and "00000/000000001  photo number 1" in out

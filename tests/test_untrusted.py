@@ -109,7 +109,7 @@ def test_model_folders_load_only_safetensors(tmp_path, evil):
     loaders = [lambda: TextEncoder(str(t5)), lambda: load_image_text_model(str(clip)),
                lambda: load_codec(str(vae)), lambda: from_pretrained(ours)]
     for load in loaders:
-        with pytest.raises((OSError, ValueError, EnvironmentError)):
+        with pytest.raises(OSError, match="model.safetensors"):  # never falls back to the pickle
             load()
     assert not marker.exists()
 

@@ -53,11 +53,22 @@ def cmd_train(args) -> int:
     if not args.config:
         raise ConfigError("train needs a preset name or a config .yaml (or --recipe NAME); see `microt2i presets`")
     cfg = _resolve_config(args.config, args.overrides, model=args.model, objective=args.objective)
+    if args.init:  # fine-tune (train/finetune.py): the run's first checkpoint comes from this run / export folder
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init=args.init))
     if args.dry_run:
         print(yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False))
         return 0
-    out = train(cfg, args.run_dir or Path("runs") / cfg.name, progress=not args.no_progress,
-                stop_nimg=args.stop_nimg)
+    run_dir = args.run_dir or Path("runs") / cfg.name
+    if cfg.train.init:
+        from .train.finetune import finetune, finetune_report
+
+        out = finetune(cfg, run_dir, progress=not args.no_progress, stop_nimg=args.stop_nimg)
+        if out["finished"] and out["rank"] == 0:  # before/after grids (+ world style statistics) in the run folder
+            finetune_report(run_dir, out["store"])
+    else:
+        out = train(cfg, run_dir, progress=not args.no_progress, stop_nimg=args.stop_nimg)
     if out["rank"] == 0:
         print(f"[train] {'finished' if out['finished'] else 'stopped'} at {out['nimg']} images")
     return 0
@@ -200,6 +211,29 @@ def cmd_precompute(args) -> int:
     rep = out["report"]
     print(f"[precompute] {len(out['done'])} shards written, {len(out['skipped_shards'])} already done; "
           f"{rep['kept']} of {rep['total']} images kept, skipped {rep['skipped'] or 'none'}")
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from collections import Counter
+
+    from .data import ingest
+
+    if args.action == "world":  # a background subset of the world as a sidecar folder (fine-tuning example)
+        backgrounds = tuple(b for b in args.backgrounds.split(",") if b)
+        keys = ingest.write_world_folder(args.out, args.n, seed=args.seed, resolution=args.resolution,
+                                         backgrounds=backgrounds, max_objects=args.max_objects)
+        print(f"[ingest] {len(keys)} world images ({', '.join(backgrounds) or 'all backgrounds'}) with .txt captions "
+              f"→ {args.out}; next: microt2i precompute <preset> data.source=sidecar data.root={args.out} "
+              f"data.store_dir=<store>")
+        return 0
+    cfg = _resolve_config(args.config, args.overrides)  # list: what precompute would read, without encoding
+    items = ingest.list_ingest(cfg.data)
+    n_caps = Counter(len(it.captions) for it in items)
+    print(f"[ingest] {cfg.data.source} {cfg.data.root}: {len(items)} images; captions per image {dict(n_caps)}")
+    for it in items[:args.show]:
+        cap = it.captions[0] if it.captions else "(none)"
+        print(f"  {it.key}  {ingest.clean_caption(cap) if cfg.data.clean_captions and it.captions else cap}")
     return 0
 
 
@@ -357,7 +391,16 @@ def cmd_eval(args) -> int:
             "clipscore": dict(model=args.model),
             "geneval": dict(detector=args.detector, images_per_prompt=args.images_per_prompt,
                             per_tag_draws=args.per_tag, color_model=args.color_model),
-            "dpg": dict(model=args.model, csv=args.csv, tiles=args.images_per_prompt)}[args.metric]
+            "dpg": dict(model=args.model, csv=args.csv, tiles=args.images_per_prompt),
+            "aesthetic": dict(head=args.head, model=args.model, prompts=args.prompts),
+            "pickscore": dict(model=args.model, prompts=args.prompts),
+            "preference": dict(against=args.against, judge=args.judge, prompts=args.prompts)}[args.metric]
+    if args.metric in ("aesthetic", "pickscore", "preference"):  # eval/aesthetic.py, eval/preference.py
+        from .eval.preference import register_suites
+        from .eval.runner import DEFAULT_N, SUITES
+
+        register_suites(SUITES)
+        DEFAULT_N.setdefault(args.metric, 64)
     try:
         report = run_eval(args.metric, args.run_dir, out=args.out, seed=args.seed, n=args.n, steps=args.steps,
                           cfg_scale=args.cfg_scale, batch_size=args.batch_size, device=args.device, **opts)
@@ -369,6 +412,23 @@ def cmd_eval(args) -> int:
     else:
         for key, value in report["metrics"].items():
             print(f"{key:>28}: {value:.4f}" if isinstance(value, float) else f"{key:>28}: {value}")
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from .experiment import run_experiment
+
+    extra = tuple(args.overrides) + ((f"train.threads={args.threads}",) if args.threads else ())
+    flags = [f"--scale {args.scale:g}" if args.scale != 1 else "", f"--seeds {args.seeds}",
+             f"--arms {args.arms}" if args.arms else "", f"--threads {args.threads}" if args.threads else ""]
+    command = " ".join(["microt2i experiment", args.name, *args.overrides, *filter(None, flags)])
+    out = run_experiment(args.name, scale=args.scale, seeds=args.seeds, arms=args.arms, render_only=args.render_only,
+                         root=args.root, md_path=args.md or None, extra=extra, any_commit=args.any_commit,
+                         keep_checkpoints=args.keep_checkpoints, command=command, progress=not args.no_progress)
+    from .experiment import claim_lines, markdown_table
+
+    print(markdown_table(out["summary"]))
+    print("\n".join(claim_lines(out["summary"])))
     return 0
 
 
@@ -399,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", choices=["dit-i", "cad-i", "microdit"],
                    help="a world preset's network (world-s → world-cad-s)")
     t.add_argument("--objective", choices=["edm", "vp", "flow"], help="shorthand for objective.kind=…")
+    t.add_argument("--init", default=None, help="fine-tune from a run folder or an exported model folder (sets "
+                                                "train.init; see train.init_mode, train.freeze)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(fn=cmd_train)
 
@@ -543,8 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_recipe)
 
     e = sub.add_parser("eval", help="evaluate a finished run: FD/KID, PRDC, CLIPScore, GenEval, DPG → JSON + HTML")
-    e.add_argument("metric", choices=["fid", "prdc", "clipscore", "geneval", "dpg"],
-                   help="fid: FD (FD-EffNetLite0 by default) + KID; prdc: precision/recall/density/coverage")
+    e.add_argument("metric", choices=["fid", "prdc", "clipscore", "geneval", "dpg", "aesthetic", "pickscore",
+                                      "preference"],
+                   help="fid: FD (FD-EffNetLite0 by default) + KID; prdc: precision/recall/density/coverage; "
+                        "aesthetic: LAION head (--head); pickscore; preference: run_dir vs --against (--judge)")
     e.add_argument("run_dir", help="a finished run folder (ema/, config.yaml, null_text.safetensors)")
     e.add_argument("--n", type=int, default=None,
                    help="fid/prdc/clipscore: samples (default 256); dpg: prompts (default 32)")
@@ -552,7 +616,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", default=None, help="inception: TorchScript file; dinov2/clip: id or folder")
     e.add_argument("--k", type=int, default=5, help="prdc: nearest neighbours")
     e.add_argument("--splits", type=int, default=1, help="prdc: average over this many equal chunks (DiffEvals: 5)")
-    e.add_argument("--model", default=None, help="clipscore: CLIP / Jina-CLIP id or folder; dpg: a VQA model")
+    e.add_argument("--model", default=None, help="clipscore: CLIP / Jina-CLIP id or folder; dpg: a VQA model; "
+                                                 "aesthetic: the CLIP ViT-L/14; pickscore: default PickScore_v1")
+    e.add_argument("--head", default=None, help="aesthetic: LAION aesthetic head file (.pth / .safetensors)")
+    e.add_argument("--against", default=None, help="preference: run folder B (run_dir is A)")
+    e.add_argument("--judge", default="world", help="preference: 'world' (rule-based) or a VLM hub id / folder")
+    e.add_argument("--prompts", default=None, help="aesthetic/pickscore/preference: prompt file (PartiPrompts .tsv, "
+                                                   "DrawBench .csv, .txt); default: held-out world captions")
     e.add_argument("--detector", default="world", help="geneval: 'world' or a transformers segmentation model id")
     e.add_argument("--color-model", default=None, help="geneval: CLIP id or folder for colours (non-world detector)")
     e.add_argument("--per-tag", type=int, default=100, help="geneval: draws per tag (the official suite uses 100)")
@@ -565,6 +635,38 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--out", default=None, help="default: <run_dir>/eval/<metric>")
     e.set_defaults(fn=cmd_eval)
+
+    xp = sub.add_parser("experiment", help="the papers' ablations on the world: arms × seeds at an equal budget, "
+                        "bootstrap intervals, HTML report + EXPERIMENTS.md section (finished arms are reused)")
+    xp.add_argument("name", help="captions | image-augmentation | masking | objective | overfitting")
+    xp.add_argument("overrides", nargs="*", help="dotted overrides for every arm, e.g. train.device=cuda")
+    xp.add_argument("--scale", type=float, default=1.0, help="× every image count (1 = ≤ 10 min per arm on a CPU)")
+    xp.add_argument("--seeds", type=int, default=2, help="seeds 0 … N−1")
+    xp.add_argument("--arms", default=None, help="comma-separated arms (default: the experiment's main arms)")
+    xp.add_argument("--render-only", action="store_true", help="train nothing: table + report from finished arms")
+    xp.add_argument("--any-commit", action="store_true", help="reuse finished arms of the same config from any commit")
+    xp.add_argument("--threads", type=int, default=0, help="torch CPU threads (train.threads; 0 = leave as is)")
+    xp.add_argument("--root", default="runs/experiments")
+    xp.add_argument("--md", default="EXPERIMENTS.md", help="markdown file whose section is regenerated ('' = none)")
+    xp.add_argument("--keep-checkpoints", action="store_true", help="keep training states of finished arms")
+    xp.add_argument("--no-progress", action="store_true")
+    xp.set_defaults(fn=cmd_experiment)
+
+    ig = sub.add_parser("ingest", help="your own data: `ingest list <config>` shows what precompute would read "
+                                       "(sidecar / webdataset / hf sources); `ingest world OUT` writes a world subset "
+                                       "as an image folder with .txt captions")
+    ig.add_argument("action", choices=["list", "world"])
+    ig.add_argument("config", nargs="?", default="world-s", help="list: preset or config .yaml (its data.* section)")
+    ig.add_argument("overrides", nargs="*", help="list: e.g. data.source=webdataset data.root='shards/{00000..00009}"
+                                                 ".tar' data.store_dir=store")
+    ig.add_argument("--out", default="world-subset", help="world: output folder")
+    ig.add_argument("--backgrounds", default="", help="world: comma-separated backgrounds kept (e.g. slate)")
+    ig.add_argument("--n", type=int, default=512, help="world: images")
+    ig.add_argument("--resolution", type=int, default=32)
+    ig.add_argument("--seed", type=int, default=0, help="world: item i is world item i of this seed")
+    ig.add_argument("--max-objects", type=int, default=3)
+    ig.add_argument("--show", type=int, default=5, help="list: print this many keys and captions")
+    ig.set_defaults(fn=cmd_ingest)
 
     c = sub.add_parser("cost", help="cost accounting: `cost recipe` (FLOPs, GPU-days, dollars), "
                                     "`cost text-encoders` (paper 003 Table 2)")
@@ -624,6 +726,9 @@ EXAMPLES = {  # shown under `microt2i CMD --help`; every line runs on the embedd
              "microt2i eval dpg runs/demo --n 32"],
     "cost": ["microt2i cost recipe microdit-xl-2", "microt2i cost text-encoders --encoders minilm"],
     "presets": ["microt2i presets"],
+    "experiment": ["microt2i experiment captions --threads 1", "microt2i experiment image-augmentation --arms ta,ta-cutmix",
+                   "microt2i experiment captions --render-only --any-commit",
+                   "microt2i experiment masking --scale 10 train.device=cuda"],
 }
 
 

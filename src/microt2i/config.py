@@ -311,6 +311,7 @@ class TrainConfig:
     log_every_nimg: int = 1024
     ckpt_every_nimg: int = 16384
     # distributed and memory (train/dist.py): applied to the model from outside
+    loader_workers: int = 0  # sharded stores: processes reading the next micro-batches ahead (0 = read in the step)
     parallel: str = "ddp"  # "ddp" (replicated; the default under torchrun) or "fsdp" (FSDP2 fully_shard per block)
     compile: bool = False  # torch.compile each block
     activation_checkpointing: bool = False  # recompute each block's activations in backward

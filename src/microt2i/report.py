@@ -143,7 +143,10 @@ def svg_curve(points: list[tuple[float, float]], *, title: str, xlabel: str = "i
     f = math.log10 if log_y else (lambda v: v)
     xs, ys = [p[0] for p in pts], [f(p[1]) for p in pts]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1e-12 + abs(y0) * 1e-6)
+    if y1 <= y0:  # a constant series: centre it in a band of ±10 % (±0.5 around 0)
+        pad = abs(y0) * 0.1 or 0.5
+        y0, y1 = y0 - pad, y1 + pad
+    x1 = x1 if x1 > x0 else x0 + 1
     left, right, top, bottom = 58, 10, 24, 34
     px = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)  # noqa: E731
     py = lambda y: height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)  # noqa: E731
@@ -169,10 +172,12 @@ def _curves(stats: list[dict]) -> str:
     for key, log_y in (("grad_norm", True), ("lr", False), ("img_per_s", False)):
         if any(key in s for s in train):
             charts.append(svg_curve([(s["nimg"], s[key]) for s in train if key in s], title=key, log_y=log_y))
-    keys = sorted({k for s in evals for k, v in s.items() if k.startswith("eval/") and isinstance(v, (int, float))
-                   and k not in ("eval/seconds", "eval/fd_n")})
+    keys = sorted({k for s in evals for k, v in s.items() if k.count("/") == 1 and isinstance(v, (int, float))
+                   and k not in ("eval/seconds", "eval/fd_n")})  # per-tag values go to the table below
     charts += [svg_curve([(s["nimg"], s[k]) for s in evals if k in s], title=k) for k in keys]
-    return "".join(charts)
+    rows = [{"images seen": s["nimg"], **{k[5:]: v for k, v in s.items() if k.startswith("eval/") and k != "eval/grid"}}
+            for s in evals]
+    return "".join(charts) + (f"<h3>In-training evaluation</h3>{_table(rows)}" if rows else "")
 
 
 def _cost(run_dir: Path, stats: list[dict], cfg) -> list[dict]:

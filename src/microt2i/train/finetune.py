@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, RunConfig, from_dict, load_yaml, to_dict, ModelConfig
+from ..config import ConfigError, ModelConfig, RunConfig, from_dict, load_yaml, to_dict
 from ..io import atomic_write_text
 from ..models import build
 from .dist import broadcast_object, is_main
@@ -230,8 +230,8 @@ def before_after(run_dir: str | Path, prompts: list[str], *, seed: int = 0, step
 
 def world_background_share(images: np.ndarray, backgrounds=("slate",)) -> dict:
     """World "style" statistics of uint8 images: each image's border colour (a 2-px frame, where objects rarely are)
-    is assigned to the nearest mean colour of the world's backgrounds; returns the share assigned to `backgrounds`
-    and the mean border luminance (0–255)."""
+    is assigned to the nearest mean colour of the world's backgrounds; returns the share assigned to `backgrounds`,
+    the share of every background and the mean border luminance (0–255)."""
     from ..world.render import paint_background
     from ..world.scenes import BACKGROUNDS
 
@@ -243,6 +243,32 @@ def world_background_share(images: np.ndarray, backgrounds=("slate",)) -> dict:
     names = list(BACKGROUNDS)
     refs = np.stack([paint_background(b, 64, seed=0).reshape(-1, 3).mean(0) for b in names])
     nearest = np.argmin(((border[:, None] - refs[None]) ** 2).sum(-1), 1)
-    share = float(np.isin(np.asarray(names)[nearest], list(backgrounds)).mean())
-    return {"share": share, "luminance": float((border @ np.array([0.299, 0.587, 0.114])).mean()),
-            "assigned": {b: int((nearest == i).sum()) for i, b in enumerate(names) if (nearest == i).any()}}
+    shares = {b: float((nearest == i).mean()) for i, b in enumerate(names)}
+    return {"share": sum(shares[b] for b in backgrounds), "shares": shares,
+            "luminance": float((border @ np.array([0.299, 0.587, 0.114])).mean())}
+
+
+def finetune_report(run_dir: str | Path, store, *, n: int = 16, device="cpu", log=print) -> dict:
+    """Before/after grids of a finished fine-tune (`before_after`) and `finetune.json`. Prompts: held-out world
+    captions of every background when the fine-tune data came from the world (keys `world-…`: the style shift shows
+    on prompts that were not in it), else the fine-tune set's first captions. World runs also get the border
+    statistics of `world_background_share` before and after."""
+    from ..eval.runner import REFERENCE_SEED
+    from ..sample import load_run
+    from ..world import make_dataset
+
+    run_dir = Path(run_dir)
+    cfg = load_run(run_dir)[0]
+    keys = list(getattr(store, "keys", []) or [])
+    world = bool(keys) and all(str(k).startswith("world-") for k in keys[:n])
+    if world:
+        _, prompts, _ = make_dataset(n, seed=REFERENCE_SEED, resolution=cfg.data.resolution)
+    else:
+        prompts = list(store.captions[:n])
+    images = before_after(run_dir, prompts, seed=cfg.eval.seed, device=device, log=log)
+    report = {"prompts": "held-out world captions" if world else "fine-tune captions", "n": len(prompts),
+              "grids": {"before": "finetune_before.png", "after": "finetune_after.png"}}
+    if world:
+        report |= {tag: world_background_share(images[tag], ()) for tag in ("before", "after")}
+    atomic_write_text(run_dir / "finetune.json", json.dumps(report, indent=1))
+    return report

@@ -17,13 +17,21 @@ from ..config import ConfigError
 from ..io import atomic_write_text
 
 
+def _report_nimg(line: str) -> float:
+    """The nimg of one stats.jsonl line; inf for a blank or torn line (a write cut by a crash), so it is dropped."""
+    try:
+        return json.loads(line)["nimg"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class StatsLog:
     """Appends one JSON object per report to stats.jsonl (every stat, EDM2 habit)."""
 
     def __init__(self, path: Path, resume_nimg: int):
         self.path = path
-        if path.exists():  # drop reports written after the checkpoint we resume from
-            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["nimg"] <= resume_nimg]
+        if path.exists():  # drop reports written after the checkpoint we resume from, and a line torn by a crash
+            keep = [ln for ln in path.read_text().splitlines() if _report_nimg(ln) <= resume_nimg]
             atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
     def append(self, stats: dict) -> None:

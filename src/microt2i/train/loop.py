@@ -21,6 +21,7 @@ from ..augment.crop import crop_patch_mask, crop_sides, sample_crop
 from ..augment.cutmix import build_cutmix_store, ia_gate, twin_index
 
 from ..config import ConfigError, RunConfig, _plain, save_yaml, to_dict
+from ..data.loader import make_loader
 from ..data.sampler import ResumableSampler
 from ..data.store import Store, load_or_build
 from ..diffusion.objectives import build_objective
@@ -110,13 +111,16 @@ def _check_augment(cfg: RunConfig, store: Store, cutmix: Store | None) -> None:
 
 
 def micro_batch(cfg: RunConfig, objective, store: Store, cutmix_store: Store | None, idx: np.ndarray,
-                gen: torch.Generator, device: torch.device, uncond_tokens: torch.Tensor, uncond_mask: torch.Tensor):
+                gen: torch.Generator, device: torch.device, uncond_tokens: torch.Tensor, uncond_mask: torch.Tensor,
+                rows: dict | None = None):
     """One micro-batch, every draw from `gen`: noise levels, the IA gate and twins (CutMix), caption dropout, and the
-    keep-mask of MicroDiT's patch masking and / or Crop. Returns (x0, text tokens, text mask, σ, net kwargs)."""
+    keep-mask of MicroDiT's patch masking and / or Crop. `rows` are samples `idx` already read by a loader worker.
+    Returns (x0, text tokens, text mask, σ, net kwargs)."""
     aug, n = cfg.augment, len(idx)
     # Each sample's noise level first (EDM σ for every objective): IA gating depends on it (000 Algorithm 1)
     sigma = objective.sample_sigma(n, gen, device)
-    batch = store.batch(idx, device, generator=gen)  # a posterior store re-samples z = mean + std·ε
+    # a posterior store re-samples z = mean + std·ε
+    batch = store.batch(idx, device, generator=gen) if rows is None else store.to_batch(rows, device, gen)
     if cutmix_store is not None:  # CutMix: above τ and with prob. p a sample becomes one of its composites
         swap = ia_gate(sigma, aug.cutmix.tau, aug.cutmix.p, generator=gen).to(device)
         twins = twin_index(idx, aug.cutmix.times, generator=gen)
@@ -259,6 +263,11 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
     acc = torch.zeros(3, device=device, dtype=torch.float64)  # Σ loss, Σ grad norm, steps: summed on device
     t_report, nimg_report, nan_streak = time.perf_counter(), nimg, 0
     model.train()
+    reader = None  # loader workers read a sharded store's next micro-batches, in the loop's order (data/loader.py)
+    if t.loader_workers and hasattr(store, "read"):
+        steps_left = -(-(end_nimg - nimg) // t.batch_size)
+        reader = iter(make_loader(store, sampler, start=nimg, end=nimg + steps_left * t.batch_size, micro=micro,
+                                  rank=rank, world_size=world_size, workers=t.loader_workers))
 
     # ---- loop ----
     while nimg < end_nimg:
@@ -272,8 +281,9 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
             # This rank's slice of round r: global positions start … start + micro (data order and draws: step_seed)
             start = nimg + r * micro * world_size + rank * micro
             gen = torch.Generator(device).manual_seed(step_seed(t.seed, start))
-            x0, tokens, mask, sigma, net_kwargs = micro_batch(cfg, objective, store, cutmix_store, sampler.indices(start, micro),
-                                                              gen, device, uncond_tokens, uncond_mask)
+            x0, tokens, mask, sigma, net_kwargs = micro_batch(
+                cfg, objective, store, cutmix_store, sampler.indices(start, micro), gen, device, uncond_tokens,
+                uncond_mask, rows=None if reader is None else next(reader))
             with grad_sync(model, r == rounds - 1):  # accumulation: all-reduce on the last micro-step only
                 with autocast:
                     loss = objective.loss(model, x0, tokens, mask, generator=gen, sigma=sigma, **net_kwargs).mean()

@@ -1,0 +1,432 @@
+"""The bad-input matrix (issue 13): one test per row, each asserting one clear error that names the input and the
+fix, or the documented recovery (README "Failure behaviour"), and that nothing half-written is left behind."""
+
+import errno
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from _tiny_models import tiny_t5
+from PIL import Image
+from safetensors.torch import save
+from test_train import fake_store, tiny_cfg
+
+from microt2i import presets
+from microt2i.cli import main
+from microt2i.config import ConfigError, DataConfig, apply_overrides
+from microt2i.data.captions import CaptionFileError, pick_caption, read_captions
+from microt2i.data.imagenet import load_image, try_load
+from microt2i.data.precompute import precompute
+from microt2i.data.store import (MANIFEST, StoreDamagedError, StoreMismatchError, cache_root, cache_key, load_or_build,
+                                 open_store, shard_name, store_key, verify_store)
+from microt2i.encoders import TextEncoder
+from microt2i.sample import load_run
+from microt2i.train import dist, state
+from microt2i.train.loop import prepare_data, train
+from microt2i.train.state import list_checkpoints, load_latest
+
+QUIET = {"progress": False, "log": lambda *_: None}
+
+
+@pytest.fixture(scope="module")
+def t5(tmp_path_factory):
+    return str(tiny_t5(tmp_path_factory.mktemp("models") / "t5"))
+
+
+def _data(t5, store_dir, **kw) -> DataConfig:
+    base = dict(source="world", num_images=16, resolution=8, codec="pixel", text_encoder=t5, text_len=8,
+                shard_size=8, store_dir=str(store_dir))
+    return DataConfig(**(base | kw))
+
+
+@pytest.fixture(scope="module")
+def store_dir(t5, tmp_path_factory):
+    """A finished 2-shard world store (tiny T5, pixel codec); tests damage copies of it."""
+    d = tmp_path_factory.mktemp("store") / "s"
+    precompute(_data(t5, d), log=lambda *_: None)
+    return d
+
+
+def _copy(src, tmp_path):
+    return shutil.copytree(src, tmp_path / "copy")
+
+
+@pytest.fixture(scope="module")
+def run(t5, tmp_path_factory):
+    """A finished tiny world run whose text encoder is the tiny T5 (what `microt2i sample` loads)."""
+    root = tmp_path_factory.mktemp("run")
+    cfg = apply_overrides(presets.get("world-tiny"), [
+        f"data.text_encoder={t5}", "data.text_len=8", "data.num_images=16", f"data.cache_dir={root / 'cache'}",
+        "model.text_dim=16", "model.width=32", "model.depth=1", "model.heads=2", "model.refiner_depth=1",
+        "train.total_nimg=16", "train.batch_size=8", "train.threads=1", "eval.steps=2"])
+    train(cfg, root / "run", **QUIET)
+    return root / "run"
+
+
+def _rgb_bytes(fmt="JPEG", size=(24, 16)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(buf, fmt)
+    return buf.getvalue()
+
+
+# ---- images (data/imagenet.py): skipped and counted per reason, never a crash ----
+
+def test_corrupt_image_is_skipped_as_not_an_image(tmp_path):
+    p = tmp_path / "x.jpg"
+    p.write_bytes(np.random.default_rng(1).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    assert try_load((str(p), 8)) == (None, "not an image")
+
+
+def test_truncated_image_is_skipped_as_truncated(tmp_path):
+    p = tmp_path / "x.jpg"
+    data = _rgb_bytes(size=(64, 64))
+    p.write_bytes(data[: len(data) // 3])
+    assert try_load((str(p), 8)) == (None, "truncated")
+
+
+def test_zero_byte_image_is_skipped_as_empty(tmp_path):
+    p = tmp_path / "x.jpg"
+    p.write_bytes(b"")
+    assert try_load((str(p), 8)) == (None, "empty file")
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
+    p = tmp_path / "big.png"
+    Image.new("RGB", (64, 64)).save(p)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 px > 2 × 1000: PIL's bomb error
+    img, reason = try_load((str(p), 8))
+    assert img is None and "decompression-bomb" in reason and "2000 pixels" in reason
+
+
+def test_cmyk_image_is_converted_to_rgb(tmp_path):
+    rgb = np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    p = tmp_path / "cmyk.jpg"
+    Image.fromarray(rgb).convert("CMYK").save(p, quality=100)
+    out = load_image(p, 16)
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - rgb).mean() < 12  # JPEG round trip, not inverted or clipped channels
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    values = np.array([0, 257 * 64, 257 * 128, 65535], np.uint16)
+    grey = np.repeat(np.repeat(values.reshape(2, 2), 8, 0), 8, 1)  # four flat 8×8 quadrants
+    p = tmp_path / "g16.png"
+    Image.fromarray(grey).save(p)
+    assert Image.open(p).mode.startswith("I")
+    out = load_image(p, 16)
+    assert [int(out[4, 4, 0]), int(out[4, 12, 0]), int(out[12, 4, 0]), int(out[12, 12, 0])] == [0, 64, 128, 255]
+
+
+def test_folder_precompute_skips_bad_images_and_counts_them(t5, tmp_path):
+    root = tmp_path / "imgs"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "good.jpg").write_bytes(_rgb_bytes())
+    (root / "cat" / "good.png").write_bytes(_rgb_bytes("PNG"))
+    (root / "cat" / "empty.jpg").write_bytes(b"")
+    (root / "cat" / "noise.jpg").write_bytes(b"\x00garbage" * 100)
+    (root / "cat" / "cut.jpg").write_bytes(_rgb_bytes(size=(64, 64))[:300])
+    out = precompute(_data(t5, tmp_path / "s", source="folder", root=str(root), captions="aio"), log=lambda *_: None)
+    assert out["report"]["kept"] == 2
+    assert out["report"]["skipped"] == {"empty file": 1, "not an image": 1, "truncated": 1}
+    store = open_store(tmp_path / "s")
+    assert sorted(store.keys) == ["cat/good.jpg", "cat/good.png"] and store.captions[0] == "An image of a cat"
+
+
+# ---- captions (data/captions.py, encoders/text.py) ----
+
+def test_empty_caption_is_dropped_and_the_image_has_none(tmp_path):
+    f = tmp_path / "c.tsv"
+    f.write_text("a.jpg\t\nb.jpg\ta red cube\n")
+    assert read_captions(f) == {"b.jpg": ["a red cube"]}  # precompute skips a.jpg as "no caption"
+
+
+def test_whitespace_only_caption_is_dropped(tmp_path):
+    f = tmp_path / "c.jsonl"
+    f.write_text(json.dumps({"key": "a.jpg", "captions": ["   ", "a blue cone", "\u3000 "]}) + "\n")
+    assert read_captions(f) == {"a.jpg": ["a blue cone"]}
+
+
+def test_non_utf8_caption_file_names_the_line_and_the_fix(tmp_path):
+    f = tmp_path / "c.tsv"
+    f.write_bytes("a.jpg\tfine\n".encode() + b"b.jpg\tcaf\xe9 au lait\n")
+    with pytest.raises(CaptionFileError, match=r"c\.tsv:2: not UTF-8 .*0xe9.*iconv"):
+        read_captions(f)
+
+
+def test_10k_token_caption_is_truncated_and_counted(t5):
+    logs = []
+    enc = TextEncoder(t5, max_length=8, log=logs.append)
+    long, short = " ".join(["red"] * 10_000), " ".join(["red"] * 7)  # 7 words + </s> = the 8 kept tokens
+    emb = enc.encode([long, short])
+    assert emb.tokens.shape == (2, 8, 16) and emb.mask.all()
+    assert torch.equal(emb.tokens[0], emb.tokens[1])  # exactly the first 8 tokens' states
+    assert enc.truncation.truncated == 1 and enc.truncation.longest == 10_001
+    assert "exceed 8 tokens and were truncated" in logs[0]
+
+
+def test_caption_file_naming_no_existing_image_is_refused(t5, tmp_path):
+    f = tmp_path / "c.tsv"
+    f.write_text("n01440764/missing.JPEG\ta red cube\n")
+    with pytest.raises(FileNotFoundError, match=r"data.caption_file=.*captions none of the 16 images.*relative to"):
+        precompute(_data(t5, tmp_path / "s", caption_file=str(f)), log=lambda *_: None)
+    assert not (tmp_path / "s").exists()  # refused before anything is written
+
+
+def test_caption_rows_without_images_are_ignored_and_reported(t5, tmp_path):
+    f = tmp_path / "c.tsv"
+    f.write_text("world-0/0000000\ta red cube\nworld-0/0000001\ta blue cone\nghost.jpg\ta green sphere\n")
+    logs = []
+    out = precompute(_data(t5, tmp_path / "s", num_images=4, caption_file=str(f)), log=logs.append)
+    assert out["report"]["kept"] == 2 and out["report"]["skipped"] == {"no caption": 2}
+    assert any("1 of 3 keys name no image" in m and "2 of 4 images have no caption" in m for m in logs)
+
+
+def test_duplicate_keys_are_several_captions_of_one_image(tmp_path):
+    f = tmp_path / "c.tsv"
+    f.write_text("a.jpg\tfirst\nb.jpg\tother\na.jpg\tsecond\n")
+    caps = read_captions(f)
+    assert caps["a.jpg"] == ["first", "second"]
+    drawn = {pick_caption(caps["a.jpg"], 0, step, 7) for step in range(64)}
+    assert drawn == {"first", "second"} and pick_caption(caps["a.jpg"], 0, 5, 7) == pick_caption(caps["a.jpg"], 0, 5, 7)
+
+
+def test_absolute_caption_key_is_refused(tmp_path):
+    f = tmp_path / "c.jsonl"
+    f.write_text(json.dumps({"key": "/etc/passwd", "caption": "x"}) + "\n")
+    with pytest.raises(CaptionFileError, match=r"c\.jsonl:1: key '/etc/passwd' leaves the image folder"):
+        read_captions(f)
+
+
+# ---- sharded stores (data/store.py) ----
+
+def test_shard_with_wrong_shape_is_refused_naming_it(store_dir, tmp_path):
+    d = _copy(store_dir, tmp_path)
+    path = d / f"{shard_name(1)}.safetensors"
+    from safetensors.torch import load_file
+
+    t = load_file(str(path))
+    t["latents"] = t["latents"][:, :, :4].contiguous()  # a rewrite at another resolution
+    path.write_bytes(save(t))
+    store = open_store(d)
+    store.batch([0])  # shard 0 is fine
+    with pytest.raises(StoreDamagedError, match=r"shard-00001.safetensors: latents is float16\[8, 3, 4, 8\].*"
+                                                r"microt2i precompute"):
+        store.batch([9])
+    assert any("checksum mismatch" in p for p in verify_store(d))
+
+
+def test_shard_with_wrong_dtype_is_refused_naming_it(store_dir, tmp_path):
+    d = _copy(store_dir, tmp_path)
+    path = d / f"{shard_name(0)}.safetensors"
+    from safetensors.torch import load_file
+
+    t = load_file(str(path))
+    t["text_tokens"] = t["text_tokens"].float()
+    path.write_bytes(save(t))
+    with pytest.raises(StoreDamagedError, match=r"text_tokens is float32\[8, 8, 16\], manifest says float16"):
+        open_store(d).batch([0])
+
+
+def test_truncated_shard_is_refused_naming_it(store_dir, tmp_path):
+    d = _copy(store_dir, tmp_path)
+    path = d / f"{shard_name(0)}.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(StoreDamagedError, match=r"shard-00000.safetensors: \d+ bytes, its header needs \d+ "
+                                                r"\(truncated"):
+        open_store(d).batch([3])
+
+
+def test_stale_store_is_refused_by_training(t5, store_dir):
+    cfg = apply_overrides(presets.get("world-tiny"), [f"data.text_encoder={t5}", "data.text_len=12",
+                                                      "data.num_images=16", "data.resolution=8",
+                                                      f"data.store_dir={store_dir}"])
+    with pytest.raises(StoreMismatchError, match=r"data.text_len: the store has 8, the config asks for 12.*"
+                                                 r"microt2i precompute"):
+        prepare_data(cfg, torch.device("cpu"), log=lambda *_: None)
+
+
+def test_damaged_world_cache_is_rebuilt(t5, tmp_path):
+    data = _data(t5, "", num_images=4, cache_dir=str(tmp_path))
+    from microt2i.encoders import load_codec
+
+    def make():
+        return load_codec("pixel"), TextEncoder(t5, max_length=8)
+
+    first = load_or_build(data, make, log=lambda *_: None)
+    path = cache_root(data) / "stores" / f"world-{cache_key(data)}.safetensors"
+    path.write_bytes(path.read_bytes()[:200])
+    logs = []
+    again = load_or_build(data, make, log=logs.append)
+    assert any("unreadable" in m and "rebuilding" in m for m in logs)
+    assert torch.equal(again.latents, first.latents) and torch.equal(again.text_tokens, first.text_tokens)
+
+
+# ---- configs (config.py, train/dist.py) ----
+
+def test_config_typo_names_the_key_and_a_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.lrr'. Did you mean 'lr'\?"):
+        apply_overrides(presets.get("world-tiny"), ["train.lrr=1e-3"])
+
+
+def test_config_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match=r"train.batch_size='eight' must be an integer"):
+        apply_overrides(presets.get("world-tiny"), ["train.batch_size=eight"])
+
+
+def test_batch_not_a_multiple_of_micro_batch_fails_in_the_cli(tmp_path, capsys):
+    rc = main(["train", "world-tiny", "train.batch_size=10", "train.micro_batch=4", "--run-dir", str(tmp_path / "r")])
+    assert rc == 2 and "train.batch_size=10 must be a positive multiple of train.micro_batch=4" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_batch_not_divisible_by_world_size_names_the_fix():
+    with pytest.raises(ValueError, match=r"train.batch_size=6 .* world size \(4\); pick a batch size divisible by 4"):
+        dist.split_batch(6, 0, 4)
+
+
+def test_resolution_out_of_range():
+    with pytest.raises(ConfigError, match=r"data.resolution=7 must be in \[8, 1024\]"):
+        apply_overrides(presets.get("world-tiny"), ["data.resolution=7"])
+
+
+def test_resolution_the_model_cannot_take_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"latents are \[3, 24, 24\].*model takes \[3, 16, 16\].*model.input_size=24"):
+        train(tiny_cfg(), tmp_path, store=fake_store(res=24), **QUIET)
+    assert not list_checkpoints(tmp_path)
+
+
+def test_sampling_settings_out_of_range_in_a_config():
+    for override, msg in (("eval.steps=0", r"eval.steps=0 must be in \[1, 10000\]"),
+                          ("eval.cfg_scale=-1", r"eval.cfg_scale=-1.0 must be in \[0, 100\]")):
+        with pytest.raises(ConfigError, match=msg):
+            apply_overrides(presets.get("world-tiny"), [override])
+
+
+# ---- checkpoints (train/state.py, train/loop.py, sample.py) ----
+
+def test_checkpoint_of_another_preset_is_refused(tmp_path):
+    store = fake_store()
+    train(tiny_cfg(), tmp_path, store=store, stop_nimg=16, **QUIET)
+    other = apply_overrides(tiny_cfg(), ["model.refiner_depth=2"])  # e.g. world-s's layout in world-tiny's folder
+    with pytest.raises(ValueError, match="different `model` config; resume with the run's own config.yaml"):
+        train(other, tmp_path, store=store, **QUIET)
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_previous_with_a_warning(tmp_path):
+    cfg, store = tiny_cfg("train.ckpt_every_nimg=16"), fake_store()
+    train(cfg, tmp_path, store=store, stop_nimg=32, **QUIET)
+    newest = list_checkpoints(tmp_path)[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])
+    logs = []
+    out = train(cfg, tmp_path, store=store, stop_nimg=48, progress=False, log=logs.append)
+    assert any("warning: skipping unreadable checkpoint training-state-000000000032.pt" in m for m in logs)
+    assert any("[resume]" in m and "at 16 images" in m for m in logs) and out["nimg"] == 48
+
+
+def test_no_readable_checkpoint_is_one_clear_error(tmp_path):
+    cfg, store = tiny_cfg(), fake_store()
+    train(cfg, tmp_path, store=store, stop_nimg=16, **QUIET)
+    (only,) = list_checkpoints(tmp_path)
+    only.write_bytes(b"")
+    with pytest.raises(RuntimeError, match=r"no readable checkpoint in .*training-state-000000000016.pt.*move them"):
+        train(cfg, tmp_path, store=store, **QUIET)
+
+
+def test_checkpoint_without_ema_is_skipped(tmp_path):
+    cfg, store = tiny_cfg("train.ckpt_every_nimg=16"), fake_store()
+    train(cfg, tmp_path, store=store, stop_nimg=32, **QUIET)
+    newest = list_checkpoints(tmp_path)[-1]
+    payload = torch.load(newest, weights_only=True)
+    del payload["ema"]
+    torch.save(payload, newest)
+    logs = []
+    assert load_latest(tmp_path, log=logs.append, require=state.TRAINING_KEYS)["nimg"] == 16
+    assert logs == ["[resume] warning: skipping checkpoint training-state-000000000032.pt: it lacks ema"]
+
+
+def test_run_folder_without_ema_cannot_be_sampled(tmp_path):
+    train(tiny_cfg(), tmp_path, store=fake_store(), stop_nimg=16, **QUIET)  # stopped early: no ema/ yet
+    with pytest.raises(FileNotFoundError, match=r"has no ema/model.safetensors; train it to the end first"):
+        load_run(tmp_path)
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_one(tmp_path, monkeypatch):
+    cfg, store = tiny_cfg("train.ckpt_every_nimg=16"), fake_store()
+    train(cfg, tmp_path, store=store, stop_nimg=16, **QUIET)
+    before = list_checkpoints(tmp_path)[0].read_bytes()
+    real_write, real_fdopen = state.atomic_write_bytes, os.fdopen
+
+    class Full(io.RawIOBase):  # the temp file takes 100 bytes, then the disk is full
+        def __init__(self, fd):
+            self.f = real_fdopen(fd, "wb")
+
+        def write(self, b):
+            self.f.write(bytes(b)[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.f.close()
+
+    def write_on_full_disk(path, data):
+        with monkeypatch.context() as m:
+            m.setattr(os, "fdopen", lambda fd, mode: Full(fd))
+            real_write(path, data)
+
+    monkeypatch.setattr(state, "atomic_write_bytes", write_on_full_disk)
+    with pytest.raises(OSError, match=r"could not write checkpoint .*000000000032.pt \(No space left on device\); "
+                                      r"the previous checkpoints \['training-state-000000000016.pt'\] are intact"):
+        train(cfg, tmp_path, store=store, stop_nimg=32, **QUIET)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert list_checkpoints(tmp_path)[0].read_bytes() == before
+    assert train(cfg, tmp_path, store=store, stop_nimg=32, **QUIET)["nimg"] == 32  # free space → resume works
+
+
+# ---- sampling (`microt2i sample`) ----
+
+def test_sample_steps_zero_is_refused(run, tmp_path, capsys):
+    out = tmp_path / "s.png"
+    assert main(["sample", str(run), "--prompt", "a red cube", "--steps", "0", "--out", str(out)]) == 2
+    assert "microt2i sample: error: --steps=0 must be in [1, 10000]" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_sample_negative_cfg_scale_is_refused(run, tmp_path, capsys):
+    out = tmp_path / "s.png"
+    assert main(["sample", str(run), "--prompt", "a red cube", "--cfg-scale", "-1", "--out", str(out)]) == 2
+    assert "--cfg-scale=-1.0 must be in [0, 100] (0 = unconditional" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_prompt_longer_than_the_encoder_limit_is_truncated_with_a_warning(run, tmp_path, capsys):
+    out = tmp_path / "s.png"
+    prompt = " ".join(["a red cube on the left of a blue sphere"] * 1200)  # ~10k tokens, the encoder keeps 8
+    assert main(["sample", str(run), "--prompt", prompt, "--prompt", "a red cube", "--out", str(out)]) == 0
+    assert "1 of 2 captions exceed 8 tokens and were truncated" in capsys.readouterr().out
+    assert Image.open(out).size[0] > 0
+
+
+# ---- leftovers of a killed process (train/state.py, train/logger.py) ----
+
+def test_temp_files_of_killed_checkpoint_writes_are_removed_on_restart(tmp_path):
+    cfg, store = tiny_cfg(), fake_store()
+    train(cfg, tmp_path, store=store, stop_nimg=16, **QUIET)
+    (tmp_path / ".training-state-000000000032.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / "training-state-000000000032.dcp.tmp").mkdir()  # a sharded write cut short
+    (tmp_path / "notes.tmp").write_text("not ours")
+    assert train(cfg, tmp_path, store=store, stop_nimg=32, **QUIET)["nimg"] == 32
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == ["notes.tmp"]
+
+
+def test_torn_stats_line_is_dropped_on_resume(tmp_path):
+    cfg, store = tiny_cfg(), fake_store()
+    train(cfg, tmp_path, store=store, stop_nimg=16, **QUIET)
+    with open(tmp_path / "stats.jsonl", "a") as f:
+        f.write('{"nimg": 32, "step": 4, "lo')  # a crash mid-append
+    train(cfg, tmp_path, store=store, **QUIET)
+    lines = (tmp_path / "stats.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["nimg"] for ln in lines] == list(range(16, 97, 16))

@@ -1,0 +1,259 @@
+import json
+
+import numpy as np
+import pytest
+
+from microt2i import experiment as E
+from microt2i.config import ConfigError
+from microt2i.eval import geneval
+from microt2i.eval.distribution import frechet_distance
+
+TINY = ("model.width=32", "model.depth=1", "model.heads=2", "model.refiner_depth=1", "data.num_images=16",
+        "train.total_nimg=32", "train.batch_size=8", "train.log_every_nimg=16", "train.ckpt_every_nimg=1000",
+        "train.warmup_nimg=0", "eval.every_nimg=32", "eval.geneval_per_tag=1", "eval.fd_n=0", "eval.grid_size=1")
+TINY_EXP = E.Experiment(
+    name="tiny", preset="world-tiny", base=TINY, question="AIO vs long on world-tiny?",
+    arms=(E.Arm("aio", ("data.captions=aio",), "AIO"), E.Arm("long", (), "long")),
+    claims=(E.Claim("geneval", "long", "aio", "000 Table 1"), E.Claim("FD-EffNetLite0", "long", "aio", "none")),
+    eval=E.EvalSpec(geneval_per_tag=1, geneval_images=2, fd_n=6, steps=2))
+
+
+# ------------------------------------------------------------------------------------------------ bootstrap
+
+
+def _boot(correct, tags, n_boot=4000, seed=0, tag=None):
+    s, p = E.resample(correct.shape[0], tags, n_boot, np.random.default_rng(seed))
+    return E.geneval_score(correct, tags, s, p, tag=tag)
+
+
+def test_bootstrap_of_a_constant_is_a_point():
+    correct = np.ones((2, 12, 3), bool)
+    tags = ["colors"] * 6 + ["position"] * 6
+    boot = _boot(correct, tags)
+    assert E._interval(boot) == (1.0, 1.0)
+
+
+def test_bootstrap_of_bernoulli_prompts_matches_the_normal_closed_form():
+    # One seed, one tag, N prompts with a fraction q correct: SE of the mean = sqrt(q(1−q)/N)
+    n, q = 400, 0.3
+    correct = np.zeros((1, n, 1), bool)
+    correct[0, : int(q * n), 0] = True
+    boot = _boot(correct, ["colors"] * n)
+    se = np.sqrt(q * (1 - q) / n)
+    assert boot.std() == pytest.approx(se, rel=0.08)
+    lo, hi = E._interval(boot)
+    assert lo == pytest.approx(q - 1.96 * se, abs=0.012) and hi == pytest.approx(q + 1.96 * se, abs=0.012)
+
+
+def test_bootstrap_over_seeds_has_the_binomial_closed_form():
+    # Seed 0 gets nothing right, seed 1 everything: resampled seed means are 0, 0.5, 1 with probability ¼, ½, ¼
+    correct = np.zeros((2, 10, 2), bool)
+    correct[1] = True
+    boot = _boot(correct, ["counting"] * 10, n_boot=8000)
+    freq = [np.mean(boot == v) for v in (0.0, 0.5, 1.0)]
+    assert freq == pytest.approx([0.25, 0.5, 0.25], abs=0.02)
+    assert E._interval(boot) == (0.0, 1.0)
+
+
+def test_prompts_are_resampled_within_their_tag():
+    tags = ["a"] * 3 + ["b"] * 5
+    _, p = E.resample(2, tags, 500, np.random.default_rng(1))
+    assert (p[:, :3] < 3).all() and (p[:, 3:] >= 3).all()
+
+
+def test_geneval_score_equals_the_official_summary():
+    rng = np.random.default_rng(0)
+    records = [r for r in geneval.make_prompts(["circle", "star", "ring"], ["red", "blue"], seed=1, n=4)]
+    correct = rng.random((1, len(records), 3)) < 0.5
+    rows = [{"tag": r["tag"], "metadata": json.dumps(r), "correct": bool(correct[0, i, k])}
+            for i, r in enumerate(records) for k in range(3)]
+    tags = [r["tag"] for r in records]
+    assert E.geneval_score(correct, tags)[0] == pytest.approx(geneval.summarize(rows)["overall"])
+    tag = tags[0]
+    assert E.geneval_score(correct, tags, tag=tag)[0] == pytest.approx(geneval.summarize(rows)["tags"][tag]["score"])
+
+
+def test_fd_bootstrap_with_identity_indices_is_the_fd():
+    rng = np.random.default_rng(0)
+    real, fakes = rng.normal(size=(40, 6)), rng.normal(0.3, 1.0, size=(2, 30, 6))
+    ident = np.arange(30)[None]
+    for s in (0, 1):
+        got = E.fd_resampled(real, fakes, np.array([[s]]), ident)[0]
+        assert got == pytest.approx(frechet_distance(real, fakes[s]), rel=1e-6)
+    idx = rng.integers(0, 30, size=(3, 30))  # resampled rows (duplicates included) = FD of the resampled set
+    got = E.fd_resampled(real, fakes, np.array([[1], [0], [1]]), idx)
+    assert got == pytest.approx([frechet_distance(real, fakes[s][i]) for s, i in zip((1, 0, 1), idx)], rel=1e-6)
+    both = E.fd_resampled(real, fakes, np.array([[0, 1]]), ident)[0]
+    assert both == pytest.approx(np.mean([frechet_distance(real, f) for f in fakes]), rel=1e-6)
+
+
+def _arm(name, correct, fd=(1.0, 1.0)):
+    tags = ["colors"] * (correct.shape[1] // 2) + ["position"] * (correct.shape[1] - correct.shape[1] // 2)
+    res = [{"seed": s, "nimg": 64, "metrics": {"KID": fd[s]}} for s in range(correct.shape[0])]
+    return E.ArmData(name, [0, 1], res, correct, tags, {"KID": np.array(fd, float)})
+
+
+def test_claim_verdicts_from_paired_differences():
+    good, bad = np.ones((2, 8, 2), bool), np.zeros((2, 8, 2), bool)
+    claims = (E.Claim("geneval", "a", "b", "p"), E.Claim("geneval", "b", "a", "p"), E.Claim("geneval", "a", "c", "p"),
+              E.Claim("KID", "a", "b", "p"), E.Claim("geneval", "a", "missing", "p"))
+    s = E.summarize([_arm("a", good, (0.1, 0.2)), _arm("b", bad, (0.5, 0.6)), _arm("c", good)], claims, n_boot=300)
+    verdicts = [c["verdict"] for c in s.claims]
+    assert verdicts == ["held", "reversed", "no difference", "held", "not run"]
+    assert s.claims[0]["delta"] == (1.0, 1.0, 1.0)
+    assert s.claims[3]["delta"][0] == pytest.approx(0.4)  # lower KID is better: Δ = worse − better
+    row = s.rows[0]
+    assert row["geneval"] == (1.0, 1.0, 1.0) and row["KID"][0] == pytest.approx(0.15)
+
+
+def test_arms_are_compared_on_their_common_seeds():
+    a = np.zeros((2, 4, 1), bool)
+    a[1] = True  # seed 0 wrong everywhere, seed 1 right
+    b = E.ArmData("b", [1], [{"seed": 1, "nimg": 64, "metrics": {}}], np.ones((1, 4, 1), bool),
+                  ["colors"] * 2 + ["position"] * 2, {})
+    arm_a = _arm("a", a)
+    arm_a.metrics = {}
+    s = E.summarize([arm_a, b], (E.Claim("geneval", "a", "b", "p"),), n_boot=100)
+    assert [r["seeds"] for r in s.rows] == [1, 1] and s.rows[0]["geneval"] == (1.0, 1.0, 1.0)
+    assert s.claims[0]["verdict"] == "no difference"
+
+
+def test_markdown_table_and_section_rewrite(tmp_path):
+    s = E.summarize([_arm("a", np.ones((2, 4, 1), bool)), _arm("b", np.zeros((2, 4, 1), bool))], n_boot=50)
+    table = E.markdown_table(s, {"a": "first"})
+    lines = table.splitlines()
+    assert lines[0].startswith("| arm | images seen | GenEval | colors | position | KID")
+    assert "| a (first) | 64 | 1.000 [1.000, 1.000] |" in lines[2] and lines[3].startswith("| b | 64 | 0.000")
+    md = tmp_path / "E.md"
+    md.write_text("# Experiments\n\nhand-written intro\n")
+    E.write_section(md, "x", "one")
+    E.write_section(md, "y", "other")
+    E.write_section(md, "x", "two")
+    text = md.read_text()
+    assert "hand-written intro" in text and "\ntwo\n" in text and "\none\n" not in text
+    assert text.count("<!-- experiment:x:start (generated) -->") == 1
+    assert text.index("two") < text.index("other")
+
+
+# ------------------------------------------------------------------------------------------------ configs
+
+
+def test_budgets_keys_and_arm_selection():
+    exp = E.get("captions")
+    a, b = E.arm_config(exp, "aio", 0), E.arm_config(exp, "long", 1)
+    assert a.data.captions == "aio" and b.train.seed == 1 and a.train.total_nimg == b.train.total_nimg
+    doubled = E.arm_config(exp, "long", 0, scale=2.0)
+    assert doubled.train.total_nimg == 2 * a.train.total_nimg and doubled.eval.every_nimg == 2 * a.eval.every_nimg
+    # the reuse key ignores where / how fast a run goes, not what it computes
+    same = E.arm_config(exp, "long", 0, extra=("train.threads=1", "data.cache_dir=/x"))
+    assert E.config_hash(same, exp.eval) == E.config_hash(E.arm_config(exp, "long", 0), exp.eval)
+    assert E.arm_key(same, exp.eval, "c1") != E.arm_key(same, exp.eval, "c2")
+    assert E.config_hash(a, exp.eval) != E.config_hash(E.arm_config(exp, "long", 0), exp.eval)
+    # captions/long and image-augmentation/ta are the same run
+    ta = E.arm_config(E.get("image-augmentation"), "ta", 0)
+    assert E.config_hash(ta, exp.eval) == E.config_hash(E.arm_config(exp, "long", 0), exp.eval)
+    assert E.select_arms(E.get("image-augmentation"), None) == ["ta", "ta-cutmix", "ta-crop"]
+    with pytest.raises(ConfigError, match="no arm 'nope'.*valid arms: aio, long"):
+        E.select_arms(exp, "aio,nope")
+    with pytest.raises(ConfigError, match="unknown experiment"):
+        E.get("bogus")
+    with pytest.raises(ConfigError, match="--scale"):
+        E.scale_budget(a, 0)
+
+
+def _iso_flops(exp):
+    from microt2i.cost import count_train_flops
+
+    cfgs = {arm: E.arm_config(exp, arm, 0) for arm in ("deferred", "naive", "unmasked")}
+    budget = {arm: c.train.total_nimg * count_train_flops(c).train for arm, c in cfgs.items()}
+    per_batch = {arm: c.train.batch_size * count_train_flops(c).train for arm, c in cfgs.items()}
+    for arm in ("naive", "unmasked"):  # equal up to rounding to whole batches
+        assert abs(budget[arm] - budget["deferred"]) <= per_batch[arm] / 2 + 1
+    return cfgs
+
+
+def test_iso_flops_budget_against_a_closed_form_cost(monkeypatch):
+    from types import SimpleNamespace
+
+    # a stand-in cost: 1 per kept token, the mixer counted on all tokens only when masking is deferred
+    def cost(cfg):
+        m = cfg.model
+        kept = 1 - m.mask_ratio
+        return SimpleNamespace(train=(1.0 if m.masking == "deferred" else kept) + 3 * kept)
+
+    monkeypatch.setattr("microt2i.cost.count_train_flops", cost)
+    cfgs = _iso_flops(E.get("masking"))
+    n = {arm: c.train.total_nimg for arm, c in cfgs.items()}
+    assert n["naive"] == pytest.approx(n["deferred"] * 1.75 / 1.0, abs=16)
+    assert n["unmasked"] == pytest.approx(n["deferred"] * 1.75 / 4.0, abs=16)
+
+
+@pytest.mark.slow
+def test_masking_arms_have_equal_counted_training_flops():
+    cfgs = _iso_flops(E.get("masking"))
+    assert cfgs["unmasked"].train.total_nimg < cfgs["deferred"].train.total_nimg < cfgs["naive"].train.total_nimg
+
+
+# ------------------------------------------------------------------------------------------------ the runner
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("xp")
+    mp = pytest.MonkeyPatch()
+    mp.setitem(E.EXPERIMENTS, "tiny", TINY_EXP)
+    extra = (f"data.cache_dir={root / 'cache'}", "train.threads=1")
+    out = E.run_experiment("tiny", seeds=2, root=root / "runs", md_path=root / "EXPERIMENTS.md", extra=extra,
+                           log=lambda *a: None)
+    yield root, extra, out
+    mp.undo()
+
+
+def test_runner_trains_every_arm_seed_and_renders(tiny_runs):
+    root, _, out = tiny_runs
+    folders = sorted(p.parent.name for p in (root / "runs" / "tiny").glob("*/result.json"))
+    assert [f.rsplit("-", 1)[0] for f in folders] == ["aio-s0", "aio-s1", "long-s0", "long-s1"]
+    for f in (root / "runs" / "tiny").glob("*/result.json"):
+        r = json.loads(f.read_text())
+        assert r["nimg"] == 32 and len(r["geneval"]["correct"]) == len(r["geneval"]["tags"]) == 6
+        assert all(len(c) == 2 for c in r["geneval"]["correct"]) and r["metrics"]["FD-EffNetLite0"] > 0
+        assert not list(f.parent.glob("training-state-*")) and (f.parent / "ema").is_dir()
+        assert np.load(f.parent / "features.npz")["fake"].shape == (6, 1280)
+    s = out["summary"]
+    assert [r["arm"] for r in s.rows] == ["aio", "long"] and all(r["seeds"] == 2 for r in s.rows)
+    for r in s.rows:
+        p, lo, hi = r["FD-EffNetLite0"]
+        assert lo <= hi and np.isfinite([p, lo, hi]).all()
+    md = (root / "EXPERIMENTS.md").read_text()
+    assert "<!-- experiment:tiny:start (generated) -->" in md and "| aio (AIO) | 32 |" in md
+    assert "Paper: 000 Table 1" in md and "seeds: 0, 1" in md
+    assert (root / "experiments" / "tiny" / "curves.png").is_file() and out["report"].is_file()
+
+
+def test_runner_reuses_finished_arms_and_renders_without_training(tiny_runs, monkeypatch):
+    root, extra, first = tiny_runs
+    monkeypatch.setitem(E.EXPERIMENTS, "tiny", TINY_EXP)
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished arm was trained again")
+
+    monkeypatch.setattr("microt2i.train.loop.train", no_training)
+    again = E.run_experiment("tiny", seeds=2, root=root / "runs", md_path=None, extra=extra, log=lambda *a: None)
+    assert [r["geneval"] for r in again["summary"].rows] == [r["geneval"] for r in first["summary"].rows]
+    # another commit: not reused unless asked, then found by its config hash
+    monkeypatch.setattr(E, "git_commit", lambda repo=None: ("0" * 40, False))
+    with pytest.raises(FileNotFoundError, match="no finished arm"):
+        E.run_experiment("tiny", seeds=2, root=root / "runs", md_path=None, extra=extra, render_only=True,
+                         log=lambda *a: None)
+    old = E.run_experiment("tiny", seeds=2, root=root / "runs", md_path=None, extra=extra, render_only=True,
+                           any_commit=True, log=lambda *a: None)
+    assert not old["missing"] and len(old["summary"].rows) == 2
+
+
+def test_cli_experiment_errors_name_the_fix(capsys):
+    from microt2i.cli import main
+
+    assert main(["experiment", "bogus", "--render-only"]) == 2
+    assert "unknown experiment 'bogus'; valid: captions" in capsys.readouterr().err
+    assert main(["experiment", "captions", "--arms", "aio,x", "--render-only"]) == 2
+    assert "no arm 'x'" in capsys.readouterr().err
