@@ -45,7 +45,7 @@ def child(argv: list[str], pause: float) -> int:
     shard writes slowed down: the real `atomic_write_bytes` runs, only its file object writes in paused chunks."""
     import microt2i.data.precompute  # noqa: F401  (import every writer before patching the names they imported)
     import microt2i.io as mio
-    import microt2i.train.loop  # noqa: F401
+    import microt2i.train.loop  # noqa: F401  (imports state, logger, models, config)
     from microt2i.cli import main
 
     real_bytes, real_fdopen = mio.atomic_write_bytes, os.fdopen
@@ -282,7 +282,7 @@ def run(kills: int = 24, precompute_kills: int = 6, seed: int = 0, total_nimg: i
                "precompute": {"images": 64, "shard_size": 8}, "seed": seed, "events": events, "workdir": str(root)}
     log(f"[soak] {summary['kills']} kills in {summary['total_s']} s; landed: "
         + ", ".join(f"{k} ×{n}" for k, n in sorted(landed.items())))
-    log(f"[soak] checks: " + ", ".join(f"{k}={v}" for k, v in checks.items())
+    log("[soak] checks: " + ", ".join(f"{k}={v}" for k, v in checks.items())
         + f"; at most {summary['max_temp_files_between_runs']} temp file(s) between runs (removed on restart)")
     log(f"[soak] {'PASS' if summary['equal'] else 'FAIL'}: the killed runs "
         f"{'equal' if summary['equal'] else 'DIFFER from'} the uninterrupted ones")

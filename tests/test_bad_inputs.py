@@ -21,8 +21,8 @@ from microt2i.config import ConfigError, DataConfig, apply_overrides
 from microt2i.data.captions import CaptionFileError, pick_caption, read_captions
 from microt2i.data.imagenet import load_image, try_load
 from microt2i.data.precompute import precompute
-from microt2i.data.store import (MANIFEST, StoreDamagedError, StoreMismatchError, cache_root, cache_key, load_or_build,
-                                 open_store, shard_name, store_key, verify_store)
+from microt2i.data.store import (StoreDamagedError, StoreMismatchError, cache_key, cache_root, load_or_build, open_store,
+                                 shard_name, verify_store)
 from microt2i.encoders import TextEncoder
 from microt2i.sample import load_run
 from microt2i.train import dist, state

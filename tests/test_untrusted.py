@@ -5,7 +5,6 @@ import ast
 import os
 import pickle
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,9 @@ from PIL import Image
 from test_train import fake_store, tiny_cfg
 
 import microt2i
+from microt2i.config import DataConfig
 from microt2i.data.captions import CaptionFileError, read_captions
 from microt2i.data.precompute import precompute
-from microt2i.config import DataConfig
 from microt2i.data.store import StoreDamagedError, cache_key, cache_root, load_or_build, open_store, shard_name
 from microt2i.encoders import TextEncoder, load_codec
 from microt2i.eval.clipscore import load_image_text_model

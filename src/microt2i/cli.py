@@ -766,6 +766,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, FileExistsError) as e:
         print(f"microt2i {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except (ValueError, OSError, FloatingPointError) as e:  # our clear messages; MICROT2I_DEBUG=1 shows the trace
+        if os.environ.get("MICROT2I_DEBUG"):
+            raise
+        print(f"microt2i {args.command}: error: {type(e).__name__}: {e}\n(set MICROT2I_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
     finally:
         if "torch.distributed" in sys.modules:  # under torchrun: leave the process group cleanly
             from .train.dist import shutdown

@@ -115,7 +115,7 @@ def run_demo(run_dir: str | Path = "runs/demo", *, preset: str = "world-s", over
     save_grid(images, run_dir / "grid.png", nrow=cfg.eval.grid_size, upscale=max(1, 128 // images.shape[1]))
     stats = read_stats(run_dir / "stats.jsonl")
     loss_plot(stats, run_dir / "loss.png")
-    final_loss = next((s["loss"] for s in reversed(stats) if "loss" in s), float("nan"))  # eval lines have none
+    final_loss = next((s["loss"] for s in reversed(stats) if s.get("loss") is not None), float("nan"))  # eval: none
     metrics.update({"final_loss": final_loss, "images_seen": result["nimg"],
                     "params": result["params"], "train_seconds": round(t_train, 1), "sample_seconds": round(t_sample, 1),
                     "sampler": f"{cfg.eval.sampler} {cfg.eval.steps} steps, cfg {cfg.eval.cfg_scale}",

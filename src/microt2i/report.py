@@ -51,7 +51,7 @@ def loss_plot(stats: list[dict], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stats = [s for s in stats if "loss" in s]  # in-training eval lines (eval/live.py) carry no loss
+    stats = [s for s in stats if s.get("loss") is not None]  # eval lines carry no loss; all-skipped intervals None
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
     if stats:
         ax.plot([s["nimg"] for s in stats], [s["loss"] for s in stats], lw=1.5)
@@ -166,12 +166,12 @@ def svg_curve(points: list[tuple[float, float]], *, title: str, xlabel: str = "i
 
 
 def _curves(stats: list[dict]) -> str:
-    train = [s for s in stats if "loss" in s]
+    train = [s for s in stats if s.get("loss") is not None]
     evals = [s for s in stats if any(k.startswith("eval/") for k in s)]
     charts = [svg_curve([(s["nimg"], s["loss"]) for s in train], title="training loss", log_y=True)]
     for key, log_y in (("grad_norm", True), ("lr", False), ("img_per_s", False)):
         if any(key in s for s in train):
-            charts.append(svg_curve([(s["nimg"], s[key]) for s in train if key in s], title=key, log_y=log_y))
+            charts.append(svg_curve([(s["nimg"], s[key]) for s in train if s.get(key) is not None], title=key, log_y=log_y))
     keys = sorted({k for s in evals for k, v in s.items() if k.count("/") == 1 and isinstance(v, (int, float))
                    and k not in ("eval/seconds", "eval/fd_n")})  # per-tag values go to the table below
     charts += [svg_curve([(s["nimg"], s[k]) for s in evals if k in s], title=k) for k in keys]

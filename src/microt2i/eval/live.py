@@ -39,8 +39,7 @@ class LiveEval:
 
     def __init__(self, cfg, run_dir: str | Path, device, log=print):
         self.cfg, self.run_dir, self.device, self.log = cfg, Path(run_dir), device, log
-        self._parts = None
-        self._tb = None
+        self._parts = None  # TensorBoard / W&B mirroring of these stats: train/logger.py
 
     def due(self, nimg: int, batch_size: int) -> bool:
         every = self.cfg.eval.every_nimg
@@ -65,12 +64,6 @@ class LiveEval:
         if e.fd_n:
             parts["extractor"] = get_extractor("effnet-lite0", device=self.device)
             parts["real"], parts["captions"] = reference_features(self.cfg, e.fd_n, parts["extractor"])
-        try:  # TensorBoard is optional
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-        except ImportError:
-            pass
         return parts
 
     @torch.no_grad()
@@ -99,11 +92,6 @@ class LiveEval:
                 stats[f"eval/{p['extractor'].metric_name}"] = frechet_distance(p["real"], fake)
                 stats["eval/fd_n"] = e.fd_n
         stats["eval/seconds"] = round(time.perf_counter() - t0, 2)
-        if self._tb is not None:
-            for key, value in stats.items():
-                if isinstance(value, float):
-                    self._tb.add_scalar(key, value, nimg)
-            self._tb.flush()
         shown = ", ".join(f"{k[5:]} {v:.3f}" for k, v in stats.items() if isinstance(v, float) and k != "eval/seconds")
         self.log(f"[eval] {nimg} images: {shown} ({stats['eval/seconds']} s)")
         return stats

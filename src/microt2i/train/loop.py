@@ -304,19 +304,21 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
         step += 1
         ema.update(model, nimg)
         elapsed += time.perf_counter() - t_step
-        acc += torch.stack([loss_sum.double(), grad_norm.double().nan_to_num(0.0, 0.0, 0.0), torch.ones((), device=device, dtype=torch.float64)])
+        ok = torch.isfinite(loss_sum) & torch.isfinite(grad_norm)  # skipped steps stay out of the averages
+        acc += torch.where(ok, torch.stack([loss_sum.double(), grad_norm.double(), torch.ones_like(acc[0])]), 0.0)
         bar.update(t.batch_size)
 
         done = nimg >= end_nimg
         if nimg // t.log_every_nimg != (nimg - t.batch_size) // t.log_every_nimg or done:
             now = time.perf_counter()
-            loss_avg, gn_avg, n = all_reduce_mean(acc).tolist()
-            stats = {"nimg": nimg, "step": step, "loss": loss_avg / n, "grad_norm": gn_avg / n, "lr": lr,
+            loss_sum_, gn_sum, n = all_reduce_mean(acc).tolist()
+            stats = {"nimg": nimg, "step": step, "loss": loss_sum_ / n if n else None,
+                     "grad_norm": gn_sum / n if n else None, "lr": lr,
                      "img_per_s": (nimg - nimg_report) / max(now - t_report, 1e-9), "elapsed_s": round(elapsed, 3),
                      "nan_skips": nan_skips, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
             if main:
                 stats_log.append(stats)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", refresh=False)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}" if stats["loss"] is not None else "skipped", refresh=False)
             acc.zero_()
             t_report, nimg_report = now, nimg
         if live_eval is not None and live_eval.due(nimg, t.batch_size):  # every rank samples (a sharded EMA needs
