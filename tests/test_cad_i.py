@@ -217,3 +217,19 @@ def test_cad_i_self_cond_sampling_matches_explicit_latent_feed(tiny):
     torch.testing.assert_close(d2, x_edm - sigma * eps2)
     fresh = build_objective(ObjectiveConfig(kind="vp")).denoiser(tiny)
     torch.testing.assert_close(fresh(x_edm, sigma, y, m), d1)  # one denoiser per trajectory starts from zeros
+
+
+def test_position_init_choice():
+    """CAD's trunc-normal(0.02) table by default; `pos_init=sincos` starts the learned table from DiT's 2-D
+    sin-cos positions (the world presets)."""
+    from dataclasses import replace
+
+    from microt2i.models.layers import sincos_pos_embed_2d
+
+    cfg = CAD_I_CONFIGS["world-cad-tiny"]
+    assert cfg.pos_init == "sincos"
+    torch.manual_seed(0)
+    a, b = build(replace(cfg, pos_init="trunc_normal")), build(cfg)
+    assert a.data_pos.abs().max() <= 0.04 and 0.01 < a.data_pos.std() < 0.03
+    grid = cfg.input_size // cfg.patch_size
+    assert torch.equal(b.data_pos.detach(), sincos_pos_embed_2d(cfg.data_dim, grid)) and b.data_pos.requires_grad

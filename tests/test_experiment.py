@@ -219,6 +219,9 @@ def test_runner_trains_every_arm_seed_and_renders(tiny_runs):
         assert all(len(c) == 2 for c in r["geneval"]["correct"]) and r["metrics"]["FD-EffNetLite0"] > 0
         assert not list(f.parent.glob("training-state-*")) and (f.parent / "ema").is_dir()
         assert np.load(f.parent / "features.npz")["fake"].shape == (6, 1280)
+        ext = r["geneval_extended"]  # GenEval★: same records, prompts rewritten in the training captions' style
+        assert ext["tags"] == r["geneval"]["tags"] and len(ext["prompts"]) == 6
+        assert all(len(a) > len(b) for a, b in zip(ext["prompts"], r["geneval"]["prompts"]))
     s = out["summary"]
     assert [r["arm"] for r in s.rows] == ["aio", "long"] and all(r["seeds"] == 2 for r in s.rows)
     for r in s.rows:
@@ -240,6 +243,14 @@ def test_runner_reuses_finished_arms_and_renders_without_training(tiny_runs, mon
     monkeypatch.setattr("microt2i.train.loop.train", no_training)
     again = E.run_experiment("tiny", seeds=2, root=root / "runs", md_path=None, extra=extra, log=lambda *a: None)
     assert [r["geneval"] for r in again["summary"].rows] == [r["geneval"] for r in first["summary"].rows]
+    assert all("geneval★" in r for r in again["summary"].rows)
+    # an arm finished before GenEval★ existed gets only that evaluation added (the key ignores `extended`)
+    f = next((root / "runs" / "tiny").glob("aio-s0-*/result.json"))
+    r = json.loads(f.read_text())
+    ext = r.pop("geneval_extended")
+    f.write_text(json.dumps(r))
+    E.run_experiment("tiny", seeds=2, root=root / "runs", md_path=None, extra=extra, log=lambda *a: None)
+    assert json.loads(f.read_text())["geneval_extended"] == ext
     # another commit: not reused unless asked, then found by its config hash
     monkeypatch.setattr(E, "git_commit", lambda repo=None: ("0" * 40, False))
     with pytest.raises(FileNotFoundError, match="no finished arm"):

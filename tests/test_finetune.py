@@ -125,6 +125,8 @@ def test_world_style_finetune_moves_samples_to_the_subset(tmp_path):
                  "--no-progress"]) == 0
     report = json.loads((tmp_path / "ft" / "finetune.json").read_text())
     assert (tmp_path / "ft" / "finetune_before.png").is_file() and (tmp_path / "ft" / "finetune_after.png").is_file()
+    page = (tmp_path / "ft" / "run_report.html").read_text()
+    assert "Fine-tuning: before / after" in page and page.count("data:image/png;base64,") >= 2
     assert report["prompts"] == "held-out world captions"
     before, after = report["before"]["shares"]["slate"], report["after"]["shares"]["slate"]
     assert after >= before + 0.3 and after >= 0.6, report

@@ -67,6 +67,9 @@ def cmd_train(args) -> int:
         out = finetune(cfg, run_dir, progress=not args.no_progress, stop_nimg=args.stop_nimg)
         if out["finished"] and out["rank"] == 0:  # before/after grids (+ world style statistics) in the run folder
             finetune_report(run_dir, out["store"])
+            from .report import run_report
+
+            print(f"[train] report with the before/after grids: {run_report(run_dir)}")
     else:
         out = train(cfg, run_dir, progress=not args.no_progress, stop_nimg=args.stop_nimg)
     if out["rank"] == 0:

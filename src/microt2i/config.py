@@ -132,10 +132,14 @@ class CADIConfig(ModelConfig):
     qk_norm: bool = False  # the CAD code has none; DiT-I's QK-norm is one flag away
     noise_embed_scale: float = 1000.0  # the noise condition is multiplied by this before the sinusoid
     self_cond_rate: float = 0.9  # training: P(previous latents are fed back) (RIN §3.4); 0 disables
+    # data-token positions: learned, started "trunc_normal" (CAD: std 0.02) or from the 2-D sin-cos table
+    # ("sincos"; our world presets: at std 0.02 the tokens stay position-blind for hundreds of CPU steps)
+    pos_init: str = "trunc_normal"
 
     def __post_init__(self):
         if not 0.0 <= self.self_cond_rate <= 1.0:
             raise ConfigError(f"model.self_cond_rate={self.self_cond_rate} must be in [0, 1]")
+        _choice("model.pos_init", self.pos_init, ("trunc_normal", "sincos"))
         if self.input_size % self.patch_size:
             raise ConfigError(f"model.input_size={self.input_size} must be a multiple of model.patch_size={self.patch_size}")
 

@@ -57,6 +57,7 @@ class EvalSpec:
     geneval_images: int = 2  # images per prompt
     fd_n: int = 96  # held-out references and samples for FD / KID / PRDC
     steps: int = 12  # sampler steps for every evaluation of the experiment (the arms' eval.steps)
+    extended: bool = True  # also GenEval★: the prompts through the world prompt extender (000 Tables 2, 9–11)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         arms=(Arm("aio", ("data.captions=aio",), "AIO: 'An image of a <class>'"),
               Arm("long", ("data.captions=long",), "TA: oracle long captions")),
         claims=(Claim("geneval", "long", "aio", "000 Table 1: GenEval 0.11 (AIO) → 0.55 (TA)"),
+                Claim("geneval★", "long", "aio", "000 Table 1 (TA models are scored with extended prompts, Table 2)"),
                 Claim("geneval/colors", "long", "aio", "000 Table 1 / §3.1: attributes come from the captions"))),
     Experiment(
         name="image-augmentation", preset="world-s", base=_DIT_BASE,
@@ -110,7 +112,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
               *(Arm(f"cutmix-tau{t}", (*_CUTMIX[:2], f"augment.cutmix.tau={t}", _CUTMIX[3]),
                     f"CutMix τ = {t} (Table 11)") for t in ("300", "500", "600"))),
         default_arms=("ta", "ta-cutmix", "ta-crop"),
-        claims=(Claim("geneval/two_object", "ta-cutmix", "ta", "000 Table 2: CutMix +7 points on two-object"),
+        claims=(Claim("geneval★/two_object", "ta-cutmix", "ta", "000 Table 2 (extended prompts): CutMix +7 points "
+                                                                  "on two-object"),
+                Claim("geneval/two_object", "ta-cutmix", "ta", "000 Table 2: CutMix +7 points on two-object"),
                 Claim("geneval/position", "ta-cutmix", "ta", "000 Table 2: CutMix helps position"),
                 Claim("geneval", "ta-crop", "ta", "000 Table 2: Crop improves overall GenEval"))),
     Experiment(
@@ -209,7 +213,8 @@ def config_hash(cfg: RunConfig, spec: EvalSpec) -> str:
     for section, key in RUNTIME_KEYS:
         d[section].pop(key, None)
     d["name"] = None
-    blob = json.dumps({"config": d, "eval": _plain(spec.__dict__)}, sort_keys=True)
+    ev = {k: v for k, v in spec.__dict__.items() if k != "extended"}  # an add-on: changes no other number
+    blob = json.dumps({"config": d, "eval": _plain(ev)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -257,24 +262,45 @@ def find_result(root: str | Path, exp: Experiment, arm: str, seed: int, cfg: Run
 # ------------------------------------------------------------------------------------------------ run and evaluate
 
 
+def _geneval(sampler, spec: EvalSpec, extended: bool = False) -> dict:
+    """World-GenEval per prompt and image; `extended`: each prompt rewritten by the world prompt extender first
+    (the records, hence the scoring rules, stay the same)."""
+    from .eval.detectors import WorldDetector
+    from .eval.runner import GENEVAL_SEED, run_geneval, world_geneval_records
+
+    records = world_geneval_records(n=spec.geneval_per_tag, per_tag=spec.geneval_per_tag)
+    if extended:
+        from .encoders.extender import TemplateExtender
+
+        ext = TemplateExtender().extend([r["prompt"] for r in records])
+        records = [{**r, "prompt": p} for r, p in zip(records, ext)]
+    k = spec.geneval_images
+    summary, rows, _ = run_geneval(sampler, records, WorldDetector(), images_per_prompt=k, seed=GENEVAL_SEED)
+    return {"prompts": [r["prompt"] for r in records], "tags": [r["tag"] for r in records],
+            "correct": [[bool(rows[i * k + j]["correct"]) for j in range(k)] for i in range(len(records))],
+            "overall": summary["overall"], "by_tag": {t: s["score"] for t, s in summary["tags"].items()}}
+
+
+def evaluate_extended(run_dir: str | Path, spec: EvalSpec, device="cpu") -> dict:
+    from .eval.runner import RunSampler
+
+    return _geneval(RunSampler.from_run(run_dir, device=device, steps=spec.steps), spec, extended=True)
+
+
 def evaluate_arm(run_dir: str | Path, spec: EvalSpec, device="cpu", log=print) -> dict:
     """World-GenEval per prompt and image, FD-EffNetLite0 + KID and PRDC (k = 5) of a finished run; the features go
     to run_dir/features.npz (the FD bootstrap needs them)."""
-    from .eval.detectors import WorldDetector
     from .eval.distribution import frechet_distance, kid, prdc
     from .eval.features import get_extractor
-    from .eval.runner import GENEVAL_SEED, RunSampler, reference_features, run_geneval, world_geneval_records
+    from .eval.runner import RunSampler, reference_features
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     sampler = RunSampler.from_run(run_dir, device=device, steps=spec.steps)
-    records = world_geneval_records(n=spec.geneval_per_tag, per_tag=spec.geneval_per_tag)
-    k = spec.geneval_images
-    summary, rows, _ = run_geneval(sampler, records, WorldDetector(), images_per_prompt=k, seed=GENEVAL_SEED)
-    out = {"geneval": {"prompts": [r["prompt"] for r in records], "tags": [r["tag"] for r in records],
-                       "correct": [[bool(rows[i * k + j]["correct"]) for j in range(k)] for i in range(len(records))],
-                       "overall": summary["overall"], "by_tag": {t: s["score"] for t, s in summary["tags"].items()}}}
-    log(f"[experiment] {run_dir.name}: GenEval {summary['overall']:.3f} ({time.perf_counter() - t0:.0f} s)")
+    out = {"geneval": _geneval(sampler, spec)}
+    if spec.extended:
+        out["geneval_extended"] = _geneval(sampler, spec, extended=True)
+    log(f"[experiment] {run_dir.name}: GenEval {out['geneval']['overall']:.3f} ({time.perf_counter() - t0:.0f} s)")
     ext = get_extractor("effnet-lite0", device=device)
     real, captions = reference_features(sampler.cfg, spec.fd_n, ext)
     fake = ext(sampler(captions, seed=sampler.cfg.eval.seed))
@@ -300,7 +326,13 @@ def run_arm(exp: Experiment, arm: str, seed: int, *, root: str | Path = "runs/ex
     done = find_result(root, exp, arm, seed, cfg, head, any_commit)
     if done is not None:
         log(f"[experiment] reuse {done}")
-        return json.loads((done / "result.json").read_text())
+        result = json.loads((done / "result.json").read_text())
+        if exp.eval.extended and "geneval_extended" not in result:  # an add-on evaluation of a finished arm
+            t0 = time.perf_counter()
+            result["geneval_extended"] = evaluate_extended(done, exp.eval, resolve_device(cfg.train.device))
+            result["eval_seconds"] = round(result["eval_seconds"] + time.perf_counter() - t0, 1)
+            atomic_write_text(done / "result.json", json.dumps(result, indent=1))
+        return result
     folder = arm_dir(root, exp, arm, seed, arm_key(cfg, exp.eval, head))
     device = resolve_device(cfg.train.device)
     log(f"[experiment] {exp.name}/{arm} seed {seed}: {cfg.train.total_nimg} images → {folder}")
@@ -399,6 +431,7 @@ class ArmData:
     metrics: dict[str, np.ndarray]  # per-seed scalar metrics
     real: np.ndarray | None = None
     fakes: np.ndarray | None = None  # [S, N, D]
+    correct_ext: np.ndarray | None = None  # [S, P, K] on extended prompts (GenEval★), when every seed has it
 
     @classmethod
     def of(cls, name: str, results: list[dict], folders: list[Path] | None = None) -> ArmData:
@@ -410,8 +443,10 @@ class ArmData:
             feats = [np.load(f / "features.npz") for f in sorted(folders, key=lambda f: _seed_of(f))]
             real = feats[0]["real"].astype(np.float64)
             fakes = np.stack([f["fake"].astype(np.float64) for f in feats])
+        ext = (np.array([r["geneval_extended"]["correct"] for r in results], dtype=bool)
+               if all("geneval_extended" in r for r in results) else None)
         return cls(name, [r["seed"] for r in results], results,
-                   np.array([r["geneval"]["correct"] for r in results], dtype=bool), tags, metrics, real, fakes)
+                   np.array([r["geneval"]["correct"] for r in results], dtype=bool), tags, metrics, real, fakes, ext)
 
 
 def _seed_of(folder: Path) -> int:
@@ -421,10 +456,10 @@ def _seed_of(folder: Path) -> int:
 def metric_samples(arm: ArmData, metric: str, seed_idx: np.ndarray, prompt_idx: np.ndarray,
                    sample_idx: np.ndarray) -> tuple[float, np.ndarray]:
     """(point estimate, bootstrap samples) of `metric` ("geneval", "geneval/<tag>", FD key, KID, PRDC keys)."""
-    if metric == "geneval" or metric.startswith("geneval/"):
+    if metric.split("/")[0] in ("geneval", "geneval★"):
         tag = metric.split("/", 1)[1] if "/" in metric else None
-        return (float(geneval_score(arm.correct, arm.tags, tag=tag)[0]),
-                geneval_score(arm.correct, arm.tags, seed_idx, prompt_idx, tag=tag))
+        c = arm.correct_ext if metric.startswith("geneval★") else arm.correct
+        return (float(geneval_score(c, arm.tags, tag=tag)[0]), geneval_score(c, arm.tags, seed_idx, prompt_idx, tag=tag))
     if metric.startswith("FD-") and arm.fakes is not None:
         return float(arm.metrics[metric].mean()), fd_resampled(arm.real, arm.fakes, seed_idx, sample_idx)
     values = arm.metrics[metric]
@@ -455,6 +490,7 @@ def summarize(arms: list[ArmData], claims: tuple[Claim, ...] = (), *, n_boot: in
     n_seeds = len(common)
     pos = {a.name: [a.seeds.index(s) for s in common] for a in arms}
     arms = [replace(a, seeds=common, correct=a.correct[pos[a.name]],
+                    correct_ext=None if a.correct_ext is None else a.correct_ext[pos[a.name]],
                     fakes=None if a.fakes is None else a.fakes[pos[a.name]],
                     metrics={k: v[pos[a.name]] for k, v in a.metrics.items()}) for a in arms]
     tags = list(dict.fromkeys(arms[0].tags))
@@ -462,7 +498,8 @@ def summarize(arms: list[ArmData], claims: tuple[Claim, ...] = (), *, n_boot: in
     seed_idx, prompt_idx = resample(n_seeds, arms[0].tags, n_boot, rng)
     n_fake = 0 if arms[0].fakes is None else arms[0].fakes.shape[1]
     sample_idx = rng.integers(0, max(n_fake, 1), size=(n_boot, max(n_fake, 1)))
-    metrics = ["geneval", *[f"geneval/{t}" for t in tags], *arms[0].metrics]
+    extended = all(a.correct_ext is not None for a in arms)
+    metrics = ["geneval", *[f"geneval/{t}" for t in tags], *(["geneval★"] if extended else []), *arms[0].metrics]
     cache: dict[tuple[str, str], tuple[float, np.ndarray]] = {}
 
     def get(arm: ArmData, metric: str):
@@ -482,7 +519,7 @@ def summarize(arms: list[ArmData], claims: tuple[Claim, ...] = (), *, n_boot: in
     by_name = {a.name: a for a in arms}
     out_claims = []
     for c in claims:
-        if c.better not in by_name or c.worse not in by_name:
+        if c.better not in by_name or c.worse not in by_name or (c.metric.startswith("geneval★") and not extended):
             out_claims.append({"claim": c, "verdict": "not run", "delta": None})
             continue
         (pb, bb), (pw, bw) = get(by_name[c.better], c.metric), get(by_name[c.worse], c.metric)
@@ -513,7 +550,7 @@ def table_columns(summary: Summary) -> list[str]:
 def markdown_table(summary: Summary, labels: dict[str, str] | None = None) -> str:
     """Arms × metrics, each cell `point [lo, hi]` (95 % bootstrap)."""
     cols = table_columns(summary)
-    head = ["arm", "images seen", *[c.replace("geneval/", "") if c != "geneval" else "GenEval" for c in cols]]
+    head = ["arm", "images seen", *[c.replace("geneval/", "").replace("geneval", "GenEval") for c in cols]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary.rows:
         name = r["arm"] + (f" ({labels[r['arm']]})" if labels and labels.get(r["arm"]) else "")

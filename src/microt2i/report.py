@@ -243,6 +243,10 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, *, title: str
                    for n, p in grids)
     parts.append(f"<h2>Sample grids per evaluation</h2>{figs or '<p>(none: set eval.every_nimg)</p>'}"
                  f"<details><summary>grid prompts (row-major)</summary>{prompts}</details>")
+    if (run_dir / "finetune_before.png").is_file() and (run_dir / "finetune_after.png").is_file():  # train --init
+        parts.append("<h2>Fine-tuning: before / after</h2>" + "".join(
+            _figure(data_uri(run_dir / f"finetune_{w}.png"), f"{w} fine-tuning (same prompts and seed)")
+            for w in ("before", "after")))
     parts.append(f"<h2>GenEval</h2>{_geneval_tables(run_dir)}")
     metrics = run_metrics(run_dir)
     rows = [{"source": src, "metric": k, "value": v} for src, vals in metrics.items() for k, v in vals.items()

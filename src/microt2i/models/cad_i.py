@@ -42,7 +42,8 @@ import torch
 import torch.nn as nn
 
 from ..config import CADIConfig
-from .layers import Attention, LayerScale, Mlp, TimestepEmbedder, keep_tokens, patchify, unpatchify
+from .layers import (Attention, LayerScale, Mlp, TimestepEmbedder, keep_tokens, patchify, sincos_pos_embed_2d,
+                     unpatchify)
 
 # ---------------------------------------------------------------------------------------------------------------
 # One residual layer for every attention in the network
@@ -143,6 +144,10 @@ class CADI(nn.Module):
                 nn.init.zeros_(m.bias)
         for table in (self.data_pos, self.latents, self.registers):
             nn.init.trunc_normal_(table, std=0.02, a=-0.04, b=0.04)
+        if self.config.pos_init == "sincos":  # still learned; starts as DiT's fixed table (a deviation from CAD)
+            with torch.no_grad():
+                self.data_pos.copy_(sincos_pos_embed_2d(self.data_pos.shape[1],
+                                                        self.config.input_size // self.config.patch_size))
         # The self-conditioning path starts switched off (its output LayerNorm is all zeros, CAD)
         nn.init.zeros_(self.prev_out_norm.weight)
         nn.init.zeros_(self.prev_out_norm.bias)
@@ -229,9 +234,9 @@ CAD_I_CONFIGS: dict[str, CADIConfig] = {
     # CI: 3×16×16 pixels, 16 data tokens, MiniLM (384-d) tokens. 427,152 params
     "world-cad-tiny": CADIConfig(in_channels=3, input_size=16, text_dim=384, patch_size=4, data_dim=32, num_latents=16,
                                  latent_dim=64, num_blocks=2, block_depth=1, rw_heads=4, heads=4, num_registers=4,
-                                 refiner_depth=1, refiner_heads=4),
+                                 refiner_depth=1, refiner_heads=4, pos_init="sincos"),
     # CPU demo: 4×8×8 world-VAE latents (32 px images), patch 1 → 64 data tokens, MiniLM tokens. 11,996,036 params
     "world-cad-s": CADIConfig(in_channels=4, input_size=8, text_dim=384, patch_size=1, data_dim=128, num_latents=64,
                               latent_dim=256, num_blocks=3, block_depth=2, rw_heads=4, heads=4, num_registers=16,
-                              refiner_depth=2, refiner_heads=4),
+                              refiner_depth=2, refiner_heads=4, pos_init="sincos"),
 }
