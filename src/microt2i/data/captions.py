@@ -121,7 +121,11 @@ def _columns(names: list[str], key_column: str | None, caption_column: str | Non
     return picked[0], picked[1]
 
 
-def _read_dataset(source: str, out, key_column, caption_column, split: str) -> None:
+def load_hf_dataset(source: str, split: str = "train", *, error=ValueError, split_error=None,
+                    hint: str = "pass split=..."):
+    """A HF `datasets` set from a `save_to_disk` folder or a hub id, split `split` of a DatasetDict. A failed load
+    raises `error` (a missing split `split_error`, default `error`) with one line naming the input and the fix;
+    with HF_HUB_OFFLINE set after import, the hub is not retried."""
     import datasets
     import huggingface_hub
 
@@ -134,23 +138,24 @@ def _read_dataset(source: str, out, key_column, caption_column, split: str) -> N
         if _offline():
             for m, a in flags:
                 setattr(m, a, True)
-        if Path(source).expanduser().is_dir():
-            ds = datasets.load_from_disk(str(Path(source).expanduser()))
-        else:
-            ds = datasets.load_dataset(source, split=split)
-    except Exception as e:  # offline hub, unknown id, not a datasets folder: one line naming the input and the fix
+        folder = Path(source).expanduser()
+        ds = datasets.load_from_disk(str(folder)) if folder.is_dir() else datasets.load_dataset(source, split=split)
+    except Exception as e:  # offline hub, unknown id, not a datasets folder
         cause = (str(e).strip().splitlines() or [""])[0]
-        raise CaptionFileError(
-            f"could not load caption dataset {source!r} ({type(e).__name__}: {cause}). Pass a .tsv/.jsonl file, a "
-            f"folder written by `Dataset.save_to_disk`, or a hub id reachable from this machine."
-        ) from None
+        raise error(f"could not load the dataset {source!r} ({type(e).__name__}: {cause}); pass a folder written "
+                    f"by `Dataset.save_to_disk` or a hub id reachable from this machine") from None
     finally:
         for (m, a), value in zip(flags, saved):
             setattr(m, a, value)
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
-            raise CaptionFileError(f"{source}: no split {split!r}; it has {list(ds)} (pass split=...)")
+            raise (split_error or error)(f"{source}: no split {split!r}; it has {list(ds)} ({hint})")
         ds = ds[split]
+    return ds
+
+
+def _read_dataset(source: str, out, key_column, caption_column, split: str) -> None:
+    ds = load_hf_dataset(source, split, error=CaptionFileError)
     kc, cc = _columns(ds.column_names, key_column, caption_column, source)
     for i, (key, caption) in enumerate(zip(ds[kc], ds[cc])):
         _add(out, str(key) if isinstance(key, int) else key, caption, f"{source} row {i}")

@@ -164,29 +164,10 @@ def open_hf(source: str, split: str = "train", image_column: str = ""):
     if key in _HF_CACHE:
         return _HF_CACHE[key]
     import datasets
-    import huggingface_hub
 
-    from ..encoders.hub import _offline
+    from .captions import load_hf_dataset
 
-    flags = [(datasets.config, "HF_HUB_OFFLINE"), (huggingface_hub.constants, "HF_HUB_OFFLINE")]
-    saved = [getattr(m, a) for m, a in flags]
-    try:
-        if _offline():  # both libraries read the flag at import; honour a later setting
-            for m, a in flags:
-                setattr(m, a, True)
-        folder = Path(source).expanduser()
-        ds = datasets.load_from_disk(str(folder)) if folder.is_dir() else datasets.load_dataset(source, split=split)
-    except Exception as e:
-        cause = (str(e).strip().splitlines() or [""])[0]
-        raise FileNotFoundError(f"could not load the dataset data.root={source!r} ({type(e).__name__}: {cause}); pass "
-                                f"a folder written by `Dataset.save_to_disk` or a hub id reachable from here") from None
-    finally:
-        for (m, a), value in zip(flags, saved):
-            setattr(m, a, value)
-    if isinstance(ds, datasets.DatasetDict):
-        if split not in ds:
-            raise ValueError(f"{source}: no split {split!r}; it has {list(ds)} (set data.split)")
-        ds = ds[split]
+    ds = load_hf_dataset(source, split, error=FileNotFoundError, split_error=ValueError, hint="set data.root/data.split")
     col = image_column or next((c for c in IMAGE_COLUMNS if c in ds.column_names), None)
     if col not in ds.column_names:
         raise ValueError(f"{source}: no image column ({image_column or ', '.join(IMAGE_COLUMNS)}) among "
