@@ -268,3 +268,28 @@ def test_cli_experiment_errors_name_the_fix(capsys):
     assert "unknown experiment 'bogus'; valid: captions" in capsys.readouterr().err
     assert main(["experiment", "captions", "--arms", "aio,x", "--render-only"]) == 2
     assert "no arm 'x'" in capsys.readouterr().err
+
+
+def test_any_commit_matching_ignores_options_added_since(tiny_runs, tmp_path):
+    import shutil
+
+    import yaml
+
+    root, extra, _ = tiny_runs
+    src = next((root / "runs" / "tiny").glob("long-s0-*"))
+    folder = tmp_path / src.name
+    shutil.copytree(src, folder, ignore=shutil.ignore_patterns("ema", "eval", "*.safetensors"))
+    cfg = E.arm_config(TINY_EXP, "long", 0, extra=extra)
+    r = json.loads((folder / "result.json").read_text())
+    r["config_hash"] = "from-another-version"
+    (folder / "result.json").write_text(json.dumps(r))
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    del saved["train"]["nan_abort_streak"]  # an option the older code did not have: still the same run
+    (folder / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert E.same_run(folder, cfg, TINY_EXP.eval)
+    saved["train"]["lr"] = 0.5  # a value that differs: another run
+    (folder / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert not E.same_run(folder, cfg, TINY_EXP.eval)
+    saved["train"]["lr"] = cfg.train.lr
+    (folder / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert not E.same_run(folder, cfg, E.EvalSpec(geneval_per_tag=1, geneval_images=3, fd_n=6, steps=2))

@@ -423,7 +423,8 @@ def cmd_experiment(args) -> int:
 
     extra = tuple(args.overrides) + ((f"train.threads={args.threads}",) if args.threads else ())
     flags = [f"--scale {args.scale:g}" if args.scale != 1 else "", f"--seeds {args.seeds}",
-             f"--arms {args.arms}" if args.arms else "", f"--threads {args.threads}" if args.threads else ""]
+             f"--arms {args.arms}" if args.arms else "", f"--threads {args.threads}" if args.threads else "",
+             "--any-commit" if args.any_commit else ""]
     command = " ".join(["microt2i experiment", args.name, *args.overrides, *filter(None, flags)])
     out = run_experiment(args.name, scale=args.scale, seeds=args.seeds, arms=args.arms, render_only=args.render_only,
                          root=args.root, md_path=args.md or None, extra=extra, any_commit=args.any_commit,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import io
 import json
 import subprocess
 import time
@@ -27,7 +28,7 @@ import numpy as np
 
 from . import presets
 from .config import ConfigError, RunConfig, _plain, apply_overrides, to_dict
-from .io import atomic_write_text
+from .io import atomic_write_bytes, atomic_write_text
 
 # Settings that change where or how fast a run goes, not what it computes: left out of the reuse key.
 RUNTIME_KEYS = (("train", "threads"), ("train", "device"), ("data", "cache_dir"), ("train", "compile"))
@@ -100,7 +101,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
               Arm("long", ("data.captions=long",), "TA: oracle long captions")),
         claims=(Claim("geneval", "long", "aio", "000 Table 1: GenEval 0.11 (AIO) → 0.55 (TA)"),
                 Claim("geneval★", "long", "aio", "000 Table 1 (TA models are scored with extended prompts, Table 2)"),
-                Claim("geneval/colors", "long", "aio", "000 Table 1 / §3.1: attributes come from the captions"))),
+                Claim("geneval/colors", "long", "aio", "000 Table 1 / §3.1: attributes come from the captions"),
+                Claim("FD-EffNetLite0", "long", "aio", "000 Table 1: FID Inception 20.14 (AIO) → 6.29 (TA), DiT-I"))),
     Experiment(
         name="image-augmentation", preset="world-s", base=_DIT_BASE,
         question="Do CutMix (CM-all, τ = 400, p = 0.5) and Crop help composition over TA alone?",
@@ -253,10 +255,39 @@ def find_result(root: str | Path, exp: Experiment, arm: str, seed: int, cfg: Run
         return same[0].parent
     if not any_commit:
         return None
-    want = config_hash(cfg, exp.eval)
-    found = [p for p in Path(root).glob(f"*/*-s{seed}-*/result.json")
-             if json.loads(p.read_text()).get("config_hash") == want]
-    return max(found, key=lambda p: p.stat().st_mtime).parent if found else None
+    found = [p.parent for p in Path(root).glob(f"*/*-s{seed}-*/result.json") if same_run(p.parent, cfg, exp.eval)]
+    return max(found, key=lambda p: (p / "result.json").stat().st_mtime) if found else None
+
+
+def _same_values(saved, now) -> bool:
+    """Every key of the saved config has the same value now; keys added to the code since are ignored (a new
+    option defaults to the old behaviour)."""
+    if isinstance(saved, dict):
+        return isinstance(now, dict) and all(k in now and _same_values(v, now[k]) for k, v in saved.items())
+    return saved == now
+
+
+def same_run(folder: Path, cfg: RunConfig, spec: EvalSpec) -> bool:
+    """A finished folder (of any commit) ran this config and evaluation: its config.yaml agrees with `cfg` on every
+    key it has (runtime keys and the name aside), and its results have the spec's shape (images per prompt, prompts,
+    FD samples; the sampler steps are eval.steps of the config)."""
+    import yaml
+
+    result = json.loads((folder / "result.json").read_text())
+    if result.get("config_hash") == config_hash(cfg, spec):
+        return True
+    saved, now = yaml.safe_load((folder / "config.yaml").read_text()), _plain(to_dict(cfg))
+    for d in (saved, now):
+        d.pop("name", None)
+        for section, key in RUNTIME_KEYS:
+            d.get(section, {}).pop(key, None)
+    from .eval.runner import world_geneval_records
+
+    correct = result["geneval"]["correct"]
+    n_prompts = len(world_geneval_records(n=spec.geneval_per_tag, per_tag=spec.geneval_per_tag))
+    n_fd = np.load(folder / "features.npz")["fake"].shape[0] if (folder / "features.npz").is_file() else None
+    return (_same_values(saved, now) and len(correct) == n_prompts and len(correct[0]) == spec.geneval_images
+            and n_fd == spec.fd_n)
 
 
 # ------------------------------------------------------------------------------------------------ run and evaluate
@@ -304,7 +335,9 @@ def evaluate_arm(run_dir: str | Path, spec: EvalSpec, device="cpu", log=print) -
     ext = get_extractor("effnet-lite0", device=device)
     real, captions = reference_features(sampler.cfg, spec.fd_n, ext)
     fake = ext(sampler(captions, seed=sampler.cfg.eval.seed))
-    np.savez(run_dir / "features.npz", real=real.astype(np.float32), fake=fake.astype(np.float32))
+    buf = io.BytesIO()
+    np.savez(buf, real=real.astype(np.float32), fake=fake.astype(np.float32))
+    atomic_write_bytes(run_dir / "features.npz", buf.getvalue())
     pr = prdc(real, fake, k=5)
     out["metrics"] = {ext.metric_name: frechet_distance(real, fake),
                       "KID": kid(real, fake, subset_size=min(1000, spec.fd_n))["kid"],
@@ -358,9 +391,12 @@ def run_arm(exp: Experiment, arm: str, seed: int, *, root: str | Path = "runs/ex
 # ------------------------------------------------------------------------------------------------ bootstrap
 
 
-def _interval(samples: np.ndarray) -> tuple[float, float]:
+def _interval(samples: np.ndarray, point: float | None = None) -> tuple[float, float]:
+    """Percentile interval; with `point`, shifted by the bootstrap bias (mean of the samples − point). FD needs it:
+    a resampled set holds duplicates, fewer distinct samples, and FD is biased upwards at small N."""
     lo, hi = np.quantile(samples, [(1 - CI) / 2, (1 + CI) / 2])
-    return float(lo), float(hi)
+    shift = 0.0 if point is None else float(np.mean(samples)) - point
+    return float(lo) - shift, float(hi) - shift
 
 
 def resample(n_seeds: int, tags: list[str], n_boot: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -514,7 +550,7 @@ def summarize(arms: list[ArmData], claims: tuple[Claim, ...] = (), *, n_boot: in
         row = {"arm": a.name, "seeds": n_seeds, "nimg": a.results[0]["nimg"]}
         for m in metrics:
             point, boot = get(a, m)
-            row[m] = (point, *_interval(boot))
+            row[m] = (point, *_interval(boot, point if m.startswith("FD-") else None))
         rows.append(row)
     by_name = {a.name: a for a in arms}
     out_claims = []
@@ -524,7 +560,8 @@ def summarize(arms: list[ArmData], claims: tuple[Claim, ...] = (), *, n_boot: in
             continue
         (pb, bb), (pw, bw) = get(by_name[c.better], c.metric), get(by_name[c.worse], c.metric)
         sign = -1.0 if lower_is_better(c.metric) else 1.0  # Δ > 0 means the paper's direction
-        delta, lo, hi = sign * (pb - pw), *_interval(sign * (bb - bw))
+        delta = sign * (pb - pw)
+        lo, hi = _interval(sign * (bb - bw), delta if c.metric.startswith("FD-") else None)
         verdict = ("held" if lo > 0 else "reversed" if hi < 0 else "no difference" if delta == 0 == lo == hi
                    else "same direction, not significant" if delta > 0 else "opposite direction, not significant")
         out_claims.append({"claim": c, "verdict": verdict, "delta": (delta, lo, hi)})
@@ -585,11 +622,7 @@ def _curves(arms: dict[str, list[Path]], keys: list[str], path: Path) -> Path | 
     import matplotlib
 
     matplotlib.use("Agg")
-    import io
-
     import matplotlib.pyplot as plt
-
-    from .io import atomic_write_bytes
 
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), dpi=100, squeeze=False)
     for ax, key in zip(axes[0], keys):
@@ -682,9 +715,6 @@ def render(exp: Experiment, arms: list[str], seeds: list[int], *, root: str | Pa
         plot = None
         if curve is not None:
             plot = md_path.parent / "experiments" / exp.name / "curves.png"
-            plot.parent.mkdir(parents=True, exist_ok=True)
-            from .io import atomic_write_bytes
-
             atomic_write_bytes(plot, curve.read_bytes())
         section = [f"### `{exp.name}`", "", exp.question, "", *[f"- {m}" for m in meta], "",
                    markdown_table(summary, labels), "", *claim_lines(summary)]
