@@ -366,6 +366,10 @@ class _Column:
         return self._fetch(np.atleast_1d(np.asarray(idx)))
 
 
+def _to_device(x: torch.Tensor, device) -> torch.Tensor:
+    return x.to(device, non_blocking=x.is_pinned())
+
+
 class ShardedStore:
     """Read a finished sharded store by memory map. `read(idx)` does the I/O (numpy rows, what loader workers run);
     `to_batch(rows, device, generator)` turns rows into training tensors (latent re-sampling, on-the-fly text
@@ -450,12 +454,13 @@ class ShardedStore:
     def to_batch(self, rows: dict, device="cpu", generator: torch.Generator | None = None) -> dict:
         """Training tensors from `read` rows (numpy or tensors): z = mean + std·ε when the store holds the posterior
         and a generator is given (CAD-I re-samples every step), else the stored latents."""
-        t = {k: torch.as_tensor(v) for k, v in rows.items()}
-        x0 = t["latents"].to(device, torch.float32)
+        # stored dtype over the bus (fp16: half the bytes), asynchronously from a loader's pinned rows; cast on device
+        t = {k: _to_device(torch.as_tensor(v), device) for k, v in rows.items()}
+        x0 = t["latents"].float()
         if "latents_std" in t and generator is not None:
             eps = torch.randn(x0.shape, generator=generator, device=generator.device).to(device)
-            x0 = x0 + t["latents_std"].to(device, torch.float32) * eps
-        mask = t["text_mask"].to(device).bool()
+            x0 = x0 + t["latents_std"].float() * eps
+        mask = t["text_mask"].bool()
         if self.text_mode == "ids":
             if self.text_encoder is None:
                 raise RuntimeError(f"the store {self.dir} holds token ids (data.text_store=ids): attach the text "
@@ -463,8 +468,8 @@ class ShardedStore:
                                    f"store.attach_text_encoder(...)")
             tokens = encode_ids(self.text_encoder, t["text_ids"], mask).to(device)
         else:
-            tokens = t["text_tokens"].to(device, torch.float32)
-        return {"x0": x0, "text_tokens": tokens, "text_mask": mask, "label": t["labels"].to(device)}
+            tokens = t["text_tokens"].float()
+        return {"x0": x0, "text_tokens": tokens, "text_mask": mask, "label": t["labels"]}
 
     def batch(self, idx, device="cpu", *, generator: torch.Generator | None = None) -> dict:
         return self.to_batch(self.read(idx), device, generator)
