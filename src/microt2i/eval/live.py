@@ -69,6 +69,7 @@ class LiveEval:
     @torch.no_grad()
     def __call__(self, net, nimg: int, null_tokens, null_mask) -> dict:
         from ..report import save_grid
+        from ..train.dist import is_main
         from .distribution import frechet_distance
         from .runner import run_geneval
 
@@ -81,7 +82,8 @@ class LiveEval:
             stats: dict = {"nimg": nimg}
             grid = sample(p["grid"], seed=e.seed)
             path = self.run_dir / "eval" / f"grid-{nimg:012d}.png"
-            save_grid(grid, path, nrow=e.grid_size, upscale=max(1, 128 // grid.shape[1]))
+            if is_main():  # every rank samples (a sharded EMA needs them all); one writes
+                save_grid(grid, path, nrow=e.grid_size, upscale=max(1, 128 // grid.shape[1]))
             stats["eval/grid"] = str(path.relative_to(self.run_dir))
             if e.geneval_per_tag:
                 summary, _, _ = run_geneval(sample, p["records"], p["detector"], images_per_prompt=1, seed=e.seed)
