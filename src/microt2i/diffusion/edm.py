@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import backbone
+from .noise import per_sample_mse, training_draws
 
 
 def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
@@ -83,17 +84,12 @@ class EDMLoss:
 
     def __call__(self, precond, x0, text_tokens, text_mask, *, generator=None, sigma=None, return_sigma=False,
                  **net_kwargs):
-        device = generator.device if generator is not None else x0.device
-        x0 = x0.to(torch.float32)
-        if sigma is None:  # else σ [B] chosen by the caller (e.g. augmentation gating on the noise level)
-            sigma = self.sample_sigma(x0.shape[0], generator, device)
-        sigma = sigma.to(x0.device, torch.float32)  # [B]
-        noise = torch.randn(x0.shape, generator=generator, device=device).to(x0.device)
+        x0, sigma, noise = training_draws(self, x0, generator, sigma)  # σ [B]: drawn, or chosen by the IA gate
         sig = sigma.view(-1, *[1] * (x0.ndim - 1))
         weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2  # λ(σ), Table 1
         D = precond(x0 + sig * noise, sigma, text_tokens, text_mask, **net_kwargs)
         target = precond.kept(x0, net_kwargs.get("keep_mask"))  # x0, or its kept patches [B, N_keep, p²C]
-        loss = weight * (D.to(torch.float32) - target).square().mean(dim=tuple(range(1, target.ndim)))
+        loss = weight * per_sample_mse(D, target)
         return (loss, sigma) if return_sigma else loss
 
 

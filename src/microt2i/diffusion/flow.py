@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import backbone
+from .noise import per_sample_mse, training_draws
 
 
 class FlowDenoiser(nn.Module):
@@ -50,17 +51,12 @@ class FlowObjective:
     def loss(self, net, x0, text_tokens, text_mask, *, generator=None, sigma=None, return_sigma=False,
              **net_kwargs):
         """Per-sample ‖v_θ − (ε − x0)‖² [B] (mean over the rest); σ as in `VPObjective.loss`."""
-        x0 = x0.to(torch.float32)
-        if sigma is None:
-            sigma = self.sample_sigma(x0.shape[0], generator)
-        sigma = sigma.to(x0.device, torch.float32)
-        noise = torch.randn(x0.shape, generator=generator,
-                            device=generator.device if generator is not None else x0.device).to(x0.device)
+        x0, sigma, noise = training_draws(self, x0, generator, sigma)
         t = torch.sigmoid(sigma.log()).view(-1, *[1] * (x0.ndim - 1))  # σ/(1+σ), finite for any σ
         x_t = (1 - t) * x0 + t * noise
         v = backbone.for_loss(net, generator)(x_t, t.flatten(), text_tokens, text_mask, **net_kwargs)
         target = backbone.kept(net, noise - x0, net_kwargs.get("keep_mask"))
-        loss = (v.to(torch.float32) - target).square().mean(dim=tuple(range(1, target.ndim)))
+        loss = per_sample_mse(v, target)
         return (loss, sigma) if return_sigma else loss
 
     def denoiser(self, net: nn.Module) -> FlowDenoiser:

@@ -43,3 +43,20 @@ def paper_tau_to_sigma(tau: float = 400, T: int = 1000) -> float:
     if not 0 < tau < T:
         raise ValueError(f"tau={tau} must lie strictly between 0 and T={T}")
     return float(alpha_bar_to_sigma(1 - tau / T))
+
+
+def training_draws(objective, x0: torch.Tensor, generator: torch.Generator | None = None, sigma=None):
+    """(x0 as float32, σ [B] float32, noise like x0) for one loss call, shared by every objective: σ is drawn first
+    with `objective.sample_sigma` (unless given, e.g. by the IA gate on the noise level), then the noise, both from
+    `generator` on its device, so a run reseeded from its position replays them exactly."""
+    device = generator.device if generator is not None else x0.device
+    x0 = x0.to(torch.float32)
+    if sigma is None:
+        sigma = objective.sample_sigma(x0.shape[0], generator, device)
+    noise = torch.randn(x0.shape, generator=generator, device=device).to(x0.device)
+    return x0, sigma.to(x0.device, torch.float32), noise
+
+
+def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """‖pred − target‖² averaged over all but the batch dim → [B], in float32 (pred may be bf16 under autocast)."""
+    return (pred.to(torch.float32) - target).square().mean(dim=tuple(range(1, target.ndim)))

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import backbone
+from .noise import per_sample_mse, training_draws
 
 GAMMA_MIN = 1e-9  # CAD's clip_min: σ ≤ √((1 − 1e-9)/1e-9) ≈ 31 623
 
@@ -118,17 +119,12 @@ class VPObjective:
         """Per-sample ‖ε_θ − ε‖² [B] (mean over the rest). σ [B] may be given (e.g. chosen by augmentation gating);
         otherwise it is drawn, then the noise, both from `generator`. A `keep_mask` in net_kwargs compares the
         kept patches only."""
-        x0 = x0.to(torch.float32)
-        if sigma is None:
-            sigma = self.sample_sigma(x0.shape[0], generator)
-        sigma = sigma.to(x0.device, torch.float32)
-        noise = torch.randn(x0.shape, generator=generator,
-                            device=generator.device if generator is not None else x0.device).to(x0.device)
+        x0, sigma, noise = training_draws(self, x0, generator, sigma)
         gamma = (1 / (1 + sigma.double() ** 2)).float().view(-1, *[1] * (x0.ndim - 1))  # [B, 1, 1, 1]
         x_t = gamma.sqrt() * x0 + (1 - gamma).sqrt() * noise
         eps = backbone.for_loss(net, generator)(x_t, gamma.flatten(), text_tokens, text_mask, **net_kwargs)
         target = backbone.kept(net, noise, net_kwargs.get("keep_mask"))
-        loss = (eps.to(torch.float32) - target).square().mean(dim=tuple(range(1, target.ndim)))
+        loss = per_sample_mse(eps, target)
         return (loss, sigma) if return_sigma else loss
 
     def denoiser(self, net: nn.Module) -> VPDenoiser:
