@@ -27,6 +27,7 @@ from microt2i.models.moe import ExpertChoiceMoE
 from microt2i.train.loop import train
 from microt2i.train.state import load_latest
 
+from _memorise import memorisation_errors, ramp_images
 from test_train import fake_store
 
 # 16×16 pixels, p = 2 → 64 tokens; a 2-block mixer narrower than the backbone; MoE in mixer block 1, backbone block 1
@@ -34,13 +35,7 @@ TINY = MicroDiTConfig(in_channels=3, input_size=16, text_dim=16, width=64, depth
                       mixer_width=32, multiple_of=16, num_experts=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one intra-op thread is faster, and far faster on a shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(cfg: MicroDiTConfig, B: int = 2, L: int = 6, seed: int = 0):
@@ -347,12 +342,8 @@ def test_expert_learning_rate_is_halved_in_training(tmp_path):
 def test_masked_model_overfits_and_samples_unmasked(tmp_path):
     """Four images with distinct captions, trained with 75 % of the patches masked; sampling *unmasked* with the
     same weights reproduces each caption's image."""
-    from microt2i.sample import generate
-
     store = fake_store(n=4, res=8, seed=1)
-    base = torch.linspace(-1, 1, 8)
-    store.latents = torch.stack([torch.stack([base[None, :].expand(8, 8) * s for s in sign]) for sign in
-                                 ([1, 1, 1], [-1, -1, -1], [1, -1, 1], [-1, 1, -1])])
+    store.latents = ramp_images()
     cfg = tiny_run("data.resolution=8", "model.input_size=8", "model.width=64", "model.depth=2",
                    "model.mixer_width=32", "model.mask_ratio=0.75", "train.total_nimg=4800", "train.batch_size=16",
                    "train.micro_batch=0", "train.lr=3e-3", "train.warmup_nimg=160", "train.ema_decay=0.95",
@@ -361,15 +352,7 @@ def test_masked_model_overfits_and_samples_unmasked(tmp_path):
     out = train(cfg, tmp_path, store=store, progress=False, log=lambda *_: None)
     losses = [json.loads(x)["loss"] for x in (tmp_path / "stats.jsonl").read_text().splitlines()]
     assert losses[-1] < 0.25 * losses[0]
-    null_t, null_m = store.null_text("zero")
-
-    class Ident:
-        def decode(self, z):
-            return z
-
-    imgs = generate(out["ema"], cfg, store.text_tokens.float(), store.text_mask, null_t, null_m, codec=Ident())
-    target = ((store.latents.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
-    err = abs(imgs.astype(float)[:, None] - target[None]).mean(axis=(2, 3, 4))  # [sample, train image]
+    err = memorisation_errors(out["ema"], cfg, store, "zero")
     assert (err.argmin(1) == range(4)).all(), err
     assert err.diagonal().max() < 25, err
 

@@ -11,13 +11,7 @@ from microt2i.models.moe import ExpertChoiceMoE, tokens_per_expert
 from microt2i.train.optim import param_groups
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one intra-op thread is faster, and far faster on a shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _moe(dim=8, hidden=16, E=4, capacity=2.0, seed=0):
