@@ -184,23 +184,13 @@ def cutmix_path(data_cfg: DataConfig, cfg: CutMixConfig) -> Path:
     return cache_root(data_cfg) / "stores" / f"cutmix-{cutmix_key(data_cfg, cfg)}"
 
 
-def _encode(images: np.ndarray, captions: list[str], codec, text_encoder, batch_size: int = 256):
-    from ..data.store import images_to_tensor
-
-    with torch.no_grad():
-        latents = torch.cat([codec.encode(images_to_tensor(images[i:i + batch_size])).float().cpu()
-                             for i in range(0, len(images), batch_size)])
-    emb = text_encoder.encode(captions)
-    return latents, emb.tokens.to(torch.float16).cpu(), emb.mask.cpu()
-
-
 def build_cutmix_store(data_cfg: DataConfig, cfg: CutMixConfig, make_encoders, *, chunk: int = 512, log=print,
                        stop_after_chunks: int | None = None):
     """The cached composite Store for (data_cfg, cfg), else build it: composites of `chunk` sources at a time are
     encoded and saved under `<path>.parts/`, so an interrupted build resumes at its first missing chunk; the parts
     are merged into `<path>.safetensors` at the end. `stop_after_chunks` interrupts on purpose (tests).
     Returns None when stopped early."""
-    from ..data.store import Store, load_store, save_store
+    from ..data.store import Store, encode_set, load_store, save_store
     from ..world import make_dataset
 
     if data_cfg.source != "world":
@@ -227,7 +217,7 @@ def build_cutmix_store(data_cfg: DataConfig, cfg: CutMixConfig, make_encoders, *
         src = range(c * chunk, min((c + 1) * chunk, len(images)))
         comp, texts, meta = make_composites(images, scenes, cfg, captions=data_cfg.captions, sources=src)
         log(f"[cutmix] chunk {c + 1}/{n_chunks}: {len(comp)} composites ({cfg.setting}, ×{cfg.times})")
-        lat, tok, mask = _encode(comp, texts, *encoders)
+        lat, tok, mask = encode_set(comp, texts, *encoders)
         empty = encoders[1].encode([""])
         save_store(Store(lat, tok, mask, texts, {"boxes": meta}, empty.tokens.to(torch.float16).cpu(),
                          empty.mask.cpu()), part)

@@ -109,23 +109,28 @@ def tensor_to_images(x: torch.Tensor) -> np.ndarray:
     return x.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def encode_set(images: np.ndarray, captions: list[str], codec, text_encoder, batch_size: int = 256):
+    """(latents [N, C, h, w] float32, text tokens [N, L, D] float16, mask [N, L]) of uint8 images and captions, on
+    the CPU; images go through the codec `batch_size` at a time."""
+    with torch.no_grad():
+        latents = torch.cat([codec.encode(images_to_tensor(images[i:i + batch_size])).float().cpu()
+                             for i in range(0, len(images), batch_size)])
+    emb = text_encoder.encode(captions)
+    return latents, emb.tokens.to(torch.float16).cpu(), emb.mask.cpu()
+
+
 def build_store(data_cfg: DataConfig, codec, text_encoder, *, batch_size: int = 256, log=print) -> Store:
     from ..world import make_dataset
 
     log(f"[data] rendering {data_cfg.num_images} world images at {data_cfg.resolution}px ({data_cfg.captions} captions)")
     images, captions, _ = make_dataset(data_cfg.num_images, seed=data_cfg.seed, resolution=data_cfg.resolution,
                                        captions=data_cfg.captions, max_objects=data_cfg.max_objects)
-    latents = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            latents.append(codec.encode(images_to_tensor(images[i:i + batch_size])).float().cpu())
-    log(f"[data] encoding {len(captions)} captions with {data_cfg.text_encoder}")
-    emb = text_encoder.encode(captions)
+    log(f"[data] encoding {len(images)} images and their captions with {data_cfg.text_encoder}")
+    latents, tokens, mask = encode_set(images, captions, codec, text_encoder, batch_size)
     empty = text_encoder.encode([""])
     meta = {"key": cache_key(data_cfg), "data": dataclasses.asdict(data_cfg), "codec": getattr(codec, "name", "?"),
-            "text_dim": int(emb.tokens.shape[-1]), "format_version": FORMAT_VERSION}
-    return Store(torch.cat(latents), emb.tokens.to(torch.float16).cpu(), emb.mask.cpu(), list(captions), meta,
-                 empty.tokens.to(torch.float16).cpu(), empty.mask.cpu())
+            "text_dim": int(tokens.shape[-1]), "format_version": FORMAT_VERSION}
+    return Store(latents, tokens, mask, list(captions), meta, empty.tokens.to(torch.float16).cpu(), empty.mask.cpu())
 
 
 def load_or_build(data_cfg: DataConfig, make_encoders, *, log=print) -> Store:

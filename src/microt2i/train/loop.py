@@ -77,21 +77,18 @@ def prepare_data(cfg: RunConfig, device: torch.device, log=print) -> Store:
 
         return open_mixture(cfg.data, seed=cfg.train.seed, log=log, text_encoder=lambda: TextEncoder(
             cfg.data.text_encoder, max_length=cfg.data.text_len, device=device))
+    return load_or_build(cfg.data, lambda: _encoders(cfg, device), log=log)
 
-    def make_encoders():
-        return (load_codec(cfg.data.codec, device=device),
-                TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device))
 
-    return load_or_build(cfg.data, make_encoders, log=log)
+def _encoders(cfg: RunConfig, device: torch.device):
+    """(codec, text encoder) of `cfg.data`, loaded only when a cache has to be built."""
+    return (load_codec(cfg.data.codec, device=device),
+            TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device))
 
 
 def prepare_cutmix(cfg: RunConfig, device: torch.device, log=print) -> Store:
     """The CutMix composite store of `cfg.augment.cutmix` (augment/cutmix.py), built and cached on first use."""
-    def make_encoders():
-        return (load_codec(cfg.data.codec, device=device),
-                TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device))
-
-    return build_cutmix_store(cfg.data, cfg.augment.cutmix, make_encoders, log=log)
+    return build_cutmix_store(cfg.data, cfg.augment.cutmix, lambda: _encoders(cfg, device), log=log)
 
 
 def _check_augment(cfg: RunConfig, store: Store, cutmix: Store | None) -> None:
@@ -210,12 +207,12 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
         remove_stale_temp(run_dir)
     ckpts = list_checkpoints(run_dir)
     latest = ckpts[-1] if ckpts else None
-    payload = load_latest(run_dir, log=log, require=TRAINING_KEYS) if latest is not None and latest.suffix == ".pt" \
-        else None
-    if latest is not None and latest.suffix == ".pt" and payload is None:
-        raise RuntimeError(f"no readable checkpoint in {run_dir} ({', '.join(p.name for p in ckpts)} are damaged or "
-                           f"incomplete); move them away to start over, or pass another run folder")
-    if payload is not None:
+    payload = None  # a `.pt` checkpoint's payload; a newest `.dcp` folder loads after wrapping (below)
+    if latest is not None and latest.suffix == ".pt":
+        payload = load_latest(run_dir, log=log, require=TRAINING_KEYS)
+        if payload is None:
+            raise RuntimeError(f"no readable checkpoint in {run_dir} ({', '.join(p.name for p in ckpts)} are damaged "
+                               f"or incomplete); move them away to start over, or pass another run folder")
         _check_same_run(payload["config"], cfg, run_dir)
         net.load_state_dict(payload["model"])
         ema.load_state_dict(payload["ema"])
