@@ -118,6 +118,15 @@ def test_arms_are_compared_on_their_common_seeds():
     assert s.claims[0]["verdict"] == "no difference"
 
 
+def test_equal_estimates_with_a_wide_interval_are_not_called_a_direction():
+    a, b = np.zeros((2, 8, 1), bool), np.zeros((2, 8, 1), bool)
+    a[0, :4], b[1, 4:] = True, True  # the same number right, on different seeds and prompts
+    s = E.summarize([_arm("a", a), _arm("b", b)], (E.Claim("geneval", "a", "b", "p"),), n_boot=300)
+    (c,) = s.claims
+    assert c["delta"][0] == 0 and c["delta"][1] < 0 < c["delta"][2]
+    assert c["verdict"] == "equal estimates, not significant"
+
+
 def test_markdown_table_and_section_rewrite(tmp_path):
     s = E.summarize([_arm("a", np.ones((2, 4, 1), bool)), _arm("b", np.zeros((2, 4, 1), bool))], n_boot=50)
     table = E.markdown_table(s, {"a": "first"})

@@ -562,7 +562,9 @@ def summarize(arms: list[ArmData], claims: tuple[Claim, ...] = (), *, n_boot: in
         sign = -1.0 if lower_is_better(c.metric) else 1.0  # Δ > 0 means the paper's direction
         delta = sign * (pb - pw)
         lo, hi = _interval(sign * (bb - bw), delta if c.metric.startswith("FD-") else None)
-        verdict = ("held" if lo > 0 else "reversed" if hi < 0 else "no difference" if delta == 0 == lo == hi
+        tie = abs(delta) < 1e-9  # equal estimates (e.g. the same counts of correct images)
+        verdict = ("held" if lo > 0 else "reversed" if hi < 0 else "no difference" if tie and lo == hi == 0
+                   else "equal estimates, not significant" if tie
                    else "same direction, not significant" if delta > 0 else "opposite direction, not significant")
         out_claims.append({"claim": c, "verdict": verdict, "delta": (delta, lo, hi)})
     return Summary(rows, out_claims, tags)
