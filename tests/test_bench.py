@@ -51,6 +51,53 @@ def test_rms_norm_hand_written_backward_is_exact():
         torch.testing.assert_close(xa.grad.float(), xb.grad.float(), atol=tol * 10, rtol=tol * 10)
         torch.testing.assert_close(wa.grad, wb.grad, atol=tol * 10, rtol=tol * 10)
     assert RMSNorm(8)(torch.zeros(2, 8)).abs().max() == 0  # ε keeps an all-zero row finite
+    # the gain-free norm (QK-norm's keys): gradcheck, and equal to a gain of ones
+    assert torch.autograd.gradcheck(lambda a: rms_norm(a, None, 1e-6), (x,))
+    torch.testing.assert_close(rms_norm(x, None), rms_norm(x, torch.ones(8, dtype=torch.float64)))
+
+
+def _attention_separate_gains(attn, x, ctx=None, mask=None):
+    """Attention with QK-norm as written in the paper: each of q and k through its own RMSNorm with its own gain."""
+    B, N, _ = x.shape
+    H, Dh = attn.heads, attn.head_dim
+    if ctx is None:
+        q, k, v = attn.to_qkv(x).view(B, N, 3, H, Dh).unbind(2)
+    else:
+        q = attn.to_q(x).view(B, N, H, Dh)
+        k, v = attn.to_kv(ctx).view(B, ctx.shape[1], 2, H, Dh).unbind(2)
+    def rms(t, w):  # in t's dtype (float64 here)
+        return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+
+    q, k = rms(q, attn.q_norm.weight), rms(k, attn.k_norm.weight)
+    m = None if mask is None else mask[:, None, None, :]
+    out = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), attn_mask=m)
+    return attn.proj(out.transpose(1, 2).reshape(B, N, H * Dh))
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_attention_folds_the_qk_gains_into_the_queries_exactly(cross):
+    """Attention puts w_q⊙w_k on the queries and leaves the keys gain-free: the same outputs and the same gradients
+    for every parameter, both gains included, as two separately gained norms."""
+    from microt2i.models.layers import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(32, 4, context_dim=24 if cross else None, qk_norm="rms").double()
+    with torch.no_grad():
+        attn.q_norm.weight.uniform_(0.5, 2.0)
+        attn.k_norm.weight.uniform_(-2.0, 2.0)
+    x = torch.randn(2, 6, 32, dtype=torch.float64)
+    ctx = torch.randn(2, 5, 24, dtype=torch.float64) if cross else None
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool) if cross else None
+    g = torch.randn(2, 6, 32, dtype=torch.float64)
+    grads = []
+    for fn in (lambda: attn(x, ctx, key_mask=mask), lambda: _attention_separate_gains(attn, x, ctx, mask)):
+        attn.zero_grad()
+        out = fn()
+        out.backward(g)
+        grads.append((out.detach(), [p.grad.clone() for p in attn.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b)
 
 
 def test_fused_residual_and_modulation_equal_the_unfused_forms():
@@ -120,6 +167,11 @@ def test_bench_sample_and_train_report_their_numbers():
                     device="cpu", name="world-tiny")
     assert r["dit_i_no_refiner"]["params"] < r["dit_i"]["params"]
     assert r["ratio_no_refiner"] == pytest.approx(r["dit_i_no_refiner"]["img_s"] / r["pixart"]["img_s"])
+    # PixArt with DiT-I's QK-norm: diffusers' per-head RMSNorm (a gain of head_dim) on q and k of both attentions
+    cfg = presets.get("world-tiny").model
+    extra = cfg.depth * 2 * 2 * (cfg.width // cfg.heads)
+    assert r["pixart_qk_norm"]["params"] == r["pixart"]["params"] + extra
+    assert r["ratio_matched"] == pytest.approx(r["dit_i_no_refiner"]["img_s"] / r["pixart_qk_norm"]["img_s"])
 
 
 def test_bench_loader_is_skipped_when_the_loader_is_absent(monkeypatch, capsys):
@@ -135,7 +187,8 @@ def _fake_report(date="2026-11-24T10:00:00"):
               "batch_size": None, "precision": None, "note": "FLOPs/img only: no GPU"}]
     pixart = {"preset": "world-s", "precision": "fp32", "batch_size": 8, "device": "cpu",
               "dit_i": {"img_s": 30.0, "params": 9}, "dit_i_no_refiner": {"img_s": 40.0, "params": 7},
-              "pixart": {"img_s": 40.0, "params": 7}, "ratio": 0.75, "ratio_no_refiner": 1.0}
+              "pixart": {"img_s": 40.0, "params": 7}, "pixart_qk_norm": {"img_s": 32.0, "params": 8}, "ratio": 0.75,
+              "ratio_no_refiner": 1.0, "ratio_matched": 1.25}
     return {"date": date, "device": "cpu (1 threads)", "torch": "2.x", "train": train, "pixart": pixart,
             "sample": {"preset": "world-s", "sampler": "heun", "steps": 30, "cfg_scale": 3.0, "batch_size": 8,
                        "img_s": 1.5, "params": 9},
@@ -151,10 +204,11 @@ def test_write_report_md_appends_dated_rows_to_one_section(tmp_path):
     assert text.count("## One report") == 1 and "## Loader\n\n| a |\n|---|\n| 1 |\n" in text
     lines = text.splitlines()
     rows = [i for i, ln in enumerate(lines) if ln.startswith("| 2026-11-2")]
-    assert len(rows) == 12 and rows == list(range(rows[0], rows[0] + 12))  # one table, no gaps
+    assert len(rows) == 14 and rows == list(range(rows[0], rows[0] + 14))  # one table, no gaps
     cells = report_rows(_fake_report())
     assert cells[0][-3:] == ["20.00", "n/a", ""] and cells[1][6] == "-" and "**0.75×**" in cells[2][-1]
-    assert "**1.00×**" in cells[3][-1] and cells[-1][0] == "loader" and "skipped" in cells[-1][-1]
+    assert "**1.00×**" in cells[3][-1] and "QK-norm" in cells[4][-1] and "**1.25×**" in cells[4][-1]
+    assert cells[-1][0] == "loader" and "skipped" in cells[-1][-1]
 
 
 def test_cli_bench_defaults_to_the_one_report(tmp_path, capsys):

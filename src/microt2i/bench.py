@@ -64,6 +64,19 @@ def pixart_matching(cfg: DiTIConfig) -> nn.Module:
     )
 
 
+def with_qk_norm(pixart: nn.Module) -> nn.Module:
+    """PixArt with diffusers' own per-head RMSNorm QK-norm (its `Attention(qk_norm="rms_norm")`: affine, ε 1e-6) in
+    every self- and cross-attention, as DiT-I has: the features matched, not only the dims."""
+    from diffusers.models.normalization import RMSNorm
+
+    for block in pixart.transformer_blocks:
+        for attn in (block.attn1, block.attn2):
+            head_dim = attn.inner_dim // attn.heads
+            attn.norm_q = RMSNorm(head_dim, eps=1e-6, elementwise_affine=True)
+            attn.norm_k = RMSNorm(head_dim, eps=1e-6, elementwise_affine=True)
+    return pixart
+
+
 def _device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -166,6 +179,8 @@ def bench_train(
     }
     if no_refiner and cfg.refiner_depth > 0:  # PixArt has no text refiner: the same backbone without it
         nets["dit_i_no_refiner"] = (build(replace(cfg, refiner_depth=0)), dit_forward)
+        if cfg.qk_norm:  # ... and PixArt with DiT-I's QK-norm (diffusers' RMSNorm): the same features on both sides
+            nets["pixart_qk_norm"] = (with_qk_norm(pixart_matching(cfg)), nets["pixart"][1])
     state = {}
     for key, (model, forward) in nets.items():
         model.to(dev).train()
@@ -203,6 +218,8 @@ def bench_train(
     result["ratio"] = result["dit_i"]["img_s"] / result["pixart"]["img_s"]
     if "dit_i_no_refiner" in result:
         result["ratio_no_refiner"] = result["dit_i_no_refiner"]["img_s"] / result["pixart"]["img_s"]
+    if "pixart_qk_norm" in result:  # matched features: no refiner, QK-norm on both
+        result["ratio_matched"] = result["dit_i_no_refiner"]["img_s"] / result["pixart_qk_norm"]["img_s"]
     return result
 
 
@@ -234,16 +251,24 @@ def _append_rows(path: str | Path, section: str, header: str, rows: str, intro: 
     atomic_write_text(p, head + rows + text[end:])
 
 
+# (ours, PixArt variant, ratio key, label) of the DiT-I vs PixArt comparisons `bench_train` makes
+_PIXART_PAIRS = (
+    ("dit_i", "pixart", "ratio", "DiT-I / PixArt"),
+    ("dit_i_no_refiner", "pixart", "ratio_no_refiner", "DiT-I without refiner / PixArt"),
+    ("dit_i_no_refiner", "pixart_qk_norm", "ratio_matched", "DiT-I without refiner / PixArt + QK-norm (same features)"),
+)
+
+
 def write_benchmarks_md(result: dict, path: str = "BENCHMARKS.md") -> None:
     """Append dated rows for a `bench_train` result to its Markdown table (created with a header if absent): DiT-I
     as specified, and DiT-I without its text refiner when measured."""
     r = result
     rows = ""
-    for key, ratio, label in (("dit_i", "ratio", ""), ("dit_i_no_refiner", "ratio_no_refiner", " (no refiner)")):
-        if key in r:
-            rows += (f"| {r['date'][:10]} | {r['device']} | {r['preset'] or '-'}{label} | {r['precision']} "
+    for key, base, ratio, label in _PIXART_PAIRS:
+        if ratio in r:
+            rows += (f"| {r['date'][:10]} | {r['device']} | {r['preset'] or '-'} {label} | {r['precision']} "
                      f"| {r['batch_size']} | {r['tokens']} | {r['text_len']} | {r[key]['img_s']:.2f} "
-                     f"| {r['pixart']['img_s']:.2f} | {r[ratio]:.2f} | {r[key]['params']:,} | {r['pixart']['params']:,} "
+                     f"| {r[base]['img_s']:.2f} | {r[ratio]:.2f} | {r[key]['params']:,} | {r[base]['params']:,} "
                      f"| {r['torch']} |\n")
     _append_rows(path, "## Training throughput (`microt2i bench train`)", _HEADER, rows)
 
@@ -579,12 +604,11 @@ def report_rows(report: dict) -> list[list[str]]:
         rows.append(["train", r["preset"], r["precision"] or "-", num(r["batch_size"], "d"), num(r["params"], ",d"),
                      f"{r['train_flops_per_img'] / 1e9:.4g}", num(r["img_s"], ".2f"), mfu, r["note"]])
     p = report.get("pixart", {})
-    for key, ratio, label in (("dit_i", "ratio", "DiT-I"), ("dit_i_no_refiner", "ratio_no_refiner",
-                                                             "DiT-I without refiner")):
-        if key in p:
+    for key, base, ratio, label in _PIXART_PAIRS:
+        if ratio in p:
             rows.append(["DiT-I vs PixArt", p["preset"], p["precision"], str(p["batch_size"]), f"{p[key]['params']:,}",
-                         "-", f"{p[key]['img_s']:.2f}", "-", f"{label} / PixArt = **{p[ratio]:.2f}×** (PixArt {p['pixart']['img_s']:.2f} img/s, "
-                         f"{p['pixart']['params']:,} params)"])
+                         "-", f"{p[key]['img_s']:.2f}", "-", f"{label} = **{p[ratio]:.2f}×** ({base} "
+                         f"{p[base]['img_s']:.2f} img/s, {p[base]['params']:,} params)"])
     s = report.get("sample")
     if s:
         rows.append(["sample", s["preset"], "fp32", str(s["batch_size"]), f"{s['params']:,}", "-", f"{s['img_s']:.2f}",

@@ -70,30 +70,36 @@ class _RMSNormFn(torch.autograd.Function):
     """y = x̂·w, x̂ = x·r, r = 1/√(mean(x²) + ε) over the last dim, computed in (at least) fp32, with a hand-written
     backward: 3 element-wise passes forward and 5 backward, where autograd through the composite takes ≈ 12 (the
     CPU has no fused RMSNorm kernel; QK-norm runs it 4× per block). w may broadcast over x's leading dims (e.g.
-    [2, 1, D] normalises stacked q and k with their own gains in one call)."""
+    [2, 1, D] normalises stacked q and k with their own gains in one call); w = None is the gain-free norm (2 passes
+    forward, 3 backward)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
         xf = x.to(torch.promote_types(x.dtype, torch.float32))
         r = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
         xhat = xf * r  # [..., D]
         ctx.save_for_backward(xhat, r, weight)
-        return (xhat * weight.to(xf.dtype)).to(x.dtype)
+        return (xhat if weight is None else xhat * weight.to(xf.dtype)).to(x.dtype)
 
     @staticmethod
     def backward(ctx, gy: torch.Tensor):
         xhat, r, weight = ctx.saved_tensors
-        gyf, w = gy.to(xhat.dtype), weight.to(xhat.dtype)
+        gyf, D = gy.to(xhat.dtype), xhat.shape[-1]
+        if weight is None:  # ∂L/∂x̂ = gy
+            dot = torch.linalg.vecdot(gyf, xhat).unsqueeze(-1)  # [..., 1]
+            return torch.addcmul(gyf, xhat, dot, value=-1.0 / D).mul_(r).to(gy.dtype), None, None
+        w = weight.to(xhat.dtype)
         p = gyf * xhat  # [..., D]: ∂L/∂w summed over rows, and ⟨∂L/∂x̂, x̂⟩ = p·w per row
         gw = p.sum_to_size(weight.shape).to(weight.dtype) if ctx.needs_input_grad[1] else None
         dot = (p @ w if w.ndim == 1 else (p * w).sum(dim=-1)).unsqueeze(-1)  # [..., 1]
         # ∂L/∂x = r·(g − x̂·⟨g, x̂⟩/D) with g = ∂L/∂x̂ = gy·w: the normaliser's Jacobian is r·(I − x̂x̂ᵀ/D)
-        gx = torch.addcmul(gyf * w, xhat, dot, value=-1.0 / xhat.shape[-1]).mul_(r)
+        gx = torch.addcmul(gyf * w, xhat, dot, value=-1.0 / D).mul_(r)
         return gx.to(gy.dtype), gw, None
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """RMSNorm of x over its last dim with gain `weight` (broadcast over x's leading dims), fp32 inside."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm of x over its last dim with gain `weight` (broadcast over x's leading dims; None = no gain), fp32
+    inside."""
     return _RMSNormFn.apply(x, weight, eps)
 
 
@@ -217,6 +223,11 @@ class Attention(nn.Module):
             q, k, v = self.to_qkv(x).view(B, N, 3, H, Dh).unbind(2)  # 3 × [B, N, H, Dh]
         if self.qk_norm_full:  # one norm over all heads' channels [B, N, H·Dh]
             q, k = self.q_norm(q.flatten(2)).view_as(q), self.k_norm(k.flatten(2)).view_as(k)
+        elif isinstance(self.q_norm, RMSNorm):
+            # The logits see the two gains only through their product, Σ_d q̂_d·w_q,d·k̂_d·w_k,d: put w_q⊙w_k on
+            # the queries and leave the keys gain-free (the same function and gradients, 4 fewer passes)
+            q = rms_norm(q, self.q_norm.weight * self.k_norm.weight, self.q_norm.eps)
+            k = rms_norm(k, None, self.k_norm.eps)
         else:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, N|L, Dh]
