@@ -302,3 +302,12 @@ def test_any_commit_matching_ignores_options_added_since(tiny_runs, tmp_path):
     saved["train"]["lr"] = cfg.train.lr
     (folder / "config.yaml").write_text(yaml.safe_dump(saved))
     assert not E.same_run(folder, cfg, E.EvalSpec(geneval_per_tag=1, geneval_images=3, fd_n=6, steps=2))
+
+
+def test_larger_or_modified_runs_get_their_own_section():
+    assert E.section_name("captions") == "captions"
+    assert E.section_name("captions", 1.0, ("train.threads=1", "train.device=cuda")) == "captions"
+    assert E.section_name("captions", 2.0) == "captions@scale2"
+    a, b = E.section_name("masking", 1.0, ("data.text_len=128",)), E.section_name("masking", 1.0, ("data.text_len=96",))
+    assert a.startswith("masking@") and a != b and a != "masking"
+

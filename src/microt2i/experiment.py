@@ -697,10 +697,12 @@ def render(exp: Experiment, arms: list[str], seeds: list[int], *, root: str | Pa
             f"{per_arm / 60:.1f} min (training + evaluation)"]
     if missing:
         meta.append(f"missing (not in the table): {', '.join(missing)}")
+    variant = section_name(exp.name, scale, extra)
     out_dir = Path(root) / exp.name
     keys = [k for k in ("eval/geneval", "eval/FD-EffNetLite0") if any(
         k in st for fs in folders.values() for f in fs for st in read_stats(f / "stats.jsonl"))] or ["eval/geneval"]
-    curve = _curves(folders, keys, out_dir / "curves.png")
+    suffix = variant[len(exp.name):]
+    curve = _curves(folders, keys, out_dir / f"curves{suffix}.png")
     cols = table_columns(summary)
     html_rows = [{"arm": r["arm"], "images seen": r["nimg"], **{c: fmt_ci(r[c]) for c in cols}} for r in summary.rows]
     body = (f"<p>{html.escape(exp.question)}</p><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in meta) + "</ul>"
@@ -709,22 +711,35 @@ def render(exp: Experiment, arms: list[str], seeds: list[int], *, root: str | Pa
             + (f'<h2>Curves</h2><img src="{data_uri(curve)}" style="max-width:100%">' if curve else "")
             + "<h2>Arm-seed folders</h2><ul>" + "".join(f"<li><code>{html.escape(str(f))}</code></li>"
                                                          for fs in folders.values() for f in fs) + "</ul>")
-    report = out_dir / "report.html"
+    report = out_dir / f"report{suffix}.html"
     atomic_write_text(report, _page(f"microt2i experiment {exp.name}", body))
     out = {"summary": summary, "report": report, "missing": missing}
     if md_path:
         md_path = Path(md_path)
         plot = None
         if curve is not None:
-            plot = md_path.parent / "experiments" / exp.name / "curves.png"
+            plot = md_path.parent / "experiments" / exp.name / f"curves{suffix}.png"
             atomic_write_bytes(plot, curve.read_bytes())
-        section = [f"### `{exp.name}`", "", exp.question, "", *[f"- {m}" for m in meta], "",
+        section = [f"### `{variant}`", "", exp.question, "", *[f"- {m}" for m in meta], "",
                    markdown_table(summary, labels), "", *claim_lines(summary)]
         if plot is not None:
             section += ["", f"![{exp.name}: metric vs images seen]({plot.relative_to(md_path.parent).as_posix()})"]
-        write_section(md_path, exp.name, "\n".join(section))
+        write_section(md_path, variant, "\n".join(section))
         out["markdown"] = md_path
     return out
+
+
+def section_name(name: str, scale: float = 1.0, extra: tuple[str, ...] = ()) -> str:
+    """The EXPERIMENTS.md section (and report/plot suffix) of a run: the experiment's name at the default scale
+    without extra overrides, else e.g. `captions@scale2` or `masking@3f1c0a9b` (a hash of the overrides), so a
+    larger or modified run never replaces the default-scale table."""
+    if scale != 1.0:
+        name += f"@scale{scale:g}"
+    runtime = {".".join(k) for k in RUNTIME_KEYS}  # where and how fast it runs, not what is measured
+    extra = tuple(o for o in extra if o.split("=", 1)[0] not in runtime)
+    if extra:
+        name += "@" + hashlib.sha1("\n".join(extra).encode()).hexdigest()[:8]
+    return name
 
 
 def write_section(path: str | Path, name: str, text: str) -> None:
