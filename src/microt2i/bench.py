@@ -5,7 +5,8 @@
   when a GPU is present (on a CPU the paper presets get their FLOPs/image only); MFU where the device's peak is
   known (`cost.peak_flops`: GPUs; "n/a" on CPUs).
 - **pixart**: our DiT-I next to diffusers' PixArt-α transformer at matched dims (`bench train`), with and without
-  DiT-I's text refiner (PixArt has none), in one interleaved run.
+  DiT-I's text refiner (PixArt has none), and DiT-I without refiner next to PixArt with diffusers' own QK-norm
+  (the same features on both sides: `ratio_matched`), in one interleaved run.
 - **sample**: sampler images/s, Heun 30 steps with classifier-free guidance (the paper's sampler, 003 App. B).
 - **loader**: samples/s of `data.loader.loader_throughput` (MicroDiT-shaped fp16 latents and caption states).
 
