@@ -133,5 +133,8 @@ def test_cli_cost_recipe(capsys):
     assert "--img-s" in capsys.readouterr().out  # no throughput known: say how to give one
     assert main(["cost", "recipe", "nope"]) == 2
     assert "valid recipes" in capsys.readouterr().err
+    assert main(["cost", "recipe", "world-tiny", "--img-s", "100"]) == 0  # a preset = a one-stage recipe
+    out = capsys.readouterr().out
+    assert "| world-tiny |" in out and "**total**" in out
     assert main(["cost", "recipe", "world-microdit-tiny", "--img-s", "fast"]) == 2
     assert "--img-s" in capsys.readouterr().err

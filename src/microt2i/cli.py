@@ -343,7 +343,7 @@ def cmd_cost_recipe(args) -> int:
         img_s = [float(v) for v in args.img_s.split(",")] if args.img_s else None
     except ValueError:
         raise ConfigError(f"--img-s {args.img_s!r} must be comma-separated numbers (img/s per H100, one per stage)")
-    stages = [apply_overrides(s, args.overrides) for s in presets.recipe(args.name)]
+    stages = [apply_overrides(s, args.overrides) for s in presets.stages(args.name)]
     costs = recipe_cost(stages, img_s=img_s, mfu=args.mfu)
     print(f"Training cost of recipe {args.name!r} (FLOPs per image counted on the meta device; 8 GPUs)\n")
     print(format_cost_table(costs))
@@ -678,7 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
     # each cost subcommand adds its parser to `csub` below
     cr = csub.add_parser("recipe", help="FLOPs per image and per stage, GPU-days and dollars of a recipe; "
                                         "microdit-xl-2 next to paper 003's Table 6")
-    cr.add_argument("name", help="recipe name: microdit-xl-2, world-microdit-s, world-microdit-tiny, dit-i")
+    cr.add_argument("name", help="recipe (microdit-xl-2, world-microdit-s, world-microdit-tiny, dit-i) or a single "
+                                 "preset as a one-stage recipe (e.g. cad-i-256)")
     cr.add_argument("overrides", nargs="*", help="dotted overrides applied to every stage, e.g. data.text_len=120")
     cr.add_argument("--img-s", default=None,
                     help="measured or stated training img/s per H100: one value, or one per stage (comma-separated)")

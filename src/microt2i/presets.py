@@ -284,3 +284,13 @@ def recipe(name: str) -> list[RunConfig]:
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)}")
     return RECIPES[name]()
+
+
+def stages(name: str) -> list[RunConfig]:
+    """A recipe's stages, or a single preset as a one-stage recipe (e.g. `microt2i cost recipe cad-i-256`)."""
+    if name in RECIPES:
+        return RECIPES[name]()
+    if name in PRESETS:
+        return [PRESETS[name]()]
+    raise ConfigError(f"unknown recipe or preset {name!r}; valid recipes: {', '.join(RECIPES)}; presets: "
+                      f"{', '.join(PRESETS)}")
