@@ -152,7 +152,8 @@ def bench_train(
     Each network first runs `warmup` untimed steps; then `repeats` rounds alternate between the networks, each
     round timing `steps` consecutive steps. Returns a dict with per-network median img/s, the per-round values,
     param counts, the ratio DiT-I / PixArt and the run settings. `no_refiner` adds DiT-I without its text refiner
-    (the backbone PixArt matches) as a third network, and its ratio `ratio_no_refiner`.
+    (the backbone PixArt matches) as a third network, and its ratio `ratio_no_refiner`; with QK-norm on, also PixArt
+    with diffusers' QK-norm (`with_qk_norm`) and `ratio_matched` = DiT-I without refiner / that PixArt.
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision={precision!r} must be 'fp32' or 'bf16'")
@@ -261,8 +262,8 @@ _PIXART_PAIRS = (
 
 
 def write_benchmarks_md(result: dict, path: str = "BENCHMARKS.md") -> None:
-    """Append dated rows for a `bench_train` result to its Markdown table (created with a header if absent): DiT-I
-    as specified, and DiT-I without its text refiner when measured."""
+    """Append dated rows for a `bench_train` result to its Markdown table (created with a header if absent): one per
+    comparison in `_PIXART_PAIRS` that was measured."""
     r = result
     rows = ""
     for key, base, ratio, label in _PIXART_PAIRS:
