@@ -215,6 +215,9 @@ class DataConfig:
     cache_dir: str = ""  # precomputed stores; "" = $MICROT2I_CACHE or ~/.cache/microt2i
     store_dir: str = ""  # sharded store written by `microt2i precompute` (required for imagenet / folder)
     latent_mode: str = "mean_std"  # store the posterior mean+std, re-sampled every step (CAD-I) | "sample" (MicroDiT)
+    # VAE latent normalisation (encoders/codec.py): "scaling" = the VAE config's scaling_factor (SD kl-f8: 0.18215,
+    # std ≈ 1) | "sd15-channel" = CAD-I's per-channel SD-1.5 statistics to std 0.5 (anchors §3.4). In the store key.
+    latent_norm: str = "scaling"
     text_store: str = "embeddings"  # store text-encoder states, or token "ids" encoded on the fly at train time
     store_dtype: str = "float16"  # latents / text states in the sharded store
     shard_size: int = 1024  # samples per shard
@@ -235,16 +238,26 @@ class DataConfig:
         _choice("data.latent_mode", self.latent_mode, ("mean_std", "sample"))
         _choice("data.text_store", self.text_store, ("embeddings", "ids"))
         _choice("data.store_dtype", self.store_dtype, ("float16", "float32"))
-        if self.source != "world" and not (self.root and self.store_dir):
-            raise ConfigError(f"data.source={self.source!r} needs data.root=<dataset folder> and data.store_dir=<store "
-                              f"folder> (fill it with `microt2i precompute`)")
+        _choice("data.latent_norm", self.latent_norm, LATENT_NORMS)
+        if self.latent_norm != "scaling" and self.codec == "pixel":
+            raise ConfigError(f"data.latent_norm={self.latent_norm!r} normalises VAE latents; data.codec='pixel' has "
+                              f"none (set data.codec=<VAE id> or data.latent_norm=scaling)")
         if self.shard_size < 1:
             raise ConfigError(f"data.shard_size={self.shard_size} must be >= 1")
         _choice("data.captions", self.captions, ("long", "aio"))
         if not 8 <= self.resolution <= 1024:
             raise ConfigError(f"data.resolution={self.resolution} must be in [8, 1024]")
 
+    def require_dataset(self) -> None:
+        """A real source needs its folder and a store folder. Checked where data is read, not when the config is
+        built, so a preset can default to ImageNet (paper 000) and still print with --dry-run."""
+        if self.source != "world" and not self.mix and not (self.root and self.store_dir):
+            raise ConfigError(f"data.source={self.source!r} needs data.root=<dataset folder> and data.store_dir=<store "
+                              f"folder> (fill it with `microt2i precompute`), or data.source=world for the embedded "
+                              f"world")
 
+
+LATENT_NORMS = ("scaling", "sd15-channel")
 CUTMIX_SETTINGS = ("all", "1/2", "1/4", "1/9", "1/16")
 
 
@@ -354,12 +367,16 @@ class TrainConfig:
 class EvalConfig:
     sampler: str = "heun"  # any name in diffusion.samplers.SAMPLERS
     steps: int = 30  # sampler steps (Heun: 2·steps−1 network evaluations)
-    cfg_scale: float = 3.0  # uncond + scale·(cond − uncond) (003 §B uses 3 / 5); CAD's w is scale − 1
+    cfg_scale: float = 3.0  # uncond + scale·(cond − uncond), for metrics (003 App. B: 3; 1.5 at scale); CAD w = scale − 1
+    # qualitative images (grids, `microt2i sample`, exports; 003 App. B recommends 5); None = cfg_scale
+    grid_cfg_scale: float | None = None
     clamp: float = 0.0  # clamp the denoised estimate x̂0 to [−clamp, clamp] in every sampler step (CAD: 1.0); 0 = off
     eta: float = 0.0  # ddim: η (0 = deterministic DDIM, 1 = DDPM-like ancestral noise)
 
     def __post_init__(self):
         check_sampling(self.steps, self.cfg_scale, "eval.steps", "eval.cfg_scale")
+        if self.grid_cfg_scale is not None:
+            check_sampling(self.steps, self.grid_cfg_scale, "eval.steps", "eval.grid_cfg_scale")
         if self.clamp < 0 or not 0.0 <= self.eta <= 1.0:
             raise ConfigError(f"eval.clamp={self.clamp} must be >= 0 (0 = off) and eval.eta={self.eta} in [0, 1]")
         if self.every_nimg < 0 or self.fd_n < 0 or self.geneval_per_tag < 0 or self.fd_n == 1:
@@ -371,6 +388,11 @@ class EvalConfig:
     every_nimg: int = 0  # evaluate every this many images seen; 0 = off
     fd_n: int = 128  # samples for the in-training FD (0 = skip it); only compare FDs at equal N
     geneval_per_tag: int = 8  # world-GenEval prompts per tag in training, one image each (0 = skip it)
+
+    @property
+    def grid_scale(self) -> float:
+        """The CFG scale of qualitative images: `grid_cfg_scale`, else `cfg_scale` (the metrics' scale)."""
+        return self.cfg_scale if self.grid_cfg_scale is None else self.grid_cfg_scale
 
 
 @dataclass(kw_only=True)

@@ -77,7 +77,7 @@ def run_demo(run_dir: str | Path = "runs/demo", *, preset: str = "world-s", over
     import torch
 
     from .config import save_yaml
-    from .encoders import TextEncoder, load_codec
+    from .encoders import TextEncoder, codec_of
     from .eval.runner import mini_geneval
     from .report import loss_plot, read_stats, save_grid, write_report
     from .sample import generate
@@ -103,10 +103,11 @@ def run_demo(run_dir: str | Path = "runs/demo", *, preset: str = "world-s", over
     text = TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device)
     emb = text.encode([s["prompt"] for s in specs])
     null_tokens, null_mask = result["store"].null_text(cfg.objective.uncond)
-    codec = load_codec(cfg.data.codec, device=device)
+    codec = codec_of(cfg.data, device=device)
     t1 = time.perf_counter()
     with torch.no_grad():
-        images = generate(result["ema"], cfg, emb.tokens, emb.mask, null_tokens, null_mask, codec=codec, device=device)
+        images = generate(result["ema"], cfg, emb.tokens, emb.mask, null_tokens, null_mask, codec=codec,
+                          cfg_scale=cfg.eval.grid_scale, device=device)
     t_sample = time.perf_counter() - t1
 
     metrics, rows = score_samples(images, specs)

@@ -30,21 +30,22 @@ from microt2i.pipeline import MicroT2IPipeline, MicroT2ITransformer  # noqa: F40
 
 def build_pipeline(run_dir: str | Path, *, device="cpu"):
     """(MicroT2IPipeline in fp32, RunConfig) from a finished run folder (EMA weights, null caption, encoders)."""
-    from .encoders import TextEncoder, load_codec
+    from .encoders import TextEncoder, codec_of
     from .encoders.codec import DiffusersVAE
     from .pipeline import SAMPLING_KEYS, MicroT2IPipeline, MicroT2ITransformer
     from .sample import load_run
 
     cfg, net, null_tokens, null_mask = load_run(run_dir, device=device)
     text = TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device, log=None)
-    codec = load_codec(cfg.data.codec, device=device)
+    codec = codec_of(cfg.data, device=device)
     vae, codec_cfg = None, {"kind": "pixel"}
     if isinstance(codec, DiffusersVAE):
         vae = codec.vae
         codec_cfg = {"kind": "vae", "source": cfg.data.codec, "shift": codec.shift.tolist(), "scale": codec.scale.tolist()}
     pipe = MicroT2IPipeline(MicroT2ITransformer.from_network(net, null_tokens, null_mask).to(device), text.tokenizer,
                             text.model, vae, objective=dataclasses.asdict(cfg.objective),
-                            sampling={k: getattr(cfg.eval, k) for k in SAMPLING_KEYS}, codec=codec_cfg,
+                            sampling={k: getattr(cfg.eval, k) for k in SAMPLING_KEYS} | {"cfg_scale": cfg.eval.grid_scale},
+                            codec=codec_cfg,
                             text_len=text.max_length)
     return pipe, cfg
 
@@ -139,7 +140,7 @@ pipe = DiffusionPipeline.from_pretrained("<this folder>", trust_remote_code=True
 image = pipe({json.dumps((grid_prompts or ["A red star on a grey background."])[0])}, seed=0).images[0]
 ```
 
-Defaults: sampler `{e.sampler}`, {e.steps} steps, CFG scale {e.cfg_scale}; override with `sampler=`,
+Defaults: sampler `{e.sampler}`, {e.steps} steps, CFG scale {e.grid_scale}; override with `sampler=`,
 `num_inference_steps=`, `guidance_scale=`, `seed=`. The same seed gives the same image as `microt2i sample`.
 
 ## Metrics

@@ -7,31 +7,47 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
-from .config import ConfigError, DataConfig, EvalConfig, ObjectiveConfig, RunConfig, TrainConfig
+from .config import (AugmentConfig, ConfigError, CropConfig, CutMixConfig, DataConfig, EvalConfig, ObjectiveConfig,
+                     RunConfig, TrainConfig)
 from .models.cad_i import CAD_I_CONFIGS
 from .models.dit_i import DIT_I_CONFIGS
 from .models.microdit import MICRODIT_CONFIGS
 
 
+# Paper 000's ε objective (Eq. 1, Algorithm 1: x_t = √γ(t)·x0 + √(1−γ(t))·ε). 000 states neither γ(t) nor the
+# sampler, and its DiT-I code is unreleased (anchors §0); the authors' released trainer (CAD-I, anchors §3.4) uses
+# γ = 1 − t, the encoded empty caption as the unconditional one and DDIM 250 steps: taken here. The EDM settings
+# (σ_data, P_mean, P_std) stay in the same block, so `--objective edm` (objective.kind=edm) trains DiT-I under EDM.
+_DIT_I_OBJECTIVE = ObjectiveConfig(kind="vp", schedule="linear", cond_drop=0.1, uncond="empty",
+                                   sigma_data=0.5, p_mean=-0.6, p_std=1.2)
+# TA + IA (000 §2.2, App. E–F): CutMix CM-all above τ = 400 with p = 0.5 (Algorithm 1, Tables 9–11) and Crop with
+# p = 0.5 (crops > 50 % of the side); 000 reports each separately and trains its 512² model with Crop only (§2.3).
+_DIT_I_AUGMENT = AugmentConfig(cutmix=CutMixConfig(enabled=True, setting="all", p=0.5, tau=400.0),
+                               crop=CropConfig(enabled=True, p=0.5, min_side=0.5))
+
+
 def _dit_i_256() -> RunConfig:
-    # Paper 000 §2 / App. C: SD VAE latents (sd-vae-ft-ema), flan-T5-XL captions; objective here is EDM.
+    # Paper 000 §2 / App. C: ImageNet (1,281,167 images) with LLaVA captions, SD VAE latents (sd-vae-ft-ema),
+    # flan-T5-XL tokens; 250k steps at 256² (§2.3). text_len 256: the authors' T5 length (anchors §3.6), which holds a
+    # ≤ 200-token LLaVA caption (docs/presets.md: how it was measured). 438M parameters (000: 0.4B).
     return RunConfig(
         name="dit-i-256",
-        model=DIT_I_CONFIGS["dit-i-256"],
-        objective=ObjectiveConfig(sigma_data=0.5, p_mean=-0.6, p_std=1.2),
-        data=DataConfig(resolution=256, codec="stabilityai/sd-vae-ft-ema", text_encoder="google/flan-t5-xl",
-                        text_len=128, num_images=1_281_167),
+        model=replace(DIT_I_CONFIGS["dit-i-256"], crop_cond=True),
+        objective=_DIT_I_OBJECTIVE,
+        data=DataConfig(source="imagenet", resolution=256, codec="stabilityai/sd-vae-ft-ema",
+                        text_encoder="google/flan-t5-xl", text_len=256, num_images=1_281_167),
+        augment=_DIT_I_AUGMENT,
         train=TrainConfig(total_nimg=250_000 * 1024, batch_size=1024, micro_batch=64, lr=1e-4, warmup_nimg=5000 * 1024,
                           weight_decay=0.01, grad_clip=2.0, ema_decay=0.9999, precision="bf16",
                           log_every_nimg=100 * 1024, ckpt_every_nimg=5000 * 1024),
-        eval=EvalConfig(steps=30, cfg_scale=5.0),
+        eval=EvalConfig(sampler="ddim", steps=250, cfg_scale=5.0),
     )
 
 
 def _dit_i_512() -> RunConfig:
-    # Paper 000 §3.3: continue the 256² checkpoint at 512² for 100k steps, same data.
+    # Paper 000 §2.3: continue the 256² checkpoint at 512² for 100k steps, same data, same augmentation.
     base = _dit_i_256()
-    return replace(base, name="dit-i-512", model=DIT_I_CONFIGS["dit-i-512"],
+    return replace(base, name="dit-i-512", model=replace(DIT_I_CONFIGS["dit-i-512"], crop_cond=True),
                    objective=replace(base.objective, p_mean=0.0, p_std=0.6),
                    data=replace(base.data, resolution=512),
                    train=replace(base.train, total_nimg=100_000 * 1024, micro_batch=16, warmup_nimg=0))
@@ -66,23 +82,26 @@ def _world_tiny() -> RunConfig:
 
 def _cad_i_256() -> RunConfig:
     # Paper 000 CAD-I = the CAD code's `imagenet_256_rin_L_text_ldm` overrides (anchors §3.2–3.4): VP ε-prediction
-    # with γ = 1 − t (Eq. 1), SD-VAE latents, flan-T5-XL tokens padded to 256, caption dropout 0.1 to the encoded
-    # empty caption; LAMB 1e-3, wd 0.01 (none on norms/biases), 5k-step warm-up then cosine with rate 0.7, clip 2,
-    # EMA 0.9999 from step 0; DDIM 250 steps, CAD's cfg w = 10 (generate.py) i.e. scale 11. CAD normalises the
-    # latents per channel to std 0.5 and clamps x̂0 to ±1; `DiffusersVAE(channel_mean=SD15_CHANNEL_MEAN, …)` does
-    # that normalisation but the data config does not select it yet, so this preset keeps the VAE's 0.18215 scale
-    # (std ≈ 1) and no clamp.
+    # with γ = 1 − t (Eq. 1), SD-VAE latents normalised per channel to std 0.5 with SD-1.5 statistics
+    # (`data.latent_norm=sd15-channel`, the CAD code's `channel_wise_normalisation`), flan-T5-XL tokens padded to 256,
+    # caption dropout 0.1 to the encoded empty caption; LAMB 1e-3, wd 0.01 (none on norms/biases), 5k-step warm-up
+    # then cosine with rate 0.7, clip 2, EMA 0.9999 from step 0; DDIM 250 steps with x̂0 clamped to ±1, CAD's cfg
+    # w = 10 (generate.py) i.e. scale 11. TA + CutMix CM-all (τ 400, p 0.5), the CAD-I of 000 Tables 5–6 and of the
+    # `_cutmix` overrides; the τ gate is on the noise level (ᾱ < 0.6), whatever the latent scale (DESIGN §3).
+    # 330M parameters (000 Table 5: 0.3B).
     return RunConfig(
         name="cad-i-256",
         model=CAD_I_CONFIGS["cad-i-256"],
         objective=ObjectiveConfig(kind="vp", schedule="linear", cond_drop=0.1, uncond="empty"),
-        data=DataConfig(resolution=256, codec="stabilityai/sd-vae-ft-ema", text_encoder="google/flan-t5-xl",
-                        text_len=256, num_images=1_281_167),
+        data=DataConfig(source="imagenet", resolution=256, codec="stabilityai/sd-vae-ft-ema",
+                        latent_norm="sd15-channel", text_encoder="google/flan-t5-xl", text_len=256,
+                        num_images=1_281_167),
+        augment=AugmentConfig(cutmix=CutMixConfig(enabled=True, setting="all", p=0.5, tau=400.0)),
         train=TrainConfig(total_nimg=500_000 * 1024, batch_size=1024, micro_batch=128, optimizer="lamb", lr=1e-3,
                           weight_decay=0.01, warmup_nimg=5000 * 1024, cosine_rate=0.7, grad_clip=2.0,
                           ema_decay=0.9999, precision="bf16", log_every_nimg=100 * 1024,
                           ckpt_every_nimg=25_000 * 1024),
-        eval=EvalConfig(sampler="ddim", steps=250, cfg_scale=11.0),
+        eval=EvalConfig(sampler="ddim", steps=250, cfg_scale=11.0, clamp=1.0),
     )
 
 
@@ -130,7 +149,8 @@ def _microdit_xl_2_stages() -> list[RunConfig]:
     data_512 = replace(data_256, resolution=512)
     common = dict(batch_size=B, weight_decay=0.1, betas=(0.9, 0.999), eps=1e-8, precision="bf16", seed=18,
                   log_every_nimg=100 * B)
-    ev = EvalConfig(steps=30, cfg_scale=5.0)  # Heun 30 steps; guidance 5 for qualitative grids (App. B)
+    # App. B: Heun 30 steps; guidance 1.5 for the large model's quantitative results, 5 for qualitative images
+    ev = EvalConfig(steps=30, cfg_scale=1.5, grid_cfg_scale=5.0)
     return [
         # Stage 1: 75 % masked at 256², cosine with 2500 warm-up steps down to 0.33·lr, clip 0.25, no EMA
         RunConfig(name="microdit-xl-2-256-masked", model=replace(xl, mask_ratio=0.75), objective=obj_256, data=data_256,
@@ -165,13 +185,14 @@ def _microdit_xl_2() -> RunConfig:
 def _microdit_tiny_2() -> RunConfig:
     # App. D small-scale setup: DiT-Tiny/2 on 256² latents, 75 % deferred masking, 60k AdamW steps, cosine, the
     # best Fig. 9 settings (β2 0.999, wd 0.1, (P_mean, P_std) = (−0.6, 1.2), lr 3.2e-4), EMA 0.995 for the last 10k
-    # steps, guidance 3. The batch size is not stated in 003; Table 3's 2048 is used.
+    # steps; guidance 3 in quantitative evaluation, 5 in qualitative images (App. B). The batch size is not stated in
+    # 003; Table 3's 2048 is used.
     B = _MICRODIT_STEP
     base = _microdit_xl_2_stages()[0]
     return replace(base, name="microdit-tiny-2", model=MICRODIT_CONFIGS["microdit-tiny-2"],
                    train=replace(base.train, total_nimg=60_000 * B, lr=3.2e-4, warmup_nimg=0, min_lr_ratio=0.0,
                                  grad_clip=1.0, ema_decay=0.995, ema_start_nimg=50_000 * B),
-                   eval=EvalConfig(steps=30, cfg_scale=3.0))
+                   eval=EvalConfig(steps=30, cfg_scale=3.0, grid_cfg_scale=5.0))
 
 
 def _world_microdit_stages(size: str) -> list[RunConfig]:

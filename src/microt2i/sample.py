@@ -125,16 +125,17 @@ def sample_prompts(prompts: list[str], *, run: str | Path | None = None, model: 
         images = pipe(repeated, num_inference_steps=steps, guidance_scale=cfg_scale, sampler=sampler, seed=seed,
                       batch_size=batch_size, output_type="np", progress=progress).images
     else:
-        from .encoders import TextEncoder, load_codec
+        from .encoders import TextEncoder, codec_of
 
         cfg, net, null_tokens, null_mask = load_run(run, device=device)
         e = cfg.eval
         emb = TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device).encode(repeated)
+        cfg_scale = e.grid_scale if cfg_scale is None else cfg_scale  # qualitative images: eval.grid_cfg_scale
         images = generate(net, cfg, emb.tokens, emb.mask, null_tokens, null_mask,
-                          codec=load_codec(cfg.data.codec, device=device), sampler=sampler, steps=steps,
+                          codec=codec_of(cfg.data, device=device), sampler=sampler, steps=steps,
                           cfg_scale=cfg_scale, seed=seed, batch_size=batch_size, device=device, progress=progress)
     settings = {"source": str(model or run), "sampler": sampler or e.sampler, "steps": steps or e.steps,
-                "cfg_scale": e.cfg_scale if cfg_scale is None else cfg_scale, "seed": e.seed if seed is None else seed,
+                "cfg_scale": e.grid_scale if cfg_scale is None else cfg_scale, "seed": e.seed if seed is None else seed,
                 "images_per_prompt": n}
     return images, settings
 

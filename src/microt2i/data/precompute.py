@@ -130,9 +130,9 @@ class _Encoders:
     @property
     def codec(self):
         if self._codec is None:
-            from ..encoders import load_codec
+            from ..encoders import codec_of
 
-            self._codec = load_codec(self.data.codec, device=self.device)
+            self._codec = codec_of(self.data, device=self.device)
         return self._codec
 
     @property
@@ -250,6 +250,7 @@ def precompute(data: DataConfig, *, augment: dict | None = None, num_shards: int
     `on_shard(index)` runs after each written shard (progress hooks; tests inject failures there)."""
     if not data.store_dir:
         raise FileNotFoundError("precompute needs data.store_dir=<folder for the sharded store>")
+    data.require_dataset()
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise ValueError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
     store_dir = Path(data.store_dir).expanduser()

@@ -73,6 +73,8 @@ def cache_key(data_cfg: DataConfig) -> str:
     for name in _NOT_IN_WORLD_KEY:  # where / how it is read, or settings only the sharded store uses
         d.pop(name, None)
     d["format_version"] = FORMAT_VERSION
+    if d.get("latent_norm") == "scaling":  # the default before the field existed: earlier caches keep their key
+        d.pop("latent_norm")
     if data_cfg.codec == "world-vae":  # the shipped VAE can be retrained: key on its config (holds scaling_factor)
         from ..world.vae import WORLD_VAE_DIR
 
@@ -155,8 +157,8 @@ SHARDED_FORMAT_VERSION = 1
 PLAN, MANIFEST, EMPTY = "plan.json", "manifest.json", "empty.safetensors"
 # the cache-key fields a training config must agree on with the store it reads (the rest describe the content)
 CONFIG_KEY_FIELDS = ("source", "split", "resolution", "captions", "num_images", "max_objects", "codec",
-                     "codec_revision", "text_encoder", "text_revision", "text_len", "text_store", "latent_mode",
-                     "store_dtype", "seed", "augment", "format_version")
+                     "latent_norm", "codec_revision", "text_encoder", "text_revision", "text_len", "text_store",
+                     "latent_mode", "store_dtype", "seed", "augment", "format_version")
 _NP_DTYPES = {"F16": np.float16, "F32": np.float32, "I32": np.int32, "I64": np.int64, "U8": np.uint8}
 
 
@@ -205,6 +207,8 @@ def store_key(data_cfg: DataConfig, augment: dict | None = None) -> dict:
     key = {k: d[k] for k in CONFIG_KEY_FIELDS if k in d}
     if data_cfg.source != "world":  # world-only settings do not change a real dataset's tensors
         key.pop("num_images"), key.pop("max_objects")
+    if key.get("latent_norm") == "scaling":  # the default before the field existed: earlier stores keep their key
+        key.pop("latent_norm")
     key["codec_revision"] = model_revision(data_cfg.codec, "VAE")
     key["text_revision"] = model_revision(data_cfg.text_encoder, "text encoder")
     key["augment"] = augment or {}

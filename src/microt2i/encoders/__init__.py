@@ -7,6 +7,7 @@ from microt2i.encoders.codec import (
     Codec,
     DiffusersVAE,
     PixelCodec,
+    codec_of,
     latent_stats,
     load_codec,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "PixelCodec",
     "TextEmbedding",
     "TextEncoder",
+    "codec_of",
     "latent_stats",
     "load_codec",
     "resolve_pretrained",

@@ -22,6 +22,8 @@ SD_SCALING_FACTOR = 0.18215  # SD-1.x kl-f8 latents (LDM, DiT); also the `scalin
 SD15_CHANNEL_MEAN = (5.81, 3.25, 0.12, -2.15)  # CAD-I: per-channel mean of SD-1.5 VAE latents
 SD15_CHANNEL_STD = (4.17, 4.62, 3.71, 3.28)  # CAD-I: per-channel std of SD-1.5 VAE latents
 CHANNEL_TARGET_STD = 0.5  # CAD-I scales each channel to std 0.5 (= EDM's sigma_data)
+# `data.latent_norm` → DiffusersVAE options; "scaling" keeps the VAE config's scaling_factor / shift_factor
+LATENT_NORMS = {"scaling": {}, "sd15-channel": {"channel_mean": SD15_CHANNEL_MEAN, "channel_std": SD15_CHANNEL_STD}}
 
 
 class Codec(Protocol):
@@ -164,11 +166,17 @@ class DiffusersVAE:
         }
 
 
-def load_codec(spec: str, **kwargs) -> PixelCodec | DiffusersVAE:
+def load_codec(spec: str, *, latent_norm: str = "scaling", **kwargs) -> PixelCodec | DiffusersVAE:
     """"pixel" gives the identity codec; "world-vae" the embedded world's shipped tiny VAE; anything else is a VAE
-    hub id or folder. `kwargs` go to `DiffusersVAE`.
+    hub id or folder. `latent_norm` names a normalisation of `LATENT_NORMS`; `kwargs` go to `DiffusersVAE`.
 
     For "pixel" the placement options (device, dtype, batch_size) are accepted and have nothing to place."""
+    if latent_norm not in LATENT_NORMS:
+        raise ValueError(f"latent_norm={latent_norm!r} is not one of {', '.join(LATENT_NORMS)}")
+    if latent_norm != "scaling":
+        if spec == "pixel":
+            raise ValueError(f"latent_norm={latent_norm!r} normalises VAE latents; the pixel codec has none")
+        kwargs = {**LATENT_NORMS[latent_norm], **kwargs}
     if spec == "world-vae":
         from ..world.vae import WORLD_VAE_DIR
 
@@ -178,6 +186,11 @@ def load_codec(spec: str, **kwargs) -> PixelCodec | DiffusersVAE:
     if unknown := sorted(set(kwargs) - {"device", "dtype", "batch_size"}):
         raise TypeError(f"the pixel codec takes no {unknown}")
     return PixelCodec()
+
+
+def codec_of(data, **kwargs) -> PixelCodec | DiffusersVAE:
+    """The codec of a run's data config (`data.codec` with `data.latent_norm`); `kwargs` as `load_codec`."""
+    return load_codec(data.codec, latent_norm=data.latent_norm, **kwargs)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ without, and resumes exactly.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import time
 from pathlib import Path
@@ -49,14 +50,14 @@ class LiveEval:
     def _setup(self) -> dict:
         """Text encoder, codec, prompts and reference features, built on the first evaluation only."""
         from ..demo import grid_prompts
-        from ..encoders import TextEncoder, load_codec
+        from ..encoders import TextEncoder, codec_of
         from .detectors import WorldDetector
         from .features import get_extractor
         from .runner import RunSampler, reference_features, world_geneval_records
 
         e, d = self.cfg.eval, self.cfg.data
         text = TextEncoder(d.text_encoder, max_length=d.text_len, device=self.device)
-        parts = {"sampler": RunSampler(None, self.cfg, text, load_codec(d.codec, device=self.device), None, None,
+        parts = {"sampler": RunSampler(None, self.cfg, text, codec_of(d, device=self.device), None, None,
                                        self.device),
                  "grid": [s["prompt"] for s in grid_prompts(e.grid_size ** 2, e.seed)],
                  "records": world_geneval_records(n=e.geneval_per_tag, per_tag=e.geneval_per_tag),
@@ -80,7 +81,7 @@ class LiveEval:
             sample = p["sampler"]
             sample.net, sample.null_tokens, sample.null_mask = net, null_tokens, null_mask
             stats: dict = {"nimg": nimg}
-            grid = sample(p["grid"], seed=e.seed)
+            grid = dataclasses.replace(sample, cfg_scale=e.grid_scale)(p["grid"], seed=e.seed)  # qualitative: grid CFG
             path = self.run_dir / "eval" / f"grid-{nimg:012d}.png"
             if is_main():  # every rank samples (a sharded EMA needs them all); one writes
                 save_grid(grid, path, nrow=e.grid_size, upscale=max(1, 128 // grid.shape[1]))

@@ -46,12 +46,12 @@ class RunSampler:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device="cpu", **opts) -> RunSampler:
-        from ..encoders import TextEncoder, load_codec
+        from ..encoders import TextEncoder, codec_of
         from ..sample import load_run
 
         cfg, net, null_tokens, null_mask = load_run(run_dir, device=device)
         text = TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device)
-        return cls(net, cfg, text, load_codec(cfg.data.codec, device=device), null_tokens, null_mask, device, **opts)
+        return cls(net, cfg, text, codec_of(cfg.data, device=device), null_tokens, null_mask, device, **opts)
 
     def settings(self) -> dict:
         e = self.cfg.eval

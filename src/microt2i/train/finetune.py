@@ -208,7 +208,7 @@ def before_after(run_dir: str | Path, prompts: list[str], *, seed: int = 0, step
                  device="cpu", upscale: int = 4, log=print) -> dict:
     """Sample the init model and the fine-tuned EMA on the same prompts and noise seeds; write
     `finetune_before.png` / `finetune_after.png` into the run folder. Returns {"before", "after": uint8 images}."""
-    from ..encoders import TextEncoder, load_codec
+    from ..encoders import TextEncoder, codec_of
     from ..report import save_grid
     from ..sample import generate, load_run
 
@@ -216,7 +216,7 @@ def before_after(run_dir: str | Path, prompts: list[str], *, seed: int = 0, step
     cfg, net, null_tokens, null_mask = load_run(run_dir, device=device)
     text = TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device)
     emb = text.encode(list(prompts))
-    codec = load_codec(cfg.data.codec, device=device)
+    codec = codec_of(cfg.data, device=device)
     src_cfg, src_net = init_sampler(cfg, run_dir, device)
     out = {}
     for tag, c, n in (("before", src_cfg, src_net), ("after", cfg, net)):

@@ -26,7 +26,7 @@ from ..data.sampler import ResumableSampler
 from ..data.store import Store, load_or_build
 from ..diffusion.objectives import build_objective
 from ..io import atomic_write_bytes
-from ..encoders import TextEncoder, load_codec
+from ..encoders import TextEncoder, codec_of
 from ..eval.live import LiveEval
 from ..models import build, count_params, sample_keep_mask, save_pretrained
 from .ema import EMA
@@ -63,6 +63,7 @@ def main_first(fn):
 def prepare_data(cfg: RunConfig, device: torch.device, log=print) -> Store:
     """Load the cached store or build it (render, encode images with the codec, encode captions); with
     `data.store_dir`, open the sharded store `microt2i precompute` wrote, refusing one built with other settings."""
+    cfg.data.require_dataset()
     if cfg.data.store_dir:
         from ..data.store import open_store, store_key
 
@@ -82,7 +83,7 @@ def prepare_data(cfg: RunConfig, device: torch.device, log=print) -> Store:
 
 def _encoders(cfg: RunConfig, device: torch.device):
     """(codec, text encoder) of `cfg.data`, loaded only when a cache has to be built."""
-    return (load_codec(cfg.data.codec, device=device),
+    return (codec_of(cfg.data, device=device),
             TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device))
 
 
