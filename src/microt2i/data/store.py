@@ -194,9 +194,10 @@ def model_revision(spec: str, what: str) -> str:
         return folder.name
     h = hashlib.sha256()
     for f in sorted(folder.rglob("*")):
-        if f.is_file() and (f.name == "config.json" or f.suffix == ".safetensors"):
+        openclip = f.name.startswith("open_clip_")  # an OpenCLIP checkpoint (encoders/openclip.py)
+        if f.is_file() and (f.name == "config.json" or f.suffix == ".safetensors" or openclip):
             h.update(f"{f.relative_to(folder)}:{f.stat().st_size}\n".encode())
-            if f.name == "config.json":
+            if f.name in ("config.json", "open_clip_config.json"):
                 h.update(f.read_bytes())
     return h.hexdigest()[:12]
 

@@ -2,7 +2,8 @@
 
 Everything is loaded from a local folder afterwards, so `from_pretrained` never touches the network and a
 missing model fails at once with one error that says how to fix it (instead of minutes of HTTP retries).
-Only safetensors, JSON and tokenizer files are ever fetched: weights are never unpickled.
+Only safetensors, JSON and tokenizer files are fetched, plus OpenCLIP's `open_clip_pytorch_model.bin` (DFN5B-CLIP-H
+ships no other weights), which is read with `torch.load(weights_only=True)`: no pickled code ever runs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import huggingface_hub
 
 # Files a model folder needs: configs, safetensors weights, tokenizer vocabularies (SentencePiece, BPE, WordPiece).
-_ALLOW = ["*.json", "*.safetensors", "*.txt", "*.model"]
+_ALLOW = ["*.json", "*.safetensors", "*.txt", "*.model", "open_clip_pytorch_model.bin"]
 _IGNORE = ["*fp16*", "*onnx*", "*openvino*"]
 
 
@@ -50,7 +51,7 @@ def resolve_pretrained(spec: str | os.PathLike, *, what: str, subfolder: str | N
     else:
         folder = _from_hub(spec, what=what, subfolder=subfolder)
     config = folder / (subfolder or "") / "config.json"
-    if not config.is_file():
+    if not config.is_file() and not (config.parent / "open_clip_config.json").is_file():  # OpenCLIP: openclip.py
         raise MissingModelError(
             f"{what} '{spec}' has no {config.relative_to(folder)} in {folder}"
             + ("" if subfolder else " (does it need a subfolder, e.g. subfolder='vae'?)")

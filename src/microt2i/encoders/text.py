@@ -12,7 +12,8 @@ Token states and the mask are always padded to `max_length`, so every batch has 
 length is the model's own limit for CLIP (77 tokens), 256 for T5 (the authors' `create_wds.py`, anchors §3.6) and 64
 otherwise. Long captions exceed 77 tokens: captions cut by truncation are counted (`truncation`) and reported.
 Names: "minilm", "flan-t5-xl" (`google/flan-t5-xl`, paper 000's encoder), "clip-l" (`openai/clip-vit-large-patch14`),
-or any hub id / folder. `storage_dtype` (fp16 / bf16) is the dtype `encode` returns, i.e. what a store keeps.
+"dfn5b-clip-h" (`apple/DFN5B-CLIP-ViT-H-14-378`, an OpenCLIP checkpoint: its text tower loads as a transformers CLIP text
+model, `openclip.py`), or any hub id / folder. `storage_dtype` (fp16 / bf16) is the dtype `encode` returns, i.e. what a store keeps.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from microt2i.encoders import openclip
 from microt2i.encoders.hub import resolve_pretrained
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 FLAN_T5_XL_HUB_ID = "google/flan-t5-xl"  # paper 000 App. C (the code uses XL, d=2048; its README says XXL)
 CLIP_L_HUB_ID = "openai/clip-vit-large-patch14"
-ALIASES = {"flan-t5-xl": FLAN_T5_XL_HUB_ID, "t5": FLAN_T5_XL_HUB_ID, "clip-l": CLIP_L_HUB_ID, "clip": CLIP_L_HUB_ID}
+DFN5B_CLIP_H_HUB_ID = "apple/DFN5B-CLIP-ViT-H-14-378"  # MicroDiT's encoder (003 App. B): OpenCLIP files (openclip.py)
+ALIASES = {"flan-t5-xl": FLAN_T5_XL_HUB_ID, "t5": FLAN_T5_XL_HUB_ID, "clip-l": CLIP_L_HUB_ID, "clip": CLIP_L_HUB_ID,
+           "dfn5b-clip-h": DFN5B_CLIP_H_HUB_ID}
 DEFAULT_LENGTH = {"t5": 256, "other": 64}  # CLIP: the model's limit (77)
 
 
@@ -132,10 +136,15 @@ class TextEncoder:
 
         self.name = str(name_or_path)
         folder = _local_folder(self.name)
-        config = AutoConfig.from_pretrained(folder)
-        self.kind = config.model_type
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = _load_model(folder, config, dtype).to(device).eval().requires_grad_(False)
+        if openclip.is_openclip_folder(folder):  # published as OpenCLIP files (DFN5B-CLIP-H): text tower only
+            self.tokenizer = openclip.load_tokenizer(folder)
+            model = openclip.load_text_model(folder, self.tokenizer, dtype)
+        else:
+            config = AutoConfig.from_pretrained(folder)
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = _load_model(folder, config, dtype)
+        self.kind = model.config.model_type
+        self.model = model.to(device).eval().requires_grad_(False)
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if max_length is None:
             is_clip = self.kind in ("clip", "clip_text_model")
