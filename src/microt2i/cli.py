@@ -480,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", default=None, help="heun | euler | ddim | dpmpp_2m (default: the run's eval.sampler)")
     s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's eval.steps)")
     s.add_argument("--cfg", "--cfg-scale", dest="cfg_scale", type=float, default=None,
-                   help="CFG scale: uncond + s·(cond − uncond) (default: the run's eval.cfg_scale)")
+                   help="CFG scale: uncond + s·(cond − uncond) (default: the run's eval.grid_cfg_scale, else eval.cfg_scale)")
     s.add_argument("--seed", type=int, default=None, help="default: the run's eval.seed")
     s.add_argument("--out-dir", default=None, help="PNGs + samples.jsonl go here (default: --out without .png, "
                                                    "else ./samples)")
