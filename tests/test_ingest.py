@@ -86,8 +86,8 @@ def test_hf_dataset_and_sidecar_folder(t5, tmp_path):
 def test_config_validation_names_the_field():
     with pytest.raises(ConfigError, match="data.source"):
         DataConfig(source="tars")
-    with pytest.raises(ConfigError, match="data.root"):
-        DataConfig(source="webdataset")
+    with pytest.raises(ConfigError, match="data.root"):  # checked where data is read (presets default to ImageNet)
+        DataConfig(source="webdataset").require_dataset()
     with pytest.raises(ConfigError, match="min_resolution"):
         DataConfig(min_resolution=-1)
     assert DataConfig(source="hf", root="x", store_dir="y", split="validation").split == "validation"
