@@ -174,3 +174,50 @@ def test_every_docs_presets_command_runs(capsys):
         assert main(shlex.split(cmd)[1:]) == 0, cmd
     out = capsys.readouterr().out
     assert "kind: edm" in out and "grid_cfg_scale: 5.0" in out and "latent_norm: sd15-channel" in out
+
+
+def test_dit_i_on_a_real_tree(tmp_path, capsys):
+    """The DiT-I preset (shrunk) on a fabricated ImageNet tree: precompute, then train; without composites CutMix
+    stops with one line naming them, and `augment.cutmix.enabled=false` trains (ε objective, Crop on)."""
+    from _fake_imagenet import make_tree
+
+    make_tree(tmp_path / "in")
+    data = [f"data.root={tmp_path / 'in'}", f"data.store_dir={tmp_path / 'store'}", "data.captions=aio",
+            "data.codec=pixel", "data.text_encoder=minilm", "data.text_len=8", "data.resolution=16",
+            "data.shard_size=4"]
+    small = ["model.in_channels=3", "model.input_size=16", "model.patch_size=4", "model.text_dim=384",
+             "model.width=32", "model.depth=1", "model.heads=2", "model.refiner_depth=1", "train.total_nimg=16",
+             "train.batch_size=4", "train.micro_batch=4", "train.warmup_nimg=0", "train.precision=fp32",
+             "train.log_every_nimg=8", "train.ckpt_every_nimg=1000", "train.threads=1", "train.device=cpu"]
+    assert main(["-q", "precompute", "dit-i-256", *data]) == 0
+    capsys.readouterr()
+    assert main(["-q", "train", "dit-i-256", *data, *small, "--run-dir", str(tmp_path / "cm"), "--no-progress"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "cutmix" in err.splitlines()[0].lower(), err  # the composites are named (augment/cutmix.py words it)
+    assert main(["-q", "train", "dit-i-256", *data, *small, "augment.cutmix.enabled=false",
+                 "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert (tmp_path / "run" / "ema" / "model.safetensors").exists()
+
+
+def test_in_training_grid_uses_the_grid_scale(tmp_path):
+    from dataclasses import dataclass
+
+    import numpy as np
+
+    from microt2i.eval.live import LiveEval
+    from microt2i.eval.runner import RunSampler
+
+    seen = []
+
+    @dataclass
+    class Recording(RunSampler):
+        def __call__(self, prompts, *, seed):
+            seen.append(self.cfg_scale)
+            return np.zeros((len(prompts), 8, 8, 3), np.uint8)
+
+    cfg = apply_overrides(presets.get("world-tiny"), ["eval.cfg_scale=1.5", "eval.grid_cfg_scale=5",
+                                                      "eval.geneval_per_tag=0", "eval.fd_n=0"])
+    live = LiveEval(cfg, tmp_path, "cpu", log=lambda *_: None)
+    live._parts = {"sampler": Recording(None, cfg, None, None, None, None), "grid": ["a red star"] * 4}
+    stats = live(None, 16, None, None)
+    assert seen == [5.0] and (tmp_path / stats["eval/grid"]).exists()
