@@ -117,9 +117,18 @@ def run_recipe(stages: list[RunConfig], root_dir: str | Path, *, progress: bool 
     return results
 
 
+def _objective(o) -> str:
+    """The objective and its noise distribution, e.g. "edm (P_mean, P_std) = (-0.6, 1.2)" or "vp ε, γ linear"."""
+    if o.kind == "edm":
+        return f"edm (P_mean, P_std) = ({o.p_mean:g}, {o.p_std:g})"
+    if o.kind == "vp":
+        return f"vp ε, γ {o.schedule}"
+    return f"flow, logit(t) ~ N({o.logit_mean:g}, {o.logit_std:g}²)"
+
+
 def describe(stages: list[RunConfig]) -> str:
     """One line per stage: resolution, masking, images, batch, LR schedule, clip, EMA, noise distribution."""
-    rows = ["stage | model | res | mask | images | batch | lr | schedule | warm-up | clip | EMA | (P_mean, P_std)"]
+    rows = ["stage | model | res | mask | images | batch | lr | schedule | warm-up | clip | EMA | objective"]
     for i, s in enumerate(stages):
         t, o = s.train, s.objective
         sched = t.lr_schedule + (f" → {t.min_lr_ratio:g}·lr" if t.lr_schedule == "cosine" else "")
@@ -127,5 +136,5 @@ def describe(stages: list[RunConfig]) -> str:
         mask = getattr(s.model, "mask_ratio", 0.0)
         rows.append(f"{i + 1} {s.name} | {s.model.family} | {s.data.resolution} | {mask:g} "
                     f"| {t.total_nimg:,} | {t.batch_size} | {t.lr:g} | {sched} | {t.warmup_nimg:,} | {t.grad_clip:g} "
-                    f"| {ema} | ({o.p_mean:g}, {o.p_std:g})")
+                    f"| {ema} | {_objective(o)}")
     return "\n".join(rows)
