@@ -30,7 +30,8 @@ _DIT_I_AUGMENT = AugmentConfig(cutmix=CutMixConfig(enabled=True, setting="all", 
 def _dit_i_256() -> RunConfig:
     # Paper 000 §2 / App. C: ImageNet (1,281,167 images) with LLaVA captions, SD VAE latents (sd-vae-ft-ema),
     # flan-T5-XL tokens; 250k steps at 256² (§2.3). text_len 256: the authors' T5 length (anchors §3.6), which holds a
-    # ≤ 200-token LLaVA caption (docs/presets.md: how it was measured). 438M parameters (000: 0.4B).
+    # ≤ 200-token LLaVA caption (docs/presets.md: how it was measured). 439M parameters with the crop token (000
+    # Table 5: 0.4B).
     return RunConfig(
         name="dit-i-256",
         model=replace(DIT_I_CONFIGS["dit-i-256"], crop_cond=True),
