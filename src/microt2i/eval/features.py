@@ -220,15 +220,24 @@ def get_extractor(name: str = "effnet-lite0", weights: str | None = None, device
 # ------------------------------------------------------------------------------------------------------ cache
 
 
-def cached_features(extractor: FeatureExtractor, reference: dict, images: Callable[[], np.ndarray],
+def extract_all(extractor: FeatureExtractor, images) -> np.ndarray:
+    """Features of an image array, or of an iterable of uint8 batches (a set too large to hold in memory)."""
+    if isinstance(images, np.ndarray):
+        return extractor(images)
+    parts = [extractor(batch) for batch in images]
+    return np.concatenate(parts) if parts else np.empty((0, extractor.dim))
+
+
+def cached_features(extractor: FeatureExtractor, reference: dict, images: Callable[[], object],
                     cache_dir: str | os.PathLike) -> np.ndarray:
     """Features of a reference set, computed once: the file name hashes the extractor key and `reference` (a JSON-
-    able description of the set, e.g. world seed, N, resolution), so any change computes them anew."""
+    able description of the set, e.g. world seed, N, resolution), so any change computes them anew. `images()`
+    returns a uint8 array or an iterable of batches."""
     blob = json.dumps({"extractor": extractor.key, "reference": reference}, sort_keys=True)
     path = Path(cache_dir) / "eval-features" / f"{extractor.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.npy"
     if path.is_file():
         return np.load(path)
-    feats = extractor(images())
+    feats = extract_all(extractor, images())
     buf = io.BytesIO()
     np.save(buf, feats)
     atomic_write_bytes(path, buf.getvalue())
