@@ -4,7 +4,9 @@ labels file), a class-folder image set, an image + caption set; tiny random Ince
 `eval geneval|dpg --extend`; one clear error for each bad input."""
 
 import json
+import shlex
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from _tiny_models import tiny_causal_lm, tiny_clip
+from _tiny_models import tiny_causal_lm, tiny_clip, tiny_llava_next, tiny_mask2former, tiny_vilt
 from microt2i import presets
 from microt2i.cli import main
 from microt2i.config import apply_overrides
@@ -240,13 +242,21 @@ def test_eval_fid_fd_kid_prdc_clipscore_against_real_references(run, imagenet, c
     assert cs["metrics"]["n"] == 4 and cs["settings"]["n"] == 4 and cs["settings"]["reference"] == val
 
 
-def test_the_run_val_is_the_default_reference_of_an_imagenet_run(run, imagenet, models, tmp_path):
+@pytest.fixture(scope="module")
+def imagenet_run(run, imagenet, tmp_path_factory):
+    """The tiny run with its config saying it trained on the fabricated ImageNet (the network does not care)."""
     root, _ = imagenet
-    clone = tmp_path / "imagenet_run"
+    clone = tmp_path_factory.mktemp("imagenet_run") / "run"
     shutil.copytree(run, clone, ignore=shutil.ignore_patterns("eval"))
     cfg = yaml.safe_load((clone / "config.yaml").read_text())
-    cfg["data"].update(source="imagenet", root=str(root), store_dir=str(tmp_path / "store"))
+    cfg["data"].update(source="imagenet", root=str(root), store_dir=str(clone.parent / "store"))
     (clone / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return clone
+
+
+def test_the_run_val_is_the_default_reference_of_an_imagenet_run(imagenet_run, imagenet, models):
+    root, _ = imagenet
+    clone = imagenet_run
     assert main(["eval", "fid", str(clone), "--n", "5", "--weights", str(models["inception"])]) == 0
     assert _results(clone, "fid")["metrics"]["reference"] == f"ImageNet val ({root / 'val'})"
 
@@ -283,3 +293,49 @@ def test_geneval_and_dpg_with_the_prompt_extender(run, tmp_path):
     assert main(["eval", "dpg", str(run), "--n", "2", "--images-per-prompt", "1", "--extend", str(lm)]) == 0
     dpg = _results(run, "dpg-extended")["metrics"]
     assert dpg["prompt_set"] == f"extended (★) by {lm}" and dpg["prompts"] == 2
+
+
+# ------------------------------------------------------------------------------ docs/evaluation.md, shrunk
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "evaluation.md"
+SHRINK = {"fid": ["--n", "6"], "fd": ["--n", "6"], "clipscore": ["--n", "4"], "prdc": ["--n", "20"],
+          "geneval": ["--per-tag", "1", "--images-per-prompt", "1"], "dpg": ["--n", "2", "--images-per-prompt", "1"]}
+
+
+def doc_commands(heading: str) -> list[str]:
+    section = DOC.read_text().split(heading, 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [ln.split("  #")[0].strip() for ln in block.splitlines() if ln.startswith("microt2i ")]
+
+
+@pytest.mark.slow
+def test_docs_real_reference_commands_run_shrunk(imagenet_run, imagenet, coco, models, tmp_path):
+    from test_eval_dpg import CSV
+
+    root, _ = imagenet
+    root_c, caps = coco
+    (tmp_path / "dpg_bench.csv").write_text(CSV)
+    paths = {
+        "runs/dit-i-256": imagenet_run, "/data/imagenet": root, "/data/coco/val2014": root_c,
+        "/data/coco/captions.tsv": caps, "/data/dpg_bench.csv": tmp_path / "dpg_bench.csv",
+        "/models/pt_inception-2015-12-05-6726825d.pth": models["inception"], "facebook/dinov2-large": models["dino"],
+        "openai/clip-vit-large-patch14": models["clip"], "/models/mask2former-coco": tiny_mask2former(tmp_path / "m2f"),
+        "/models/vqa": tiny_vilt(tmp_path / "vqa"), "Qwen/Qwen2.5-1.5B-Instruct": tiny_causal_lm(tmp_path / "lm"),
+        "llava-hf/llama3-llava-next-8b-hf": tiny_llava_next(tmp_path / "llava"),
+    }
+    commands = doc_commands("## Real reference sets")
+    assert len(commands) >= 8
+    for line in commands:
+        argv = shlex.split(line)[1:]
+        for k in sorted(paths, key=len, reverse=True):  # longest first: /data/imagenet/val_captions.tsv
+            argv = [a.replace(k, str(paths[k])) for a in argv]
+        argv += SHRINK.get(argv[1], []) if argv[0] == "eval" else ["--max-new-tokens", "4", "--device", "cpu",
+                                                                    "--no-progress"]
+        assert main(argv) == 0, line
+        if argv[0] == "caption":  # every val image got a row; a random tiny LLaVA may say nothing: fill those in
+            rows = [ln.split("\t", 1) for ln in (root / "val_captions.tsv").read_text().splitlines()]
+            assert sorted(k for k, _ in rows) == sorted(f"{p.parent.name}/{p.name}" for p in root.glob("val/*/*"))
+            (root / "val_captions.tsv").write_text("".join(f"{k}\t{c.strip() or 'a caption'}\n" for k, c in rows))
+    assert (imagenet_run / "eval" / "geneval-extended" / "results.json").is_file()
+    fd = _results(imagenet_run, "fd")["metrics"]
+    assert fd["n"] == 6 and fd["reference"].startswith("ImageNet val")

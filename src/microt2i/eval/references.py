@@ -84,7 +84,8 @@ class Reference:
     def features(self, extractor, cache_dir: str | os.PathLike) -> np.ndarray:
         from .features import cached_features
 
-        return cached_features(extractor, self.spec, self.batches, cache_dir)
+        images_only = {k: v for k, v in self.spec.items() if k != "prompts"}  # features do not depend on prompts
+        return cached_features(extractor, images_only, self.batches, cache_dir)
 
 
 def _id(path: Path) -> str:
@@ -178,6 +179,8 @@ def image_folder(root: str | os.PathLike, *, n: int | None = None, resolution: i
     from ..encoders.captioner import TemplateCaptioner
 
     root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"reference folder {root} does not exist; pass --reference folder:<folder of images>")
     items = list_folder(root)
     if captions:
         table, cid = _caption_lookup(captions)
