@@ -184,8 +184,12 @@ def test_bad_references_get_one_clear_error(imagenet, tmp_path):
 def test_reference_features_are_cached_by_extractor_set_and_n(imagenet, tmp_path):
     root, _ = imagenet
     calls = []
-    ext = features.FeatureExtractor("fake", "FD-fake", "fake:v1", 3, preprocess=lambda b: (calls.append(len(b)), torch.from_numpy(
-        b.reshape(len(b), -1)[:, :3].astype(np.float32)))[1], forward=lambda x: x)
+
+    def preprocess(b):
+        calls.append(len(b))
+        return torch.from_numpy(b.reshape(len(b), -1)[:, :3].astype(np.float32))
+
+    ext = features.FeatureExtractor("fake", "FD-fake", "fake:v1", 3, preprocess=preprocess, forward=lambda x: x)
     ref = references.make_reference("val", imagenet_cfg(root), n=6)
     a = ref.features(ext, tmp_path)
     assert a.shape == (6, 3) and sum(calls) == 6

@@ -15,8 +15,8 @@ Extractors (`get_extractor(name, weights)`), all taking uint8 [N, H, W, 3] and r
   CLIP-FID), CLIP mean/std at the model's input size, features = projected image embedding, not normalised
   (§3.2) → "FD-CLIP".
 
-Resize convention (all extractors but pytorch-fid's Inception): clean-fid's "clean" mode — PIL bicubic (antialiased) on each channel as
-float32, no re-quantisation to uint8 (§3.1), then the model's normalisation.
+Resize convention (all extractors but pytorch-fid's Inception): clean-fid's "clean" mode — PIL bicubic
+(antialiased) on each channel as float32, no re-quantisation to uint8 (§3.1), then the model's normalisation.
 """
 
 from __future__ import annotations

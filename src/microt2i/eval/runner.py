@@ -97,7 +97,9 @@ def world_reference(cfg, n: int, seed: int = REFERENCE_SEED):
 
     d = cfg.data
     if d.source != "world":
-        raise ValueError(f"reference sets exist for data.source='world' only (this run has {d.source!r})")
+        raise ValueError(f"held-out world scenes exist for data.source='world' only (this run has {d.source!r}); "
+                         f"fid/fd/kid/prdc/clipscore take --reference val | imagenet-val:ROOT | folder:PATH, dpg "
+                         f"--csv, aesthetic/pickscore/preference --prompts")
     spec = {"source": "world", "seed": seed, "n": n, "resolution": d.resolution, "captions": d.captions,
             "max_objects": d.max_objects}
     images, captions, scenes = make_dataset(n, seed=seed, resolution=d.resolution, captions=d.captions,
