@@ -18,15 +18,6 @@ def tiny(*extra):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    root = tmp_path_factory.mktemp("cache")
-    mp.setenv("MICROT2I_CACHE", str(root))
-    yield root
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def store(cache):
     return prepare_data(tiny(), torch.device("cpu"), log=lambda *_: None)
 

@@ -74,15 +74,6 @@ def coco(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    root = tmp_path_factory.mktemp("cache")
-    mp.setenv("MICROT2I_CACHE", str(root))
-    yield root
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def run(tmp_path_factory, cache):
     run_dir = tmp_path_factory.mktemp("run")
     store = prepare_data(tiny(), torch.device("cpu"), log=lambda *_: None)
