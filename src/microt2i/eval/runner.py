@@ -177,7 +177,7 @@ def _reference(sampler, n, reference=None, captions=None, labels_file=None, **_)
 
 def _n_fields(ref) -> dict:
     """N and the reference, written next to every number (compare only at equal N and reference)."""
-    return {"n": ref.n, "n_paper": ref.paper_n or "", "reference": ref.label}
+    return {"n": ref.n, **({"n_paper": ref.paper_n} if ref.paper_n else {}), "reference": ref.label}
 
 
 def _real_and_fake(sampler, ref, extractor, seed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
