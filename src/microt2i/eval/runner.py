@@ -79,7 +79,9 @@ class RunSampler:
 
     def stream(self, prompts: list[str], *, seed: int, consume, keep: int = 64, chunk: int = 1000) -> np.ndarray:
         """Sample one image per prompt in chunks, hand each chunk to `consume` (features, scores) and return only
-        the first `keep` images, so N = 50k never sits in memory."""
+        the first `keep` images, so N = 50k never sits in memory. Chunks hold whole batches, so even DDIM with
+        eta > 0 (fresh noise seeded per batch) gives the images of one call."""
+        chunk = max(1, chunk // self.batch_size) * self.batch_size
         kept: list[np.ndarray] = []
         for start in range(0, len(prompts), chunk):
             images = self(prompts[start:start + chunk], seed=seed, first_index=start)
