@@ -195,7 +195,7 @@ def test_reference_features_are_cached_by_extractor_set_and_n(imagenet, tmp_path
 def test_chunked_sampling_equals_one_call(run):
     from microt2i.eval.runner import RunSampler
 
-    sampler = RunSampler.from_run(run, steps=2)
+    sampler = RunSampler.from_run(run, steps=2, batch_size=1)  # chunks hold whole batches: chunk=2 stays 2
     prompts = [f"a red cube number {i}" for i in range(5)]
     whole = sampler(prompts, seed=3)
     got = []
