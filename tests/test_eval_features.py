@@ -76,6 +76,8 @@ def test_inception_needs_a_local_torchscript_file_and_uses_its_layers(tmp_path, 
     torch.jit.script(net).save(str(tmp_path / "inception.pt"))
     ext = features.get_extractor("inception", weights=str(tmp_path / "inception.pt"))
     assert ext.metric_name == "FID" and ext.dim == 2048
+    with pytest.raises(ValueError, match="--resize clean"):  # clean-fid's file goes with clean-fid's resize
+        features.get_extractor("inception", weights=str(tmp_path / "inception.pt"), resize="bilinear")
     got = ext(world_images[:3])
     with torch.inference_mode():
         want = net.layers((features.resize_clean(world_images[:3], 299) - 128) / 128).reshape(3, -1).double()
