@@ -142,3 +142,39 @@ def tiny_causal_lm(folder: Path) -> Path:
     torch.manual_seed(0)
     LlamaForCausalLM(_tiny_llama_config(tok)).save_pretrained(folder)
     return folder
+
+
+def tiny_mask2former(folder: Path, names=("person", "cat", "mouse", "tv")) -> Path:
+    """A tiny random Mask2Former instance-segmentation model + PIL image processor (the GenEval detector)."""
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+    from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
+
+    swin = SwinConfig(image_size=64, patch_size=4, embed_dim=8, depths=[1] * 4, num_heads=[1] * 4, window_size=2,
+                      out_features=["stage1", "stage2", "stage3", "stage4"])
+    config = Mask2FormerConfig(backbone_config=swin, feature_size=32, mask_feature_size=32, hidden_dim=32,
+                               encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=64,
+                               num_queries=6, encoder_feedforward_dim=32, common_stride=4,
+                               id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    torch.manual_seed(0)
+    Mask2FormerForUniversalSegmentation(config).save_pretrained(folder)
+    Mask2FormerImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(folder)
+    return folder
+
+
+def tiny_vilt(folder: Path) -> Path:
+    """A tiny random ViLT visual-question-answering model answering yes / no (the DPG answerer)."""
+    from transformers import BertTokenizerFast, ViltConfig, ViltForQuestionAnswering, ViltProcessor
+    from transformers.models.vilt.image_processing_pil_vilt import ViltImageProcessorPil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "is", "there", "?"]
+    (folder / "vocab.txt").write_text("\n".join(vocab))
+    processor = ViltProcessor(image_processor=ViltImageProcessorPil(size={"shortest_edge": 32}, size_divisor=16),
+                              tokenizer=BertTokenizerFast(vocab_file=str(folder / "vocab.txt")))
+    config = ViltConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, image_size=32, patch_size=16, max_position_embeddings=40,
+                        id2label={0: "yes", 1: "no"}, label2id={"yes": 0, "no": 1})
+    torch.manual_seed(0)
+    ViltForQuestionAnswering(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -11,3 +11,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A fresh data cache (MICROT2I_CACHE) for the module: stores and cached reference features."""
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("cache")
+    mp.setenv("MICROT2I_CACHE", str(root))
+    yield root
+    mp.undo()

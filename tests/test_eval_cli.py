@@ -18,15 +18,6 @@ def tiny(*extra):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    root = tmp_path_factory.mktemp("cache")
-    mp.setenv("MICROT2I_CACHE", str(root))
-    yield root
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def store(cache):
     return prepare_data(tiny(), torch.device("cpu"), log=lambda *_: None)
 
@@ -99,7 +90,7 @@ def test_eval_fid_prdc_and_dpg_write_json_with_n(run, capsys):
     fid = json.loads((run / "eval" / "fid" / "results.json").read_text())["metrics"]
     assert fid["n_real"] == fid["n_fake"] == 6 and fid["FD-EffNetLite0"] > 0 and "KID" in fid
     assert "FD-EffNetLite0" in capsys.readouterr().out
-    assert main(["eval", "prdc", str(run), "--n", "6", "--k", "2"]) == 0  # reuses the cached reference features
+    assert main(["eval", "prdc", str(run), "--n", "6", "--k", "2", "--splits", "1"]) == 0  # reuses cached features
     prdc = json.loads((run / "eval" / "prdc" / "results.json").read_text())["metrics"]
     assert {"precision", "recall", "density", "coverage"} <= set(prdc) and prdc["k"] == 2 and prdc["n_real"] == 6
     assert main(["eval", "dpg", str(run), "--n", "2"]) == 0

@@ -87,11 +87,11 @@ def _prdc_brute(real, fake, k):
 def test_prdc_matches_the_definition_and_chunking_changes_nothing(monkeypatch):
     rng = np.random.default_rng(5)
     real, fake = rng.normal(size=(300, 4)), rng.normal(0.3, 1.2, size=(250, 4))
-    whole = prdc(real, fake, k=5)
+    whole = prdc(real, fake, k=5, splits=1)
     for key, value in _prdc_brute(real, fake, 5).items():
         assert whole[key] == pytest.approx(value, abs=1e-12), key
     monkeypatch.setattr(distribution, "_CHUNK_ELEMENTS", 1000)  # blocks of 3-4 rows
-    chunked = prdc(real, fake, k=5)
+    chunked = prdc(real, fake, k=5, splits=1)
     assert chunked == whole
     assert whole["n_real"] == 300 and whole["n_fake"] == 250 and whole["k"] == 5
 
@@ -99,13 +99,13 @@ def test_prdc_matches_the_definition_and_chunking_changes_nothing(monkeypatch):
 def test_prdc_on_identical_sets_and_identical_distributions():
     rng = np.random.default_rng(6)
     x = rng.normal(size=(500, 3))
-    same_set = prdc(x, x, k=5)
+    same_set = prdc(x, x, k=5, splits=1)
     assert same_set["precision"] == same_set["recall"] == same_set["coverage"] == 1.0
     assert same_set["density"] == pytest.approx(1.0, abs=0.02)  # self + the k−1 strictly closer neighbours
     # independent samples: E[density] = 1 and E[coverage] = 1 − Π_{i≤k} (N−i)/(N+M−i) → 1 − 2^−k
     k, n = 5, 4000
     real, fake = rng.normal(size=(n, 3)), rng.normal(size=(n, 3))
-    out = prdc(real, fake, k=k)
+    out = prdc(real, fake, k=k, splits=1)
     expected_coverage = 1 - np.prod([(n - i) / (2 * n - i) for i in range(1, k + 1)])
     assert expected_coverage == pytest.approx(1 - 2.0**-k, abs=1e-3)
     assert out["density"] == pytest.approx(1.0, abs=0.05)
@@ -115,11 +115,11 @@ def test_prdc_on_identical_sets_and_identical_distributions():
 def test_prdc_separates_disjoint_sets_and_supports_splits():
     rng = np.random.default_rng(7)
     real, far = rng.normal(size=(200, 3)), rng.normal(size=(200, 3)) + 100
-    out = prdc(real, far, k=3)
+    out = prdc(real, far, k=3, splits=1)
     assert out["precision"] == out["recall"] == out["density"] == out["coverage"] == 0.0
-    split = prdc(real, real[::-1].copy(), k=3, splits=5)
-    assert split["splits"] == 5 and split["n_real"] == 200
-    manual = [prdc(real[i * 40:(i + 1) * 40], real[::-1][i * 40:(i + 1) * 40], k=3) for i in range(5)]
+    split = prdc(real, real[::-1].copy())  # the authors' defaults: k = 3 over 5 splits
+    assert split["k"] == 3 and split["splits"] == 5 and split["n_real"] == 200
+    manual = [prdc(real[i * 40:(i + 1) * 40], real[::-1][i * 40:(i + 1) * 40], k=3, splits=1) for i in range(5)]
     assert split["density"] == pytest.approx(np.mean([m["density"] for m in manual]))
 
 

@@ -100,22 +100,9 @@ def test_world_questions_are_true_of_their_scene_and_false_of_a_changed_one():
 
 
 def test_transformers_vqa_plumbing_with_a_tiny_vilt(tmp_path):
-    import torch
-    from transformers import BertTokenizerFast, ViltConfig, ViltForQuestionAnswering, ViltProcessor
-    from transformers.models.vilt.image_processing_pil_vilt import ViltImageProcessorPil
+    from _tiny_models import tiny_vilt
 
-    from _tiny_models import WORDS
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "is", "there", "?"]
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab))
-    processor = ViltProcessor(image_processor=ViltImageProcessorPil(size={"shortest_edge": 32}, size_divisor=16),
-                              tokenizer=BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")))
-    config = ViltConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, image_size=32, patch_size=16, max_position_embeddings=40,
-                        id2label={0: "yes", 1: "no"}, label2id={"yes": 0, "no": 1})
-    torch.manual_seed(0)
-    ViltForQuestionAnswering(config).save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
+    tiny_vilt(tmp_path)
     vqa = TransformersVQA(str(tmp_path))
     image = np.zeros((32, 32, 3), np.uint8)
     q = Question("x", 1, (), "entity - whole (cube)", "is there a red cube ?")

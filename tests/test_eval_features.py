@@ -76,6 +76,8 @@ def test_inception_needs_a_local_torchscript_file_and_uses_its_layers(tmp_path, 
     torch.jit.script(net).save(str(tmp_path / "inception.pt"))
     ext = features.get_extractor("inception", weights=str(tmp_path / "inception.pt"))
     assert ext.metric_name == "FID" and ext.dim == 2048
+    with pytest.raises(ValueError, match="--resize clean"):  # clean-fid's file goes with clean-fid's resize
+        features.get_extractor("inception", weights=str(tmp_path / "inception.pt"), resize="bilinear")
     got = ext(world_images[:3])
     with torch.inference_mode():
         want = net.layers((features.resize_clean(world_images[:3], 299) - 128) / 128).reshape(3, -1).double()
@@ -158,19 +160,9 @@ def test_clip_colour_composites_the_mask_over_grey_and_crops_the_box():
 
 
 def test_transformers_detector_plumbing_with_a_tiny_mask2former(tmp_path, clip_folder):
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
-    from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
+    from _tiny_models import tiny_mask2former
 
-    swin = SwinConfig(image_size=64, patch_size=4, embed_dim=8, depths=[1] * 4, num_heads=[1] * 4, window_size=2,
-                      out_features=["stage1", "stage2", "stage3", "stage4"])
-    names = ["person", "cat", "mouse", "tv"]
-    config = Mask2FormerConfig(backbone_config=swin, feature_size=32, mask_feature_size=32, hidden_dim=32,
-                               encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=64,
-                               num_queries=6, encoder_feedforward_dim=32, common_stride=4,
-                               id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    torch.manual_seed(0)
-    Mask2FormerForUniversalSegmentation(config).save_pretrained(tmp_path)
-    Mask2FormerImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(tmp_path)
+    tiny_mask2former(tmp_path)
     det = TransformersDetector(str(tmp_path), color_model=str(clip_folder))
     assert det.classes == ("person", "cat", "computer mouse", "tv") and det.thresholds.counting_threshold == 0.9
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)

@@ -389,12 +389,14 @@ def cmd_eval(args) -> int:
     from .eval.geneval import format_table
     from .eval.runner import run_eval
 
-    opts = {"fid": dict(features=args.features, weights=args.weights),
-            "prdc": dict(features=args.features, weights=args.weights, k=args.k, splits=args.splits),
-            "clipscore": dict(model=args.model),
+    ref = dict(reference=args.reference, captions=args.captions, labels_file=args.labels_file)
+    fd = dict(features=args.features, weights=args.weights, resize=args.resize, **ref)
+    opts = {"fid": fd, "fd": fd, "kid": fd,
+            "prdc": dict(fd, k=args.k, splits=args.splits),
+            "clipscore": dict(model=args.model, **ref),
             "geneval": dict(detector=args.detector, images_per_prompt=args.images_per_prompt,
-                            per_tag_draws=args.per_tag, color_model=args.color_model),
-            "dpg": dict(model=args.model, csv=args.csv, tiles=args.images_per_prompt),
+                            per_tag_draws=args.per_tag, color_model=args.color_model, extend=args.extend),
+            "dpg": dict(model=args.model, csv=args.csv, tiles=args.images_per_prompt, extend=args.extend),
             "aesthetic": dict(head=args.head, model=args.model, prompts=args.prompts),
             "pickscore": dict(model=args.model, prompts=args.prompts),
             "preference": dict(against=args.against, judge=args.judge, prompts=args.prompts)}[args.metric]
@@ -413,8 +415,10 @@ def cmd_eval(args) -> int:
     if args.metric == "geneval":
         print(format_table(report["summary"]))
     else:
-        for key, value in report["metrics"].items():
-            print(f"{key:>28}: {value:.4f}" if isinstance(value, float) else f"{key:>28}: {value}")
+        m = report["metrics"]
+        at = f"  [N={m['n']:,}]" if isinstance(m.get("n"), int) else ""  # a smaller N than the papers' is visible
+        for key, value in m.items():
+            print(f"{key:>28}: {value:.4f}{at}" if isinstance(value, float) else f"{key:>28}: {value}")
     return 0
 
 
@@ -609,17 +613,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_recipe)
 
     e = sub.add_parser("eval", help="evaluate a finished run: FD/KID, PRDC, CLIPScore, GenEval, DPG → JSON + HTML")
-    e.add_argument("metric", choices=["fid", "prdc", "clipscore", "geneval", "dpg", "aesthetic", "pickscore",
-                                      "preference"],
-                   help="fid: FD (FD-EffNetLite0 by default) + KID; prdc: precision/recall/density/coverage; "
+    e.add_argument("metric", choices=["fid", "fd", "kid", "prdc", "clipscore", "geneval", "dpg", "aesthetic",
+                                      "pickscore", "preference"],
+                   help="fid / kid: FD + KID on Inception features (FD-EffNetLite0 on the world); fd: the same on "
+                        "DINOv2 (FD-DINOv2); prdc: precision/recall/density/coverage (DINOv2 on real references); "
                         "aesthetic: LAION head (--head); pickscore; preference: run_dir vs --against (--judge)")
     e.add_argument("run_dir", help="a finished run folder (ema/, config.yaml, null_text.safetensors)")
     e.add_argument("--n", type=int, default=None,
-                   help="fid/prdc/clipscore: samples (default 256); dpg: prompts (default 32)")
-    e.add_argument("--features", default="effnet-lite0", choices=["effnet-lite0", "inception", "dinov2", "clip"])
-    e.add_argument("--weights", default=None, help="inception: TorchScript file; dinov2/clip: id or folder")
-    e.add_argument("--k", type=int, default=5, help="prdc: nearest neighbours")
-    e.add_argument("--splits", type=int, default=1, help="prdc: average over this many equal chunks (DiffEvals: 5)")
+                   help="fid/fd/kid/prdc/clipscore: images (default: the papers' N, 50000 for ImageNet val and "
+                        "folders, 30000 for an image + caption set; 256 on the world); dpg: prompts (default 32)")
+    e.add_argument("--reference", default=None,
+                   help="fid/fd/kid/prdc/clipscore: world | val (the run's data.root/val) | imagenet-val:ROOT | "
+                        "folder:PATH (default: val on an ImageNet run, world on the world)")
+    e.add_argument("--captions", default=None, help="reference prompts: a caption file keyed by image path (val: "
+                                                    "default AIO 'An image of a <class>'; folder: an image + "
+                                                    "caption set, COCO-30k style)")
+    e.add_argument("--labels-file", default=None, help="flat ImageNet val/: 'filename synset' lines or "
+                                                       "LOC_val_solution.csv (default: the run's data.labels_file)")
+    e.add_argument("--features", default=None, choices=["effnet-lite0", "inception", "dinov2", "clip"],
+                   help="default: inception for fid/kid, dinov2 for fd/prdc on a real reference; effnet-lite0 on "
+                        "the world")
+    e.add_argument("--weights", default=None, help="inception: pt_inception-2015-12-05-6726825d.pth (pytorch-fid) "
+                                                   "or clean-fid's TorchScript .pt; dinov2/clip: id or folder "
+                                                   "(default facebook/dinov2-large)")
+    e.add_argument("--resize", default=None, choices=["bilinear", "clean"],
+                   help="inception resize to 299: bilinear (pytorch-fid, default for its .pth) or clean (clean-fid)")
+    e.add_argument("--k", type=int, default=3, help="prdc: nearest neighbours (ImageNet-T2I / DiffEvals: 3)")
+    e.add_argument("--splits", type=int, default=5, help="prdc: average over this many equal chunks (DiffEvals: 5)")
+    e.add_argument("--extend", default=None, metavar="EXTENDER",
+                   help="geneval/dpg: rewrite each prompt with the prompt extender before generation (GenEval★, "
+                        "paper 000 Tables 2, 9-11): 'world' or a causal-LM id / folder; results in <metric>-extended/")
     e.add_argument("--model", default=None, help="clipscore: CLIP / Jina-CLIP id or folder; dpg: a VQA model; "
                                                  "aesthetic: the CLIP ViT-L/14; pickscore: default PickScore_v1")
     e.add_argument("--head", default=None, help="aesthetic: LAION aesthetic head file (.pth / .safetensors)")

@@ -347,7 +347,7 @@ def evaluate_arm(run_dir: str | Path, spec: EvalSpec, device="cpu", log=print) -
     buf = io.BytesIO()
     np.savez(buf, real=real.astype(np.float32), fake=fake.astype(np.float32))
     atomic_write_bytes(run_dir / "features.npz", buf.getvalue())
-    pr = prdc(real, fake, k=5)
+    pr = prdc(real, fake, k=5, splits=1)  # small-N world arms: the whole set
     out["metrics"] = {ext.metric_name: frechet_distance(real, fake),
                       "KID": kid(real, fake, subset_size=min(1000, spec.fd_n))["kid"],
                       **{k: float(pr[k]) for k in ("precision", "recall", "density", "coverage")}}

