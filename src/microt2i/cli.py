@@ -177,17 +177,41 @@ def cmd_caption(args) -> int:
 
 
 def cmd_cutmix(args) -> int:
-    from .config import apply_overrides
+    from .config import ConfigError, apply_overrides
     from .report import save_grid
-    from .train.loop import prepare_cutmix, resolve_device
 
     cfg = _resolve_config(args.config, args.overrides)
     cfg = apply_overrides(cfg, ["augment.cutmix.enabled=true"])
-    store = prepare_cutmix(cfg, resolve_device(cfg.train.device))
-    boxes = store.meta["boxes"]
-    for i in range(min(args.show, len(store))):
-        print(f"{i:3d}  [{boxes[i]['pattern']} of source {boxes[i]['source']}, partner {boxes[i]['partner']}] "
-              f"{store.captions[i]}")
+    cm = cfg.augment.cutmix
+    if cfg.data.store_dir:  # any labelled source's sharded store: composites through the precompute engine
+        from .augment.cutmix import build_cutmix_shards, cutmix_dir
+        from .data.store import open_store, verify_store
+
+        if args.verify:
+            problems = verify_store(cutmix_dir(cfg.data, cm))
+            print("\n".join(problems) or f"[cutmix] {cutmix_dir(cfg.data, cm)}: every shard checks out")
+            return 1 if problems else 0
+        out = build_cutmix_shards(cfg.data, cm, model=args.model, max_new_tokens=args.max_new_tokens,
+                                  num_shards=args.num_shards, shard_index=args.shard_index, workers=args.workers,
+                                  device=args.device, batch_size=args.batch_size,
+                                  caption_batch_size=args.caption_batch_size)
+        print(f"[cutmix] {len(out['done'])} shards written, {len(out['skipped_shards'])} already done")
+        if not out["manifest"]:
+            return 0
+        store = open_store(out["store_dir"])
+        describe = [f"{r['pattern']} of {r['key'].rsplit('#', 1)[0]}, partner {r['partner_key']}"
+                    for r in store.records[:args.show]]
+    else:
+        if args.num_shards > 1 or args.verify:
+            raise ConfigError("--num-shards / --verify work on a sharded store: add data.store_dir=<store> (built "
+                              "with `microt2i precompute`)")
+        from .train.loop import prepare_cutmix, resolve_device
+
+        store = prepare_cutmix(cfg, resolve_device(cfg.train.device))
+        boxes = store.meta["boxes"]
+        describe = [f"{b['pattern']} of source {b['source']}, partner {b['partner']}" for b in boxes[:args.show]]
+    for i, d in enumerate(describe):
+        print(f"{i:3d}  [{d}] {store.captions[i]}")
     if args.out and cfg.data.codec == "pixel":  # a preview grid of the first composites (pixel codec: no decoder)
         from .data.store import tensor_to_images
 
@@ -195,7 +219,7 @@ def cmd_cutmix(args) -> int:
         save_grid(tensor_to_images(store.latents[:n]), args.out, nrow=int(n ** 0.5 + 0.999),
                   upscale=max(1, 128 // cfg.data.resolution))
         print(f"[cutmix] preview → {args.out}")
-    print(f"[cutmix] {len(store)} composites ({cfg.augment.cutmix.setting}, ×{cfg.augment.cutmix.times})")
+    print(f"[cutmix] {len(store)} composites ({cm.setting}, ×{cm.times})")
     return 0
 
 
@@ -550,6 +574,16 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("overrides", nargs="*", help="e.g. augment.cutmix.setting=1/4 augment.cutmix.times=2")
     cm.add_argument("--show", type=int, default=8, help="print this many composites' captions")
     cm.add_argument("--out", default=None, help="write a preview grid PNG of them (pixel codec)")
+    cm.add_argument("--verify", action="store_true", help="check every composite shard (sha256, dtypes, shapes)")
+    cm.add_argument("--model", default="llava-hf/llama3-llava-next-8b-hf",
+                    help="data.captions=long on real images: the LLaVA-NeXT hub id or local folder")
+    cm.add_argument("--max-new-tokens", type=int, default=200, help="LLaVA caption length")
+    cm.add_argument("--num-shards", type=int, default=1, help="split the shards over this many jobs (GPUs, machines)")
+    cm.add_argument("--shard-index", type=int, default=0, help="this job's share, 0-based")
+    cm.add_argument("--workers", type=int, default=0, help="image decoding processes (0 = in this process)")
+    cm.add_argument("--device", default="cpu", help="where LLaVA, the codec and the text encoder run")
+    cm.add_argument("--batch-size", type=int, default=64, help="images per codec call")
+    cm.add_argument("--caption-batch-size", type=int, default=16, help="composites per LLaVA call and per append")
     cm.set_defaults(fn=cmd_cutmix)
 
     pc = sub.add_parser("precompute", help="encode a data set (world, ImageNet, folder) into the sharded store at "
@@ -720,7 +754,9 @@ EXAMPLES = {  # shown under `microt2i CMD --help`; every line runs on the embedd
     "world": ["microt2i world --n 16 --resolution 64 --out world.png", "microt2i world --captions aio"],
     "caption": ["microt2i caption --source world --n 100 --out captions.tsv",
                 "microt2i caption --source /data/imagenet/train --captioner llava --num-shards 8 --shard-index 0"],
-    "cutmix": ["microt2i cutmix world-tiny augment.cutmix.setting=1/4 --out cutmix.png"],
+    "cutmix": ["microt2i cutmix world-tiny augment.cutmix.setting=1/4 --out cutmix.png",
+               "microt2i cutmix dit-i-256 data.source=imagenet data.root=/data/imagenet data.store_dir=/data/store "
+               "data.caption_file='captions.shard*-of-8.tsv' --device cuda --num-shards 8 --shard-index 0"],
     "precompute": ["microt2i precompute world-tiny data.store_dir=/tmp/store",
                    "microt2i precompute dit-i-256 data.source=imagenet data.root=/data/imagenet "
                    "data.store_dir=/data/store --workers 8 --device cuda", "microt2i precompute /data/store --verify"],
