@@ -350,6 +350,9 @@ def composite_source(data_cfg: DataConfig) -> CompositeSource:
                          f"(e.g. {missing[0]!r}); it was built from another tree: rebuild it with `microt2i precompute`")
     keys = [r["key"] for r in records]
     classes = np.array([by_key[k][0] for k in keys])
+    if len(set(classes.tolist())) < 2:
+        raise ValueError(f"the base store {data_cfg.store_dir} holds {len(keys)} samples of one class only (images "
+                         f"without a caption or unreadable are left out); CutMix needs two classes or more")
     if data_cfg.source == "world":
         names, paths, world = [by_key[k][1] for k in keys], None, [scenes[k] for k in keys]
     else:
