@@ -279,3 +279,27 @@ def test_training_on_imagenet_reads_the_composites(models, tree, tmp_path, monke
     twins = [n for name, n in reads if name.startswith("cutmix-")]
     assert twins and sum(twins) <= 32  # p = 1 and τ = 1: nearly every sample takes a composite
     assert sum(twins) >= 24
+
+
+def test_docs_world_walk_through_the_cli(models, tmp_path, capsys):
+    """docs/data.md "Try the whole path on the world first", CutMix lines, shrunk."""
+    from microt2i.cli import main
+
+    store = tmp_path / "stores" / "tiny"
+    shrink = [f"data.text_encoder={models['t5']}", "data.text_len=8", "data.num_images=12", "data.shard_size=5",
+              "model.text_dim=16"]
+    assert main(["precompute", "world-tiny", f"data.store_dir={store}", *shrink]) == 0
+    assert main(["cutmix", "world-tiny", f"data.store_dir={store}", "augment.cutmix.setting=1/4", *shrink,
+                 "--show", "2", "--out", str(tmp_path / "prev.png")]) == 0
+    out = capsys.readouterr().out
+    assert "12 composites (1/4, ×1)" in out and "[1/4 of world-0/0000000, partner world-0/" in out
+    assert (tmp_path / "prev.png").is_file()
+    assert main(["cutmix", "world-tiny", f"data.store_dir={store}", "augment.cutmix.setting=1/4", *shrink,
+                 "--verify"]) == 0
+    assert main(["train", "world-tiny", f"data.store_dir={store}", "augment.cutmix.enabled=true",
+                 "augment.cutmix.setting=1/4", *shrink, "train.total_nimg=16", "train.threads=1",
+                 "--run-dir", str(tmp_path / "runs" / "tiny-cutmix"), "--no-progress"]) == 0
+    assert "finished at 16 images" in capsys.readouterr().out
+    # the unsharded world path refuses machine shards
+    assert main(["cutmix", "world-tiny", "--num-shards", "2"]) == 2
+    assert "data.store_dir" in capsys.readouterr().err
