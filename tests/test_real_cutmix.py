@@ -303,3 +303,17 @@ def test_docs_world_walk_through_the_cli(models, tmp_path, capsys):
     # the unsharded world path refuses machine shards
     assert main(["cutmix", "world-tiny", "--num-shards", "2"]) == 2
     assert "data.store_dir" in capsys.readouterr().err
+
+
+def test_partner_draw_is_the_r_th_index_of_another_class():
+    """choose_partner without listing the other-class indices equals the listing definition, draw for draw."""
+    from microt2i.augment.cutmix import choose_partner
+
+    rng = np.random.default_rng(0)
+    for n_classes in (2, 3, 7):
+        classes = rng.integers(0, n_classes, 200).astype(str)
+        cache = {}
+        for i in range(0, 200, 7):
+            others = np.flatnonzero(classes != classes[i])
+            a, b = np.random.default_rng([i, n_classes]), np.random.default_rng([i, n_classes])
+            assert choose_partner(i, classes, a, cache) == others[b.integers(len(others))]

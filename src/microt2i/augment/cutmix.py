@@ -2,10 +2,14 @@
 
 Offline: every source image i gets `times` composites, k = i·times + j. Composite k pastes a partner image of a
 **different class** (the released code may pick the same class; we never do) into the source following one of
-the four patterns of App. E, then the world oracle captions the composite and it is encoded like the base set
-(codec latents + text tokens) into a Store cached under a key that includes the augmentation parameters. Each
-composite's metadata ({"source", "partner", "pattern", "box", "src"}) is what `encoders.captioner.LlavaCaptioner`
-takes to caption real composites with the CutMix prompt (App. D).
+the four patterns of App. E, is captioned, and is encoded like the base set (codec latents + text tokens) under a
+cache key that includes the augmentation parameters. Two stores:
+- the world without `data.store_dir`: one Store file, oracle captions, built on first use (`build_cutmix_store`);
+- any sharded store (ImageNet, a folder of class folders, the world): `microt2i cutmix` (`build_cutmix_shards`)
+  writes `<data.store_dir>/cutmix-<setting>-x<times>-s<seed>/` through the precompute engine (plan + key, atomic
+  shards, resume, `--num-shards/--shard-index`, `--verify`). Captions: the world oracle; on real images
+  LLaVA-NeXT with the CutMix prompt and App. D's token choice (`LlavaCaptioner` reads each composite's metadata
+  {"source", "partner", "pattern", "box", "src"}), or with data.captions=aio the template of both classes.
 
 | pattern | pasted | where (App. E; positions are ours where the paper leaves room) |
 |---|---|---|
@@ -108,16 +112,23 @@ def paste(base: np.ndarray, partner: np.ndarray, cm: CutMixBox) -> np.ndarray:
 
 
 def choose_partner(i: int, classes: np.ndarray, rng: np.random.Generator, _cache: dict | None = None) -> int:
-    """A uniform random index whose class differs from classes[i]."""
+    """A uniform random index whose class differs from classes[i]: the r-th of those indices, in index order.
+
+    Found without listing them (ImageNet: 1.28M indices per class would be 10 GB over 1000 classes): with pos the
+    sorted indices of class c and q_j = pos_j − j (how many other-class indices precede pos_j), the r-th other index
+    is r + #{j : q_j ≤ r}. `_cache` keeps q per class (N integers in all)."""
     key = classes[i]
-    others = None if _cache is None else _cache.get(key)
-    if others is None:
-        others = np.flatnonzero(classes != key)
+    q = None if _cache is None else _cache.get(key)
+    if q is None:
+        pos = np.flatnonzero(classes == key)
+        q = pos - np.arange(len(pos))
         if _cache is not None:
-            _cache[key] = others
-    if len(others) == 0:
+            _cache[key] = q
+    n_others = len(classes) - len(q)
+    if n_others == 0:
         raise ValueError(f"CutMix needs images of at least two classes; every image is a {key!r}")
-    return int(others[rng.integers(len(others))])
+    r = int(rng.integers(n_others))
+    return r + int(np.searchsorted(q, r, side="right"))
 
 
 def composite_rng(seed: int, i: int, j: int) -> np.random.Generator:
@@ -213,8 +224,8 @@ def build_cutmix_store(data_cfg: DataConfig, cfg: CutMixConfig, make_encoders, *
     from ..world import make_dataset
 
     if data_cfg.source != "world":
-        raise ValueError(f"microt2i cutmix builds composites of the embedded world; data.source={data_cfg.source!r} "
-                         f"needs the ImageNet data engine")
+        raise ValueError(f"the one-file composite store is the world's; data.source={data_cfg.source!r} builds its "
+                         f"composites into data.store_dir with `microt2i cutmix` (build_cutmix_shards)")
     path = cutmix_path(data_cfg, cfg)
     if path.with_suffix(".safetensors").exists():
         log(f"[cutmix] cached composites {path}.safetensors")
