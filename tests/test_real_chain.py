@@ -67,7 +67,7 @@ def test_caption_precompute_cutmix_train_sample(chain, capsys):
     cm = ["augment.cutmix.setting=all"]
     for i in (1, 0):
         assert main(["cutmix", "dit-i-256", *D, *shrink, *cm, "--model", str(m["llava"]), "--max-new-tokens", "8",
-                     "--num-shards", "2", "--shard-index", str(i), "--show", "2"]) == 0
+                     "--num-shards", "2", "--shard-index", str(i), "--show", "2", "--workers", str(i)]) == 0
     out = capsys.readouterr().out
     assert "9 composites (all, ×1)" in out and "store complete: 9 samples" in out
     assert main(["cutmix", "dit-i-256", *D, *shrink, *cm, "--verify"]) == 0
