@@ -317,3 +317,24 @@ def test_partner_draw_is_the_r_th_index_of_another_class():
             others = np.flatnonzero(classes != classes[i])
             a, b = np.random.default_rng([i, n_classes]), np.random.default_rng([i, n_classes])
             assert choose_partner(i, classes, a, cache) == others[b.integers(len(others))]
+
+
+def test_cost_cutmix_bytes_match_a_written_shard(models, tmp_path, capsys):
+    from microt2i.cli import main
+    from microt2i.data.precompute import bytes_per_sample
+    from microt2i.data.store import _header
+
+    for extra in ({}, {"text_store": "ids", "latent_mode": "sample", "store_dtype": "float32"}):
+        data = DataConfig(source="world", num_images=6, resolution=16, text_encoder=models["t5"], text_len=8,
+                          shard_size=4, store_dir=str(tmp_path / f"w{len(extra)}"), **extra)
+        precompute(data, log=QUIET)
+        build_cutmix_shards(data, CutMixConfig(times=2), log=QUIET)
+        shard = cutmix_dir(data, CutMixConfig(times=2)) / "shard-00000.safetensors"
+        _, start = _header(shard)
+        per = bytes_per_sample(data, (3, 16, 16), 16)
+        assert shard.stat().st_size - start == 4 * sum(per.values())
+    assert main(["cost", "cutmix", "dit-i-256", "data.text_len=128", "data.text_store=ids", "--rate", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "= 17,032 B" in out and "21.8 GB" in out and "29.7 GPU-hours at 12 composites/s" in out
+    assert main(["cost", "cutmix", "dit-i-256", "data.text_len=128"]) == 0
+    assert "= 540,808 B" in capsys.readouterr().out  # 2·4·32·32·2 + 128·(2048·2 + 1) + 8

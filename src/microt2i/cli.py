@@ -378,6 +378,29 @@ def cmd_cost_recipe(args) -> int:
     return 0
 
 
+def cmd_cost_cutmix(args) -> int:
+    from . import presets
+    from .config import ConfigError, apply_overrides
+    from .data.precompute import bytes_per_sample
+
+    cfg = apply_overrides(presets.get(args.name), args.overrides)
+    m, d, cm = cfg.model, cfg.data, cfg.augment.cutmix
+    per = bytes_per_sample(d, (m.in_channels, m.input_size, m.input_size), m.text_dim)
+    total = sum(per.values())
+    print(f"CutMix composites of {args.name} (CM-{cm.setting}, {args.n:,} per setting; paper 000 App. E: 1,281,167)")
+    print("  per composite: " + ", ".join(f"{k} {v:,} B" for k, v in per.items()) + f" = {total:,} B")
+    print(f"  disk per setting: {total * args.n / 1e9:,.1f} GB of shards (+ ~1 KB of caption text per composite "
+          f"in the sidecars and the caption log)")
+    if args.rate:
+        if args.rate <= 0:
+            raise ConfigError(f"--rate {args.rate} must be > 0 (composites/s per GPU)")
+        print(f"  time: {args.n / args.rate / 3600:,.1f} GPU-hours at {args.rate:g} composites/s per GPU")
+    else:
+        print("  time: pass --rate (composites/s per GPU: every `microt2i cutmix` shard logs its items/s); "
+              "docs/data.md derives an H100 floor")
+    return 0
+
+
 def cmd_cost_text_encoders(args) -> int:
     import numpy as np
     import torch
@@ -720,6 +743,13 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--mfu", type=float, default=None,
                     help="assumed model FLOPs utilisation on an H100 (0-1) when no throughput is given")
     cr.set_defaults(fn=cmd_cost_recipe)
+    cc = csub.add_parser("cutmix", help="disk (from the store layout) and GPU-hours (from a measured rate) of a "
+                                        "preset's CutMix composites (paper 000 App. E)")
+    cc.add_argument("name", help="preset, e.g. dit-i-256")
+    cc.add_argument("overrides", nargs="*", help="e.g. data.text_store=ids data.text_len=256")
+    cc.add_argument("--n", type=int, default=1_281_167, help="composites per setting (default: ImageNet train)")
+    cc.add_argument("--rate", type=float, default=None, help="measured composites/s per GPU")
+    cc.set_defaults(fn=cmd_cost_cutmix)
     ct = csub.add_parser("text-encoders", help="paper 003 Table 2: measured time and storage per 1M captions of "
                                                "the text encoders available here")
     ct.add_argument("--encoders", default="minilm,flan-t5-xl,clip-l",
@@ -765,7 +795,8 @@ EXAMPLES = {  # shown under `microt2i CMD --help`; every line runs on the embedd
     "recipe": ["microt2i recipe microdit-xl-2 --dry-run", "microt2i recipe world-microdit-tiny --root runs/mt"],
     "eval": ["microt2i eval geneval runs/demo", "microt2i eval fid runs/demo --n 256",
              "microt2i eval dpg runs/demo --n 32"],
-    "cost": ["microt2i cost recipe microdit-xl-2", "microt2i cost text-encoders --encoders minilm"],
+    "cost": ["microt2i cost recipe microdit-xl-2", "microt2i cost text-encoders --encoders minilm",
+             "microt2i cost cutmix dit-i-256 data.text_store=ids --rate 12"],
     "presets": ["microt2i presets"],
     "experiment": ["microt2i experiment captions --threads 1", "microt2i experiment image-augmentation --arms ta,ta-cutmix",
                    "microt2i experiment captions --render-only --any-commit",

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import multiprocessing as mp
+import time
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,15 @@ def hash_key(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
 
+def bytes_per_sample(data: DataConfig, latent_shape: tuple[int, ...], text_dim: int) -> dict[str, int]:
+    """Bytes of one sample's tensors in a shard, by name, as `_encode_shard` writes them (the safetensors header
+    adds well under 1 KB per shard)."""
+    item, n = _DTYPES[data.store_dtype].itemsize, math.prod(latent_shape)
+    out = {"latents": n * item} | ({"latents_std": n * item} if data.latent_mode == "mean_std" else {})
+    out |= {"text_ids": 4 * data.text_len} if data.text_store == "ids" else {"text_tokens": item * data.text_len * text_dim}
+    return out | {"text_mask": data.text_len, "labels": 8}
+
+
 @torch.no_grad()
 def _encode_shard(enc: _Encoders, data: DataConfig, index: int, images: np.ndarray, records: list[dict],
                   batch_size: int) -> dict[str, torch.Tensor]:
@@ -309,6 +319,7 @@ def run_store_job(data: DataConfig, store_dir: Path, plan: dict, load_shard, *, 
     if todo:
         _write_empty(store_dir, enc, data)
     for s in todo:
+        t0 = time.perf_counter()
         shard_report = IngestReport()
         images, records = load_shard(s, shard_report)
         tensors = _encode_shard(enc, data, s, images, records, batch_size)
@@ -319,7 +330,8 @@ def run_store_job(data: DataConfig, store_dir: Path, plan: dict, load_shard, *, 
         report.kept += shard_report.kept
         report.skipped.update(shard_report.skipped)
         report.examples += shard_report.examples[:20 - len(report.examples)]
-        log(f"[{tag}] shard {s}: {len(records)} samples, {shard_report.total - shard_report.kept} skipped")
+        log(f"[{tag}] shard {s}: {len(records)} samples, {shard_report.total - shard_report.kept} skipped, "
+            f"{shard_report.total / max(time.perf_counter() - t0, 1e-9):.2f} items/s")
         if on_shard is not None:
             on_shard(s)
     manifest = finalize_store(store_dir)
