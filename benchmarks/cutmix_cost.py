@@ -120,7 +120,7 @@ def count_flops() -> dict:
     llava = llava_next_8b()
     core = llava.model
     lm_params = sum(p.numel() for p in core.language_model.parameters()) + llava.lm_head.weight.numel()
-    prompt = 576 + 1 + 576 + 24 * 1 + 60  # base grid + newline, one crop (CM1/4–1/16) with row newlines, ~60 text
+    prompt = 576 + 24 * (24 + 1) + 60  # pruned: base grid + one crop with row newlines (CM1/4–1/16), ~60 text
     new = 200
     crops = torch.zeros(2, 3, 336, 336, device="meta")
     vision = _flops(lambda: core.multi_modal_projector(core.vision_tower(crops).last_hidden_state))
@@ -154,8 +154,25 @@ def measure_encoders() -> dict:
     return out
 
 
+H100_FLOPS, H100_BYTES_S = 989e12, 3.35e12  # H100 SXM datasheet: dense bf16, HBM3
+
+
+def h100_floor(f: dict, new: int = 200, batch: int = 16) -> dict:
+    """A roofline floor per composite on one H100: the prompt, the vision tower and the encoders at peak compute,
+    then `new` decoding steps each reading the LM's bf16 weights once per batch of `batch` and the sequence's KV
+    cache (Llama-3-8B: 32 layers × 8 KV heads × 128 × K,V × 2 bytes per token), or their FLOPs if slower."""
+    prompt = f["llava_prompt_tokens"]
+    lm_prompt = f["llava_lm_prompt_plus_200"] * prompt / (prompt + new)
+    pre = (lm_prompt + f["llava_vision_2crops"] + f["vae_encode"] + f["t5_xl_128"]) / H100_FLOPS
+    kv = 2 * 32 * 8 * 128 * 2 * (prompt + new / 2) * new
+    dec = max((f["llava_lm_prompt_plus_200"] - lm_prompt) / H100_FLOPS,
+              (new * 2 * f["llava_lm_params"] / batch + kv) / H100_BYTES_S)
+    return {"batch": batch, "prefill_ms": 1e3 * pre, "decode_ms": 1e3 * dec, "h100_hours": (pre + dec) * N / 3600}
+
+
 def main():
     res = {"flops": count_flops()}
+    res["h100_floor"] = [h100_floor(res["flops"], batch=b) for b in (16, 64)]
     with tempfile.TemporaryDirectory() as tmp:
         res["cpu"] = measure_cpu(Path(tmp))
     res["cpu"] |= measure_encoders()
