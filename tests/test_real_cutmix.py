@@ -2,7 +2,6 @@
 tiny LLaVA-NeXT with the CutMix prompt, the world through the same sharded engine, resume and machine shards
 equal to one uninterrupted job, training reads them, and one clear error for each bad input."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +12,13 @@ from _tiny_models import tiny_llava_next, tiny_t5
 from PIL import Image
 
 from microt2i import presets
-from microt2i.augment.cutmix import (CutMixConfig, build_cutmix_shards, cutmix_dir, make_composites,
+from microt2i.augment.cutmix import (build_cutmix_shards, cutmix_dir, make_composites,
                                      open_cutmix_store, pair_caption)
-from microt2i.config import DataConfig, apply_overrides
+from microt2i.config import CutMixConfig, DataConfig, apply_overrides
 from microt2i.data.captions import read_captions, write_captions
 from microt2i.data.precompute import precompute
 from microt2i.data.store import MANIFEST, StoreMismatchError, open_store, verify_store
 from microt2i.encoders.captioner import COMPOSITE_PROMPT, LlavaCaptioner
-from microt2i.encoders.hub import MissingModelError
 
 QUIET = lambda *_: None  # noqa: E731
 OTHER = "n01484850"  # great white shark: a third class

@@ -329,8 +329,8 @@ def composite_source(data_cfg: DataConfig) -> CompositeSource:
     from ..data.store import open_store, store_key
 
     if data_cfg.source not in CUTMIX_SOURCES:
-        raise ValueError(f"CutMix pastes an image of another class, and data.source={data_cfg.source!r} has no classes; "
-                         f"use data.source=imagenet, or data.source=folder with one sub-folder per class")
+        raise ValueError(f"CutMix pastes an image of another class, and data.source={data_cfg.source!r} has no "
+                         f"classes; use data.source=imagenet, or data.source=folder with one sub-folder per class")
     items = list_items(data_cfg)
     if data_cfg.source == "world":
         from ..world.scenes import sample_scene
@@ -358,7 +358,8 @@ def composite_source(data_cfg: DataConfig) -> CompositeSource:
     missing = [r["key"] for r in records if r["key"] not in by_key]
     if missing:
         raise ValueError(f"the base store {data_cfg.store_dir} holds {len(missing)} samples not in {data_cfg.root} "
-                         f"(e.g. {missing[0]!r}); it was built from another tree: rebuild it with `microt2i precompute`")
+                         f"(e.g. {missing[0]!r}); it was built from another tree: rebuild it with `microt2i "
+                         f"precompute`")
     keys = [r["key"] for r in records]
     classes = np.array([by_key[k][0] for k in keys])
     if len(set(classes.tolist())) < 2:

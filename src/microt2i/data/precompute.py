@@ -231,7 +231,8 @@ def bytes_per_sample(data: DataConfig, latent_shape: tuple[int, ...], text_dim: 
     adds well under 1 KB per shard)."""
     item, n = _DTYPES[data.store_dtype].itemsize, math.prod(latent_shape)
     out = {"latents": n * item} | ({"latents_std": n * item} if data.latent_mode == "mean_std" else {})
-    out |= {"text_ids": 4 * data.text_len} if data.text_store == "ids" else {"text_tokens": item * data.text_len * text_dim}
+    ids = data.text_store == "ids"
+    out |= {"text_ids": 4 * data.text_len} if ids else {"text_tokens": item * data.text_len * text_dim}
     return out | {"text_mask": data.text_len, "labels": 8}
 
 
