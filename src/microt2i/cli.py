@@ -177,17 +177,41 @@ def cmd_caption(args) -> int:
 
 
 def cmd_cutmix(args) -> int:
-    from .config import apply_overrides
+    from .config import ConfigError, apply_overrides
     from .report import save_grid
-    from .train.loop import prepare_cutmix, resolve_device
 
     cfg = _resolve_config(args.config, args.overrides)
     cfg = apply_overrides(cfg, ["augment.cutmix.enabled=true"])
-    store = prepare_cutmix(cfg, resolve_device(cfg.train.device))
-    boxes = store.meta["boxes"]
-    for i in range(min(args.show, len(store))):
-        print(f"{i:3d}  [{boxes[i]['pattern']} of source {boxes[i]['source']}, partner {boxes[i]['partner']}] "
-              f"{store.captions[i]}")
+    cm = cfg.augment.cutmix
+    if cfg.data.store_dir:  # any labelled source's sharded store: composites through the precompute engine
+        from .augment.cutmix import build_cutmix_shards, cutmix_dir
+        from .data.store import open_store, verify_store
+
+        if args.verify:
+            problems = verify_store(cutmix_dir(cfg.data, cm))
+            print("\n".join(problems) or f"[cutmix] {cutmix_dir(cfg.data, cm)}: every shard checks out")
+            return 1 if problems else 0
+        out = build_cutmix_shards(cfg.data, cm, model=args.model, max_new_tokens=args.max_new_tokens,
+                                  num_shards=args.num_shards, shard_index=args.shard_index, workers=args.workers,
+                                  device=args.device, batch_size=args.batch_size,
+                                  caption_batch_size=args.caption_batch_size)
+        print(f"[cutmix] {len(out['done'])} shards written, {len(out['skipped_shards'])} already done")
+        if not out["manifest"]:
+            return 0
+        store = open_store(out["store_dir"])
+        describe = [f"{r['pattern']} of {r['key'].rsplit('#', 1)[0]}, partner {r['partner_key']}"
+                    for r in store.records[:args.show]]
+    else:
+        if args.num_shards > 1 or args.verify:
+            raise ConfigError("--num-shards / --verify work on a sharded store: add data.store_dir=<store> (built "
+                              "with `microt2i precompute`)")
+        from .train.loop import prepare_cutmix, resolve_device
+
+        store = prepare_cutmix(cfg, resolve_device(cfg.train.device))
+        boxes = store.meta["boxes"]
+        describe = [f"{b['pattern']} of source {b['source']}, partner {b['partner']}" for b in boxes[:args.show]]
+    for i, d in enumerate(describe):
+        print(f"{i:3d}  [{d}] {store.captions[i]}")
     if args.out and cfg.data.codec == "pixel":  # a preview grid of the first composites (pixel codec: no decoder)
         from .data.store import tensor_to_images
 
@@ -195,7 +219,7 @@ def cmd_cutmix(args) -> int:
         save_grid(tensor_to_images(store.latents[:n]), args.out, nrow=int(n ** 0.5 + 0.999),
                   upscale=max(1, 128 // cfg.data.resolution))
         print(f"[cutmix] preview → {args.out}")
-    print(f"[cutmix] {len(store)} composites ({cfg.augment.cutmix.setting}, ×{cfg.augment.cutmix.times})")
+    print(f"[cutmix] {len(store)} composites ({cm.setting}, ×{cm.times})")
     return 0
 
 
@@ -351,6 +375,29 @@ def cmd_cost_recipe(args) -> int:
         print("\n" + PAPER_NOTES)
     elif any(c.img_s is None for c in costs):
         print("\nNo throughput known for this recipe: pass --img-s (measured img/s per H100) or --mfu (assumed).")
+    return 0
+
+
+def cmd_cost_cutmix(args) -> int:
+    from . import presets
+    from .config import ConfigError, apply_overrides
+    from .data.precompute import bytes_per_sample
+
+    cfg = apply_overrides(presets.get(args.name), args.overrides)
+    m, d, cm = cfg.model, cfg.data, cfg.augment.cutmix
+    per = bytes_per_sample(d, (m.in_channels, m.input_size, m.input_size), m.text_dim)
+    total = sum(per.values())
+    print(f"CutMix composites of {args.name} (CM-{cm.setting}, {args.n:,} per setting; paper 000 App. E: 1,281,167)")
+    print("  per composite: " + ", ".join(f"{k} {v:,} B" for k, v in per.items()) + f" = {total:,} B")
+    print(f"  disk per setting: {total * args.n / 1e9:,.1f} GB of shards (+ ~1 KB of caption text per composite "
+          f"in the sidecars and the caption log)")
+    if args.rate:
+        if args.rate <= 0:
+            raise ConfigError(f"--rate {args.rate} must be > 0 (composites/s per GPU)")
+        print(f"  time: {args.n / args.rate / 3600:,.1f} GPU-hours at {args.rate:g} composites/s per GPU")
+    else:
+        print("  time: pass --rate (composites/s per GPU: every `microt2i cutmix` shard logs its items/s); "
+              "docs/data.md derives an H100 floor")
     return 0
 
 
@@ -554,6 +601,16 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("overrides", nargs="*", help="e.g. augment.cutmix.setting=1/4 augment.cutmix.times=2")
     cm.add_argument("--show", type=int, default=8, help="print this many composites' captions")
     cm.add_argument("--out", default=None, help="write a preview grid PNG of them (pixel codec)")
+    cm.add_argument("--verify", action="store_true", help="check every composite shard (sha256, dtypes, shapes)")
+    cm.add_argument("--model", default="llava-hf/llama3-llava-next-8b-hf",
+                    help="data.captions=long on real images: the LLaVA-NeXT hub id or local folder")
+    cm.add_argument("--max-new-tokens", type=int, default=200, help="LLaVA caption length")
+    cm.add_argument("--num-shards", type=int, default=1, help="split the shards over this many jobs (GPUs, machines)")
+    cm.add_argument("--shard-index", type=int, default=0, help="this job's share, 0-based")
+    cm.add_argument("--workers", type=int, default=0, help="image decoding processes (0 = in this process)")
+    cm.add_argument("--device", default="cpu", help="where LLaVA, the codec and the text encoder run")
+    cm.add_argument("--batch-size", type=int, default=64, help="images per codec call")
+    cm.add_argument("--caption-batch-size", type=int, default=16, help="composites per LLaVA call and per append")
     cm.set_defaults(fn=cmd_cutmix)
 
     pc = sub.add_parser("precompute", help="encode a data set (world, ImageNet, folder) into the sharded store at "
@@ -709,6 +766,13 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--mfu", type=float, default=None,
                     help="assumed model FLOPs utilisation on an H100 (0-1) when no throughput is given")
     cr.set_defaults(fn=cmd_cost_recipe)
+    cc = csub.add_parser("cutmix", help="disk (from the store layout) and GPU-hours (from a measured rate) of a "
+                                        "preset's CutMix composites (paper 000 App. E)")
+    cc.add_argument("name", help="preset, e.g. dit-i-256")
+    cc.add_argument("overrides", nargs="*", help="e.g. data.text_store=ids data.text_len=256")
+    cc.add_argument("--n", type=int, default=1_281_167, help="composites per setting (default: ImageNet train)")
+    cc.add_argument("--rate", type=float, default=None, help="measured composites/s per GPU")
+    cc.set_defaults(fn=cmd_cost_cutmix)
     ct = csub.add_parser("text-encoders", help="paper 003 Table 2: measured time and storage per 1M captions of "
                                                "the text encoders available here")
     ct.add_argument("--encoders", default="minilm,flan-t5-xl,clip-l",
@@ -743,7 +807,9 @@ EXAMPLES = {  # shown under `microt2i CMD --help`; every line runs on the embedd
     "world": ["microt2i world --n 16 --resolution 64 --out world.png", "microt2i world --captions aio"],
     "caption": ["microt2i caption --source world --n 100 --out captions.tsv",
                 "microt2i caption --source /data/imagenet/train --captioner llava --num-shards 8 --shard-index 0"],
-    "cutmix": ["microt2i cutmix world-tiny augment.cutmix.setting=1/4 --out cutmix.png"],
+    "cutmix": ["microt2i cutmix world-tiny augment.cutmix.setting=1/4 --out cutmix.png",
+               "microt2i cutmix dit-i-256 data.source=imagenet data.root=/data/imagenet data.store_dir=/data/store "
+               "data.caption_file='captions.shard*-of-8.tsv' --device cuda --num-shards 8 --shard-index 0"],
     "precompute": ["microt2i precompute world-tiny data.store_dir=/tmp/store",
                    "microt2i precompute dit-i-256 data.source=imagenet data.root=/data/imagenet "
                    "data.store_dir=/data/store --workers 8 --device cuda", "microt2i precompute /data/store --verify"],
@@ -752,7 +818,8 @@ EXAMPLES = {  # shown under `microt2i CMD --help`; every line runs on the embedd
     "recipe": ["microt2i recipe microdit-xl-2 --dry-run", "microt2i recipe world-microdit-tiny --root runs/mt"],
     "eval": ["microt2i eval geneval runs/demo", "microt2i eval fid runs/demo --n 256",
              "microt2i eval dpg runs/demo --n 32"],
-    "cost": ["microt2i cost recipe microdit-xl-2", "microt2i cost text-encoders --encoders minilm"],
+    "cost": ["microt2i cost recipe microdit-xl-2", "microt2i cost text-encoders --encoders minilm",
+             "microt2i cost cutmix dit-i-256 data.text_store=ids --rate 12"],
     "presets": ["microt2i presets"],
     "experiment": ["microt2i experiment captions --threads 1", "microt2i experiment image-augmentation --arms ta,ta-cutmix",
                    "microt2i experiment captions --render-only --any-commit",

@@ -2,10 +2,14 @@
 
 Offline: every source image i gets `times` composites, k = i·times + j. Composite k pastes a partner image of a
 **different class** (the released code may pick the same class; we never do) into the source following one of
-the four patterns of App. E, then the world oracle captions the composite and it is encoded like the base set
-(codec latents + text tokens) into a Store cached under a key that includes the augmentation parameters. Each
-composite's metadata ({"source", "partner", "pattern", "box", "src"}) is what `encoders.captioner.LlavaCaptioner`
-takes to caption real composites with the CutMix prompt (App. D).
+the four patterns of App. E, is captioned, and is encoded like the base set (codec latents + text tokens) under a
+cache key that includes the augmentation parameters. Two stores:
+- the world without `data.store_dir`: one Store file, oracle captions, built on first use (`build_cutmix_store`);
+- any sharded store (ImageNet, a folder of class folders, the world): `microt2i cutmix` (`build_cutmix_shards`)
+  writes `<data.store_dir>/cutmix-<setting>-x<times>-s<seed>/` through the precompute engine (plan + key, atomic
+  shards, resume, `--num-shards/--shard-index`, `--verify`). Captions: the world oracle; on real images
+  LLaVA-NeXT with the CutMix prompt and App. D's token choice (`LlavaCaptioner` reads each composite's metadata
+  {"source", "partner", "pattern", "box", "src"}), or with data.captions=aio the template of both classes.
 
 | pattern | pasted | where (App. E; positions are ours where the paper leaves room) |
 |---|---|---|
@@ -33,6 +37,7 @@ import hashlib
 import json
 import shutil
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +46,7 @@ from PIL import Image
 
 from ..config import CutMixConfig, DataConfig
 from ..diffusion.noise import paper_tau_to_sigma
+from ..world.scenes import article
 
 PATTERNS = ("1/2", "1/4", "1/9", "1/16")
 FRACTION = {"1/2": 1.0, "1/4": 1 / 2, "1/9": 1 / 3, "1/16": 1 / 4}  # side of the pasted square (1/2: full side)
@@ -106,21 +112,42 @@ def paste(base: np.ndarray, partner: np.ndarray, cm: CutMixBox) -> np.ndarray:
 
 
 def choose_partner(i: int, classes: np.ndarray, rng: np.random.Generator, _cache: dict | None = None) -> int:
-    """A uniform random index whose class differs from classes[i]."""
+    """A uniform random index whose class differs from classes[i]: the r-th of those indices, in index order.
+
+    Found without listing them (ImageNet: 1.28M indices per class would be 10 GB over 1000 classes): with pos the
+    sorted indices of class c and q_j = pos_j − j (how many other-class indices precede pos_j), the r-th other index
+    is r + #{j : q_j ≤ r}. `_cache` keeps q per class (N integers in all)."""
     key = classes[i]
-    others = None if _cache is None else _cache.get(key)
-    if others is None:
-        others = np.flatnonzero(classes != key)
+    q = None if _cache is None else _cache.get(key)
+    if q is None:
+        pos = np.flatnonzero(classes == key)
+        q = pos - np.arange(len(pos))
         if _cache is not None:
-            _cache[key] = others
-    if len(others) == 0:
+            _cache[key] = q
+    n_others = len(classes) - len(q)
+    if n_others == 0:
         raise ValueError(f"CutMix needs images of at least two classes; every image is a {key!r}")
-    return int(others[rng.integers(len(others))])
+    r = int(rng.integers(n_others))
+    return r + int(np.searchsorted(q, r, side="right"))
 
 
 def composite_rng(seed: int, i: int, j: int) -> np.random.Generator:
     """The generator of composite j of source i: partner, pattern, position and caption wording."""
     return np.random.default_rng([seed, 0xC0FFEE, i, j])
+
+
+def plan_composite(i: int, j: int, classes: np.ndarray, cfg: CutMixConfig, size: int,
+                   cache: dict | None = None) -> tuple[int, CutMixBox, np.random.Generator]:
+    """(partner, paste box, generator) of composite j of source i: a function of (cfg.seed, i, j) and the classes.
+    The generator, past its partner and box draws, is what the world oracle words the caption with."""
+    rng = composite_rng(cfg.seed, i, j)
+    partner = choose_partner(i, classes, rng, cache)
+    return partner, sample_box(cfg.setting, size, rng), rng
+
+
+def box_meta(i: int, partner: int, cm: CutMixBox) -> dict:
+    """A composite's metadata: what `LlavaCaptioner` reads ("box" in pixels, "pattern") and where it came from."""
+    return {"source": int(i), "partner": int(partner), "pattern": cm.pattern, "box": list(cm.box), "src": list(cm.src)}
 
 
 def make_composites(images: np.ndarray, scenes: list, cfg: CutMixConfig, *, captions: str = "long",
@@ -135,14 +162,17 @@ def make_composites(images: np.ndarray, scenes: list, cfg: CutMixConfig, *, capt
     out, texts, meta = [], [], []
     for i in sources:
         for j in range(cfg.times):
-            rng = composite_rng(cfg.seed, i, j)
-            partner = choose_partner(i, classes, rng, cache)
-            cm = sample_box(cfg.setting, S, rng)
+            partner, cm, rng = plan_composite(i, j, classes, cfg, S, cache)
             out.append(paste(images[i], images[partner], cm))
             texts.append(cutmix_caption(scenes[i], scenes[partner], cm.normalised(S), cm.src, rng, captions=captions))
-            meta.append({"source": int(i), "partner": partner, "pattern": cm.pattern, "box": list(cm.box),
-                         "src": list(cm.src)})
+            meta.append(box_meta(i, partner, cm))
     return np.stack(out) if out else np.empty((0, *images.shape[1:]), np.uint8), texts, meta
+
+
+def pair_caption(names: Sequence[str]) -> str:
+    """The AIO caption of a composite: "An image of a <base class> and a <partner class>" (the world's wording,
+    `world.scenes.cutmix_caption(captions="aio")`); a repeated name is said once."""
+    return "An image of " + " and ".join(f"{article(n.lower())} {n}" for n in dict.fromkeys(names))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -194,8 +224,8 @@ def build_cutmix_store(data_cfg: DataConfig, cfg: CutMixConfig, make_encoders, *
     from ..world import make_dataset
 
     if data_cfg.source != "world":
-        raise ValueError(f"microt2i cutmix builds composites of the embedded world; data.source={data_cfg.source!r} "
-                         f"needs the ImageNet data engine")
+        raise ValueError(f"the one-file composite store is the world's; data.source={data_cfg.source!r} builds its "
+                         f"composites into data.store_dir with `microt2i cutmix` (build_cutmix_shards)")
     path = cutmix_path(data_cfg, cfg)
     if path.with_suffix(".safetensors").exists():
         log(f"[cutmix] cached composites {path}.safetensors")
@@ -231,4 +261,239 @@ def build_cutmix_store(data_cfg: DataConfig, cfg: CutMixConfig, make_encoders, *
     save_store(store, path)
     shutil.rmtree(parts, ignore_errors=True)
     log(f"[cutmix] {len(store)} composites → {path}.safetensors")
+    return store
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Composites of a sharded store (ImageNet, a folder of class folders, or the world): `microt2i cutmix` with
+# data.store_dir. Composite k = i·times + j of base-store sample i, written by the precompute engine (data/).
+
+CUTMIX_SOURCES = ("imagenet", "folder", "world")
+
+
+def cutmix_dir(data_cfg: DataConfig, cfg: CutMixConfig) -> Path:
+    """Where the composites of a sharded store go: `<data.store_dir>/cutmix-<setting>-x<times>-s<seed>/`, one folder
+    per setting (the paper builds 1,281,167 composites for each of CM-1/2 … CM-all)."""
+    slug = f"{cfg.setting.replace('/', '-')}-x{cfg.times}-s{cfg.seed}"
+    return Path(data_cfg.store_dir).expanduser() / f"cutmix-{slug}"
+
+
+def cutmix_augment(cfg: CutMixConfig, base_key: str) -> dict:
+    """The `augment` cache-key field of a composite store: the CutMix parameters and the base store it pairs with."""
+    return {"cutmix": {"setting": cfg.setting, "times": cfg.times, "seed": cfg.seed, "format_version": FORMAT_VERSION},
+            "base": base_key}
+
+
+@dataclass
+class CompositeSource:
+    """The base store's samples, in store order, as CutMix needs them: keys, class identities (partners are of
+    another class), class names (AIO captions), base labels, and `load(i)` → uint8 [R, R, 3] (`scene(i)`: world)."""
+
+    keys: list[str]
+    classes: np.ndarray
+    names: list[str]
+    labels: list[int]
+    paths: list | None  # image files (imagenet / folder), None for the world
+    scenes: list | None  # world Scenes
+    resolution: int
+    base_key: str
+
+    def load_many(self, idx, pool=None) -> dict[int, np.ndarray]:
+        from ..data.imagenet import try_load
+        from ..world import render
+
+        idx = sorted(set(int(i) for i in idx))
+        if self.paths is None:
+            return {i: render(self.scenes[i], self.resolution) for i in idx}
+        args = [(str(self.paths[i]), self.resolution) for i in idx]
+        loaded = pool.imap(try_load, args, chunksize=4) if pool is not None else map(try_load, args)
+        out = {}
+        for i, (img, reason) in zip(idx, loaded):
+            if reason is not None:
+                raise ValueError(f"{self.paths[i]} ({reason}) was readable when the base store was built; restore it, "
+                                 f"or rebuild the base store with `microt2i precompute`")
+            out[i] = img
+        return out
+
+
+def _class_of(key: str, label: int) -> str:
+    """A sample's class identity: its ImageNet index, else the folder holding it (a class-folder set)."""
+    return str(label) if label >= 0 else key.rsplit("/", 1)[0] if "/" in key else ""
+
+
+def composite_source(data_cfg: DataConfig) -> CompositeSource:
+    """The finished base store of `data_cfg` (refusing one built with other settings) and what CutMix needs of it;
+    one clear error for a source without classes, a single class, or a missing base store."""
+    from ..data.imagenet import ImageItem
+    from ..data.precompute import list_items, world_key
+    from ..data.store import open_store, store_key
+
+    if data_cfg.source not in CUTMIX_SOURCES:
+        raise ValueError(f"CutMix pastes an image of another class, and data.source={data_cfg.source!r} has no "
+                         f"classes; use data.source=imagenet, or data.source=folder with one sub-folder per class")
+    items = list_items(data_cfg)
+    if data_cfg.source == "world":
+        from ..world.scenes import sample_scene
+
+        scenes = {world_key(data_cfg.seed, i): sample_scene(np.random.default_rng([data_cfg.seed, i]),
+                                                            max_objects=data_cfg.max_objects) for i in items}
+        by_key = {k: (s.main.cls, s.main.cls) for k, s in scenes.items()}
+    else:
+        loose = [it.key for it in items if _class_of(it.key, it.label) == ""]
+        if loose:
+            raise ValueError(f"data.root={data_cfg.root} has {len(loose)} images outside class folders (e.g. "
+                             f"{loose[0]!r}); CutMix pastes an image of another class, so put every image in a "
+                             f"sub-folder named after its class (<root>/<class>/<image>)")
+        by_key = {it.key: (_class_of(it.key, it.label), it) for it in items}
+    n_classes = len({c for c, _ in by_key.values()})
+    if n_classes < 2:
+        raise ValueError(f"CutMix needs images of at least two classes; {data_cfg.root or 'the world set'} has "
+                         f"{n_classes}")
+    try:
+        base = open_store(data_cfg.store_dir, store_key(data_cfg))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"CutMix composites pair the samples of the finished base store: {e}. Run `microt2i "
+                                f"precompute` with the same data.* settings first") from None
+    records = base.records
+    missing = [r["key"] for r in records if r["key"] not in by_key]
+    if missing:
+        raise ValueError(f"the base store {data_cfg.store_dir} holds {len(missing)} samples not in {data_cfg.root} "
+                         f"(e.g. {missing[0]!r}); it was built from another tree: rebuild it with `microt2i "
+                         f"precompute`")
+    keys = [r["key"] for r in records]
+    classes = np.array([by_key[k][0] for k in keys])
+    if len(set(classes.tolist())) < 2:
+        raise ValueError(f"the base store {data_cfg.store_dir} holds {len(keys)} samples of one class only (images "
+                         f"without a caption or unreadable are left out); CutMix needs two classes or more")
+    if data_cfg.source == "world":
+        names, paths, world = [by_key[k][1] for k in keys], None, [scenes[k] for k in keys]
+    else:
+        its: list[ImageItem] = [by_key[k][1] for k in keys]
+        names, paths, world = [it.name for it in its], [it.path for it in its], None
+    return CompositeSource(keys, classes, names, [int(r["label"]) for r in records], paths, world,
+                           data_cfg.resolution, base.key)
+
+
+def composite_captioner(data_cfg: DataConfig, model: str, max_new_tokens: int) -> dict:
+    """Which captioner words the composites (it is part of the store's key):
+    - the world: its oracle (`world.scenes.cutmix_caption`, long or AIO as data.captions);
+    - data.captions=aio: the AIO template of both classes, "An image of a <base> and a <partner>" (our choice: the
+      template that captions the base set, naming what the composite shows);
+    - data.captions=long: LLaVA-NeXT `model` with the CutMix prompt and App. D's token choice (`LlavaCaptioner`)."""
+    if data_cfg.source == "world":
+        return {"kind": "world", "captioner": f"world-oracle:{data_cfg.captions}"}
+    if data_cfg.captions == "aio":
+        return {"kind": "aio", "captioner": "aio-pair"}
+    from ..data.store import model_revision
+
+    return {"kind": "llava", "captioner": f"llava:{model}", "max_new_tokens": max_new_tokens,
+            "captioner_revision": model_revision(model, "LLaVA-NeXT captioner")}  # a model not on disk: fails here
+
+
+def build_cutmix_shards(data_cfg: DataConfig, cfg: CutMixConfig, *, model: str | None = None,
+                        max_new_tokens: int = 200, num_shards: int = 1, shard_index: int = 0, workers: int = 0,
+                        device: str = "cpu", batch_size: int = 64, caption_batch_size: int = 16, captioner=None,
+                        codec=None, text_encoder=None, log=print, on_shard=None) -> dict:
+    """Build this job's shards of the composite store `cutmix_dir(data_cfg, cfg)` with the precompute engine
+    (`data.precompute.run_store_job`: plan + cache key, atomic shards, resume, `--num-shards/--shard-index`, manifest).
+
+    Shard s holds composites k ∈ [s·shard_size, (s+1)·shard_size). LLaVA captions are appended batch by batch
+    (fixed batches from the shard's start) to this job's `captions[.shardI-of-N].tsv` in the folder, so a killed job
+    redoes at most one batch and the same batches as an uninterrupted one. `captioner` replaces the LLaVA model
+    (anything with `caption(images, metas=)`). Returns precompute's summary."""
+    from ..data.captions import append_captions, read_captions, repair_tail
+    from ..data.precompute import check_shard_args, make_plan, run_store_job
+    from ..data.store import store_key
+    from ..encoders.captioner import LLAVA_HUB_ID, LlavaCaptioner, shard_path
+
+    check_shard_args(num_shards, shard_index)
+    model = model or LLAVA_HUB_ID
+    src = composite_source(data_cfg)
+    who = composite_captioner(data_cfg, model, max_new_tokens)
+    n, size, T = len(src.keys), data_cfg.resolution, cfg.times
+    keys = [f"{src.keys[i]}#{j}" for i in range(n) for j in range(T)]
+    plan = make_plan(store_key(data_cfg, cutmix_augment(cfg, src.base_key)), keys,
+                     {k: v for k, v in who.items() if k != "kind"}, data_cfg.shard_size)
+    out_dir = cutmix_dir(data_cfg, cfg)
+    log(f"[cutmix] CM-{cfg.setting} ×{T} of {n} samples → {len(keys)} composites, captioned by {who['captioner']}, "
+        f"in {out_dir} (key {plan['key']})")
+    caption_file = shard_path(out_dir / "captions.tsv", num_shards, shard_index)
+    state: dict = {"pool": None, "captioner": captioner, "done": None, "partners": {}}
+
+    def llava_captions(ks: list[str], images: list[np.ndarray], metas: list[dict]) -> list[str]:
+        if state["done"] is None:  # this job's caption file, after cutting a row torn by a kill
+            repair_tail(caption_file)
+            state["done"] = {k: v[0] for k, v in read_captions(caption_file).items()} if caption_file.exists() else {}
+        done, out = state["done"], {}
+        for b in range(0, len(ks), caption_batch_size):  # fixed batches: a resumed job redoes the same ones
+            todo = [t for t in range(b, min(b + caption_batch_size, len(ks))) if ks[t] not in done]
+            if not todo:
+                continue
+            if state["captioner"] is None:
+                state["captioner"] = LlavaCaptioner(model, max_new_tokens=max_new_tokens,
+                                                    batch_size=caption_batch_size, device=device)
+            caps = state["captioner"].caption([images[t] for t in todo], metas=[metas[t] for t in todo])
+            append_captions(caption_file, [(ks[t], c) for t, c in zip(todo, caps)])
+            out |= {ks[t]: c for t, c in zip(todo, caps)}
+        return [done.get(k, out.get(k)) for k in ks]
+
+    def load_shard(s: int, report):
+        from ..world.scenes import cutmix_caption
+
+        ks = list(range(s * data_cfg.shard_size, min((s + 1) * data_cfg.shard_size, len(keys))))
+        plans = [(k // T, *plan_composite(k // T, k % T, src.classes, cfg, size, state["partners"])) for k in ks]
+        if workers > 0 and state["pool"] is None and src.paths is not None:
+            import multiprocessing as mp
+
+            state["pool"] = mp.get_context("spawn").Pool(workers)
+        pixels = src.load_many([i for i, *_ in plans] + [p for _, p, *_ in plans], state["pool"])
+        images, records, texts = [], [], []
+        for k, (i, p, cm, rng) in zip(ks, plans):
+            images.append(paste(pixels[i], pixels[p], cm))
+            records.append({"key": keys[k], "label": src.labels[i], **box_meta(i, p, cm), "partner_key": src.keys[p]})
+            if who["kind"] == "world":
+                texts.append(cutmix_caption(src.scenes[i], src.scenes[p], cm.normalised(size), cm.src, rng,
+                                            captions=data_cfg.captions))
+            elif who["kind"] == "aio":
+                texts.append(pair_caption([src.names[i], src.names[p]]))
+        if who["kind"] == "llava":
+            texts = llava_captions([r["key"] for r in records], images, records)
+        for r, t in zip(records, texts):
+            r["caption"] = t
+        report.total += len(ks)
+        report.kept += len(ks)
+        return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), records
+
+    try:
+        return run_store_job(data_cfg, out_dir, plan, load_shard, num_shards=num_shards, shard_index=shard_index,
+                             device=device, batch_size=batch_size, codec=codec, text_encoder=text_encoder, log=log,
+                             on_shard=on_shard, tag="cutmix",
+                             fix="delete {dir} to rebuild the composites with this config")
+    finally:
+        if state["pool"] is not None:
+            state["pool"].close()
+            state["pool"].join()
+
+
+def open_cutmix_store(data_cfg: DataConfig, cfg: CutMixConfig):
+    """The finished composite store of (data_cfg, cfg) for training, refusing one that pairs another base store or
+    was built with other settings (one error naming the fields and the fix)."""
+    from ..data.store import MANIFEST, StoreMismatchError, open_store, store_key
+
+    path = cutmix_dir(data_cfg, cfg)
+    if not (path / MANIFEST).is_file():
+        raise FileNotFoundError(f"the CutMix composites of this config ({path}) are not built: run `microt2i cutmix "
+                                f"<preset> <the same data.* and augment.cutmix.* overrides>` first (its own job: "
+                                f"LLaVA captions every composite), then train")
+    base_key = json.loads((Path(data_cfg.store_dir).expanduser() / MANIFEST).read_text())["key"]
+    store = open_store(path)
+    have, want = store.manifest["fields"], store_key(data_cfg, cutmix_augment(cfg, base_key))
+    diff = [k for k in want if have.get(k) != want[k]]
+    if diff:
+        rebuilt = (have.get("augment") or {}).get("base") != base_key
+        what = "; ".join(f"data.{k}: {have.get(k)!r} there, {want[k]!r} here" for k in diff if k != "augment")
+        what = "; ".join(filter(None, ["the base store was rebuilt since" if rebuilt else "", what])) or (
+            f"augment: {have.get('augment')!r} there, {want['augment']!r} here")
+        raise StoreMismatchError(f"the CutMix composites {path} were built with other settings ({what}); delete "
+                                 f"{path} and run `microt2i cutmix` with this config again")
     return store

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import multiprocessing as mp
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,15 +83,21 @@ def _match_captions(table: dict[str, list[str]], keys: list[str], data: DataConf
 
 def plan_store(data: DataConfig, items: list, augment: dict | None = None) -> dict:
     """The plan (cache key, item count, shard layout) of `data`; written once, then every job must agree."""
-    fields = store_key(data, augment)
     keys = [world_key(data.seed, i) if isinstance(i, int) else i.key for i in items]
-    content = {"num_items": len(items), "items_sha": hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]}
+    content = {}
     if data.caption_file:
         content["captions_sha"] = _file_sha(data.caption_file)
     if data.source in INGEST_SOURCES or data.min_resolution or data.clean_captions:
         content["ingest"] = ingest_content(data, items)
+    return make_plan(store_key(data, augment), keys, content, data.shard_size)
+
+
+def make_plan(fields: dict, keys: list[str], content: dict, shard_size: int) -> dict:
+    """A store plan: the key hashes the config-derived `fields`, the item keys and the other `content`."""
+    content = {"num_items": len(keys), "items_sha": hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16],
+               **content}
     return {"key": key_hash({**fields, **content}), "fields": fields, "content": content,
-            "shard_size": data.shard_size, "num_shards": math.ceil(len(items) / data.shard_size)}
+            "shard_size": shard_size, "num_shards": math.ceil(len(keys) / shard_size)}
 
 
 def _file_sha(spec: str) -> str:
@@ -103,7 +110,8 @@ def _file_sha(spec: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _check_plan(store_dir: Path, plan: dict) -> None:
+def _check_plan(store_dir: Path, plan: dict,
+                fix: str = "pass a new data.store_dir, or delete {dir} to rebuild it") -> None:
     path = store_dir / PLAN
     if not path.is_file():
         atomic_write_text(path, json.dumps(plan, indent=1))
@@ -117,8 +125,8 @@ def _check_plan(store_dir: Path, plan: dict) -> None:
              if old["content"].get(k) != plan["content"].get(k)]
     if old["shard_size"] != plan["shard_size"]:
         diff.append(f"data.shard_size: {old['shard_size']} → {plan['shard_size']}")
-    raise StoreMismatchError(f"{store_dir} holds a store planned with other settings ({'; '.join(diff)}); pass a new "
-                             f"data.store_dir, or delete {store_dir} to rebuild it")
+    raise StoreMismatchError(f"{store_dir} holds a store planned with other settings ({'; '.join(diff)}); "
+                             + fix.format(dir=store_dir))
 
 
 class _Encoders:
@@ -218,6 +226,16 @@ def hash_key(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
 
+def bytes_per_sample(data: DataConfig, latent_shape: tuple[int, ...], text_dim: int) -> dict[str, int]:
+    """Bytes of one sample's tensors in a shard, by name, as `_encode_shard` writes them (the safetensors header
+    adds well under 1 KB per shard)."""
+    item, n = _DTYPES[data.store_dtype].itemsize, math.prod(latent_shape)
+    out = {"latents": n * item} | ({"latents_std": n * item} if data.latent_mode == "mean_std" else {})
+    ids = data.text_store == "ids"
+    out |= {"text_ids": 4 * data.text_len} if ids else {"text_tokens": item * data.text_len * text_dim}
+    return out | {"text_mask": data.text_len, "labels": 8}
+
+
 @torch.no_grad()
 def _encode_shard(enc: _Encoders, data: DataConfig, index: int, images: np.ndarray, records: list[dict],
                   batch_size: int) -> dict[str, torch.Tensor]:
@@ -251,52 +269,77 @@ def precompute(data: DataConfig, *, augment: dict | None = None, num_shards: int
     if not data.store_dir:
         raise FileNotFoundError("precompute needs data.store_dir=<folder for the sharded store>")
     data.require_dataset()
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise ValueError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
-    store_dir = Path(data.store_dir).expanduser()
+    check_shard_args(num_shards, shard_index)
     table = caption_table(data)
     items = list_items(data)
     if table is not None:
         _match_captions(table, [world_key(data.seed, i) if isinstance(i, int) else i.key for i in items], data, log)
     plan = plan_store(data, items, augment)
+    log(f"[precompute] {len(items)} items → {plan['num_shards']} shards of {data.shard_size} in {data.store_dir} "
+        f"(key {plan['key']})")
+    pool = None
+
+    def load_shard(s: int, report: IngestReport):
+        nonlocal pool
+        if pool is None and workers > 0 and data.source != "world":
+            pool = mp.get_context("spawn").Pool(workers)
+        return _load_shard_images(data, items[s * data.shard_size:(s + 1) * data.shard_size], table, pool, report)
+
+    try:
+        return run_store_job(data, Path(data.store_dir).expanduser(), plan, load_shard, num_shards=num_shards,
+                             shard_index=shard_index, device=device, batch_size=batch_size, codec=codec,
+                             text_encoder=text_encoder, log=log, on_shard=on_shard)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+
+def check_shard_args(num_shards: int, shard_index: int) -> None:
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise ValueError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
+
+
+def run_store_job(data: DataConfig, store_dir: Path, plan: dict, load_shard, *, num_shards: int = 1,
+                  shard_index: int = 0, device: str = "cpu", batch_size: int = 64, codec=None, text_encoder=None,
+                  log=print, on_shard=None, tag: str = "precompute",
+                  fix: str = "pass a new data.store_dir, or delete {dir} to rebuild it") -> dict:
+    """The sharded-store engine behind `precompute` and the CutMix composites (augment/cutmix.py): check or write
+    `plan`, then for each of this job's unfinished shards s ≡ shard_index (mod num_shards) call
+    `load_shard(s, report) -> (uint8 images, records)`, encode them with `data`'s codec and text encoder and write
+    the shard atomically; the manifest is written by whichever job finishes the last shard."""
     store_dir.mkdir(parents=True, exist_ok=True)
-    _check_plan(store_dir, plan)
+    _check_plan(store_dir, plan, fix)
     mine = [s for s in range(plan["num_shards"]) if s % num_shards == shard_index]
     todo = [s for s in mine if shard_info(store_dir, s) is None]
     for s in todo:  # temp files of this job's shard writes a kill cut short (other jobs' are theirs to finish)
         for tmp in store_dir.glob(f".{shard_name(s)}.*.tmp"):
             tmp.unlink(missing_ok=True)
-    log(f"[precompute] {len(items)} items → {plan['num_shards']} shards of {data.shard_size} in {store_dir} "
-        f"(key {plan['key']}); this job: {len(mine)} shards, {len(mine) - len(todo)} already done")
+    log(f"[{tag}] this job: {len(mine)} of {plan['num_shards']} shards, {len(mine) - len(todo)} already done")
     enc = _Encoders(data, device, codec, text_encoder)
     report = IngestReport()
-    pool = mp.get_context("spawn").Pool(workers) if workers > 0 and todo and data.source != "world" else None
-    try:
-        if todo:
-            _write_empty(store_dir, enc, data)
-        for s in todo:
-            shard_report = IngestReport()
-            part = items[s * data.shard_size:(s + 1) * data.shard_size]
-            images, records = _load_shard_images(data, part, table, pool, shard_report)
-            tensors = _encode_shard(enc, data, s, images, records, batch_size)
-            extra = {"skipped": dict(shard_report.skipped), "skipped_examples": shard_report.examples,
-                     "text_dim": enc.text.dim}
-            write_shard(store_dir, s, tensors, records, extra)
-            report.total += shard_report.total
-            report.kept += shard_report.kept
-            report.skipped.update(shard_report.skipped)
-            report.examples += shard_report.examples[:20 - len(report.examples)]
-            log(f"[precompute] shard {s}: {len(records)} samples, {shard_report.total - shard_report.kept} skipped")
-            if on_shard is not None:
-                on_shard(s)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+    if todo:
+        _write_empty(store_dir, enc, data)
+    for s in todo:
+        t0 = time.perf_counter()
+        shard_report = IngestReport()
+        images, records = load_shard(s, shard_report)
+        tensors = _encode_shard(enc, data, s, images, records, batch_size)
+        extra = {"skipped": dict(shard_report.skipped), "skipped_examples": shard_report.examples,
+                 "text_dim": enc.text.dim}
+        write_shard(store_dir, s, tensors, records, extra)
+        report.total += shard_report.total
+        report.kept += shard_report.kept
+        report.skipped.update(shard_report.skipped)
+        report.examples += shard_report.examples[:20 - len(report.examples)]
+        log(f"[{tag}] shard {s}: {len(records)} samples, {shard_report.total - shard_report.kept} skipped, "
+            f"{shard_report.total / max(time.perf_counter() - t0, 1e-9):.2f} items/s")
+        if on_shard is not None:
+            on_shard(s)
     manifest = finalize_store(store_dir)
     if manifest is None:
-        log("[precompute] shards of other jobs are still missing; the store is usable once every --shard-index ran")
+        log(f"[{tag}] shards of other jobs are still missing; the store is usable once every --shard-index ran")
     else:
-        log(f"[precompute] store complete: {manifest['count']} samples, skipped {manifest['skipped'] or 'none'}")
+        log(f"[{tag}] store complete: {manifest['count']} samples, skipped {manifest['skipped'] or 'none'}")
     return {"done": todo, "skipped_shards": sorted(set(mine) - set(todo)), "report": report.as_dict(),
             "manifest": manifest is not None, "store_dir": str(store_dir)}

@@ -503,6 +503,11 @@ class ShardedStore:
         return self._records
 
     @property
+    def records(self) -> list[dict]:
+        """Every sample's sidecar record ({"key", "caption", "label", ...}), in store order."""
+        return self._all_records()
+
+    @property
     def captions(self) -> list[str]:
         return [r["caption"] for r in self._all_records()]
 

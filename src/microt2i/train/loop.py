@@ -88,7 +88,20 @@ def _encoders(cfg: RunConfig, device: torch.device):
 
 
 def prepare_cutmix(cfg: RunConfig, device: torch.device, log=print) -> Store:
-    """The CutMix composite store of `cfg.augment.cutmix` (augment/cutmix.py), built and cached on first use."""
+    """The CutMix composite store of `cfg.augment.cutmix` (augment/cutmix.py): with `data.store_dir` the sharded
+    composites `microt2i cutmix` built (a separate job: LLaVA captions them), else the world's, built on first use."""
+    if cfg.data.mix:
+        raise ConfigError("augment.cutmix.enabled=true pairs the images of one store; data.mix mixes several: "
+                          "train on one data.store_dir, or switch CutMix off")
+    if cfg.data.store_dir:
+        from ..augment.cutmix import open_cutmix_store
+
+        cutmix = open_cutmix_store(cfg.data, cfg.augment.cutmix)
+        if cutmix.text_mode == "ids":
+            cutmix.attach_text_encoder(TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device))
+        log(f"[data] CutMix composites {cutmix.dir}: {len(cutmix)} ({cfg.augment.cutmix.setting}, "
+            f"×{cfg.augment.cutmix.times})")
+        return cutmix
     return build_cutmix_store(cfg.data, cfg.augment.cutmix, lambda: _encoders(cfg, device), log=log)
 
 
