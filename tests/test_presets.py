@@ -55,7 +55,7 @@ def test_dit_i_is_paper_000():
     for run in presets.recipe("dit-i"):
         o, a, d = run.objective, run.augment, run.data
         assert (o.kind, o.schedule, o.uncond, o.cond_drop) == ("vp", "linear", "empty", 0.1)  # Eq. 1, γ = 1 − t
-        assert (a.cutmix.enabled, a.cutmix.setting, a.cutmix.tau, a.cutmix.p) == (True, "all", 400.0, 0.5)
+        assert (a.cutmix.enabled, a.cutmix.setting, a.cutmix.tau, a.cutmix.p) == (False, "all", 400.0, 0.5)  # §2.3
         assert (a.crop.enabled, a.crop.p, a.crop.min_side, run.model.crop_cond) == (True, 0.5, 0.5, True)
         assert (d.source, d.text_encoder, d.text_len, run.eval.sampler, run.eval.steps) == (
             "imagenet", "google/flan-t5-xl", 256, "ddim", 250)
@@ -111,7 +111,7 @@ def test_dit_i_preset_trains_shrunk(tmp_path, objective):
         *([f"objective.kind={objective}"] if objective else []), "data.source=world", "data.codec=pixel",
         "data.resolution=16", "data.text_len=6", "model.in_channels=3", "model.input_size=16", "model.patch_size=4",
         "model.text_dim=16", "model.width=32", "model.depth=1", "model.heads=2", "model.refiner_depth=1",
-        "augment.cutmix.times=2", "train.total_nimg=64", "train.batch_size=8", "train.micro_batch=4",
+        "augment.cutmix.enabled=true", "augment.cutmix.times=2", "train.total_nimg=64", "train.batch_size=8", "train.micro_batch=4",
         "train.warmup_nimg=0", "train.precision=fp32", "train.log_every_nimg=32", "train.ckpt_every_nimg=1000",
         "train.threads=1"])
     assert cfg.augment.cutmix.enabled and cfg.augment.crop.enabled
@@ -177,8 +177,8 @@ def test_every_docs_presets_command_runs(capsys):
 
 
 def test_dit_i_on_a_real_tree(tmp_path, capsys):
-    """The DiT-I preset (shrunk) on a fabricated ImageNet tree: precompute, then train; without composites CutMix
-    stops with one line naming them, and `augment.cutmix.enabled=false` trains (ε objective, Crop on)."""
+    """The DiT-I preset (shrunk) on a fabricated ImageNet tree: precompute, then train (ε objective, Crop on); with
+    `augment.cutmix.enabled=true` and no composites it stops with one line naming them."""
     from _fake_imagenet import make_tree
 
     make_tree(tmp_path / "in")
@@ -191,11 +191,11 @@ def test_dit_i_on_a_real_tree(tmp_path, capsys):
              "train.log_every_nimg=8", "train.ckpt_every_nimg=1000", "train.threads=1", "train.device=cpu"]
     assert main(["-q", "precompute", "dit-i-256", *data]) == 0
     capsys.readouterr()
-    assert main(["-q", "train", "dit-i-256", *data, *small, "--run-dir", str(tmp_path / "cm"), "--no-progress"]) != 0
+    assert main(["-q", "train", "dit-i-256", *data, *small, "augment.cutmix.enabled=true", "--run-dir",
+                 str(tmp_path / "cm"), "--no-progress"]) != 0
     err = capsys.readouterr().err.strip()
     assert "cutmix" in err.splitlines()[0].lower(), err  # the composites are named (augment/cutmix.py words it)
-    assert main(["-q", "train", "dit-i-256", *data, *small, "augment.cutmix.enabled=false",
-                 "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert main(["-q", "train", "dit-i-256", *data, *small, "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
     assert (tmp_path / "run" / "ema" / "model.safetensors").exists()
 
 
