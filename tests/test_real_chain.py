@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _tiny_models import tiny_llava_next, tiny_t5, tiny_vae
+from _tiny_models import tiny_causal_lm, tiny_clip, tiny_llava_next, tiny_mask2former, tiny_t5, tiny_vae
 from PIL import Image
 
 from microt2i.cli import main
@@ -86,3 +86,26 @@ def test_caption_precompute_cutmix_train_sample(chain, capsys):
     assert main(["sample", "--run", str(run), "--prompt", "An image of a tench", "--n", "2", "--steps", "2",
                  "--out", str(d / "grid.png"), "--no-progress"]) == 0
     assert (d / "grid.png").is_file() and len(list((d / "grid").glob("*.png"))) == 2
+    # 7. evaluate against the run's ImageNet val (the default reference of an ImageNet run), shrunk N
+    import torch
+    from test_eval_inception import published_like_state_dict
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.save(published_like_state_dict(), d / "pt_inception-2015-12-05-6726825d.pth")
+    Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                             patch_size=14, image_size=28)).save_pretrained(d / "dino")
+    clip = tiny_clip(d / "clip", kind="full")
+    n = ["--n", "6", "--steps", "2"]
+    assert main(["eval", "fid", str(run), *n, "--weights", str(d / "pt_inception-2015-12-05-6726825d.pth")]) == 0
+    assert main(["eval", "fd", str(run), *n, "--weights", str(d / "dino")]) == 0
+    assert main(["eval", "prdc", str(run), *n, "--weights", str(d / "dino"), "--k", "2", "--splits", "1"]) == 0
+    assert main(["eval", "clipscore", str(run), "--n", "4", "--steps", "2", "--model", str(clip)]) == 0
+    for metric in ("fid", "fd", "prdc", "clipscore"):
+        res = json.loads((run / "eval" / metric / "results.json").read_text())
+        assert res["metrics"], metric
+    # 8. GenEval★: prompts through an LM extender, a (tiny) COCO detector and CLIP colours
+    assert main(["eval", "geneval", str(run), "--per-tag", "1", "--images-per-prompt", "1", "--steps", "2",
+                 "--extend", str(tiny_causal_lm(d / "lm")), "--detector", str(tiny_mask2former(d / "m2f")), "--color-model",
+                 str(clip)]) == 0
+    assert json.loads((run / "eval" / "geneval-extended" / "results.json").read_text())["metrics"]["prompt_set"] \
+        .startswith("extended")
