@@ -834,10 +834,24 @@ def _add_examples(sub) -> None:
             parser.epilog = "examples:\n" + "\n".join(f"  {ex}" for ex in EXAMPLES[name])
 
 
+def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line. Dotted overrides may also follow the options (`train world-s --objective vp
+    eval.sampler=ddim`): argparse stops its positional list at the first option, so those join `overrides` here."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    late = [a for a in rest if "=" in a and not a.startswith("-")]
+    if late and hasattr(args, "overrides"):
+        args.overrides = [*(args.overrides or []), *late]
+        rest = [a for a in rest if a not in late]
+    if rest:
+        parser.parse_args(argv)  # the usual one-line "unrecognized arguments" error, exit 2
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
 
-    args = build_parser().parse_args(argv)
+    args = parse_cli(argv)
     try:  # transformers ≥ 5 draws a "Loading weights" bar for every model it loads
         from transformers.utils import logging as hf_logging
 
