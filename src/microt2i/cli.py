@@ -72,6 +72,12 @@ def cmd_train(args) -> int:
             print(f"[train] report with the before/after grids: {run_report(run_dir)}")
     else:
         out = train(cfg, run_dir, progress=not args.no_progress, stop_nimg=args.stop_nimg)
+        if out["finished"] and out["rank"] == 0:  # the final fixed-prompt grid, so the run report always shows one
+            from .report import final_grid
+            from .train.loop import resolve_device
+
+            grid = final_grid(run_dir, device=resolve_device(cfg.train.device), progress=not args.no_progress)
+            print(f"[train] final grid {grid}; report: microt2i report {run_dir}")
     if out["rank"] == 0:
         print(f"[train] {'finished' if out['finished'] else 'stopped'} at {out['nimg']} images")
     return 0

@@ -22,6 +22,7 @@ import torch
 
 from ..config import DataConfig
 from ..io import atomic_write_bytes, atomic_write_text
+from ..progress import Progress
 from .imagenet import IngestReport, list_folder, list_imagenet
 from .ingest import INGEST_SOURCES, finish_caption, ingest_content, item_caption, item_loader, list_ingest
 from .store import (CONFIG_KEY_FIELDS, EMPTY, PLAN, StoreMismatchError, finalize_store, images_to_tensor, key_hash,
@@ -243,11 +244,12 @@ def _encode_shard(enc: _Encoders, data: DataConfig, index: int, images: np.ndarr
 
 def precompute(data: DataConfig, *, augment: dict | None = None, num_shards: int = 1, shard_index: int = 0,
                workers: int = 0, device: str = "cpu", batch_size: int = 64, codec=None, text_encoder=None,
-               log=print, on_shard=None) -> dict:
+               log=print, on_shard=None, progress: bool = False) -> dict:
     """Fill `data.store_dir` with this job's shards (see the module docstring) and return a summary:
     {"done": shards written now, "skipped_shards": already finished, "report": ingest counts, "manifest": bool}.
 
-    `on_shard(index)` runs after each written shard (progress hooks; tests inject failures there)."""
+    `on_shard(index)` runs after each written shard (progress hooks; tests inject failures there); `progress` reports
+    images per second and the ETA (progress.py)."""
     if not data.store_dir:
         raise FileNotFoundError("precompute needs data.store_dir=<folder for the sharded store>")
     if num_shards < 1 or not 0 <= shard_index < num_shards:
@@ -270,6 +272,9 @@ def precompute(data: DataConfig, *, augment: dict | None = None, num_shards: int
     enc = _Encoders(data, device, codec, text_encoder)
     report = IngestReport()
     pool = mp.get_context("spawn").Pool(workers) if workers > 0 and todo and data.source != "world" else None
+    sizes = {s: len(items[s * data.shard_size:(s + 1) * data.shard_size]) for s in todo}
+    bar = Progress(sum(sizes.values()), desc="precompute", unit="img", enabled=progress,
+                   work=f"{len(todo)} shard{'s' if len(todo) != 1 else ''} of ≤ {data.shard_size}, device {device}")
     try:
         if todo:
             _write_empty(store_dir, enc, data)
@@ -286,9 +291,11 @@ def precompute(data: DataConfig, *, augment: dict | None = None, num_shards: int
             report.skipped.update(shard_report.skipped)
             report.examples += shard_report.examples[:20 - len(report.examples)]
             log(f"[precompute] shard {s}: {len(records)} samples, {shard_report.total - shard_report.kept} skipped")
+            bar.update(sizes[s])
             if on_shard is not None:
                 on_shard(s)
     finally:
+        bar.close()
         if pool is not None:
             pool.close()
             pool.join()

@@ -442,8 +442,6 @@ def run_caption_job(
     and left out (a restart retries them)."""
     import time
 
-    from tqdm import tqdm
-
     from ..data.captions import append_captions, read_captions, repair_tail
 
     if not (num_shards >= 1 and 0 <= shard_index < num_shards):
@@ -461,7 +459,10 @@ def run_caption_job(
         f"{len(mine) - len(todo)} already captioned → {path}")  # fmt: skip
     failed: list[str] = []
     t0, written = time.perf_counter(), 0
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress, dynamic_ncols=True)
+    from ..progress import Progress
+
+    bar = Progress(len(mine), initial=len(mine) - len(todo), desc="caption", unit="img", enabled=progress,
+                   work=f"{captioner.name}, batches of {batch_size}")
     try:
         for i in range(0, len(todo), batch_size):
             batch_keys, images, metas = [], [], []
