@@ -118,7 +118,7 @@ def cmd_export(args) -> int:
     from .export import export_run
 
     export_run(args.run_dir, args.folder, dtype=args.dtype, grid=not args.no_grid, overwrite=args.overwrite,
-               device=args.device)
+               device=args.device, progress=not args.no_progress)
     return 0
 
 
@@ -189,7 +189,10 @@ def cmd_cutmix(args) -> int:
 
     cfg = _resolve_config(args.config, args.overrides)
     cfg = apply_overrides(cfg, ["augment.cutmix.enabled=true"])
-    store = prepare_cutmix(cfg, resolve_device(cfg.train.device))
+    from .progress import heartbeat
+
+    with heartbeat("cutmix", f"building {cfg.augment.cutmix.setting} composites", enabled=not args.no_progress):
+        store = prepare_cutmix(cfg, resolve_device(cfg.train.device))
     boxes = store.meta["boxes"]
     for i in range(min(args.show, len(store))):
         print(f"{i:3d}  [{boxes[i]['pattern']} of source {boxes[i]['source']}, partner {boxes[i]['partner']}] "
@@ -216,7 +219,7 @@ def cmd_precompute(args) -> int:
         return 1 if problems else 0
     cfg = _resolve_config(args.config, args.overrides)
     out = precompute(cfg.data, num_shards=args.num_shards, shard_index=args.shard_index, workers=args.workers,
-                     device=args.device, batch_size=args.batch_size)
+                     device=args.device, batch_size=args.batch_size, progress=not args.no_progress)
     rep = out["report"]
     print(f"[precompute] {len(out['done'])} shards written, {len(out['skipped_shards'])} already done; "
           f"{rep['kept']} of {rep['total']} images kept, skipped {rep['skipped'] or 'none'}")
@@ -393,7 +396,19 @@ def cmd_cost_text_encoders(args) -> int:
 
 def cmd_eval(args) -> int:
     from .eval.geneval import format_table
-    from .eval.runner import run_eval
+    from .eval.runner import DEFAULT_N, run_eval
+
+    world = args.detector == "world"  # world defaults finish in minutes on a CPU; the official suite is 100 × 4
+    if args.per_tag is None:
+        args.per_tag = 10 if world else 100
+    if args.images_per_prompt is None:
+        args.images_per_prompt = 2 if world and args.metric == "geneval" else 4
+    if args.metric == "geneval":
+        print(f"[eval geneval] {args.per_tag} draws per tag × {args.images_per_prompt} images per prompt"
+              + (" (world default; the official suite: --per-tag 100 --images-per-prompt 4)" if world else ""))
+    elif args.metric in DEFAULT_N and args.n is None:
+        print(f"[eval {args.metric}] N = {DEFAULT_N[args.metric]} (default, minutes on a CPU for world runs; "
+              f"the papers' N: --n 30000)")
 
     opts = {"fid": dict(features=args.features, weights=args.weights),
             "prdc": dict(features=args.features, weights=args.weights, k=args.k, splits=args.splits),
@@ -412,7 +427,8 @@ def cmd_eval(args) -> int:
         DEFAULT_N.setdefault(args.metric, 64)
     try:
         report = run_eval(args.metric, args.run_dir, out=args.out, seed=args.seed, n=args.n, steps=args.steps,
-                          cfg_scale=args.cfg_scale, batch_size=args.batch_size, device=args.device, **opts)
+                          cfg_scale=args.cfg_scale, batch_size=args.batch_size, device=args.device,
+                          progress=not args.no_progress, **opts)
     except ValueError as e:  # bad option values: one line, like config errors
         print(f"microt2i eval: error: {e}", file=sys.stderr)
         return 2
@@ -421,6 +437,13 @@ def cmd_eval(args) -> int:
     else:
         for key, value in report["metrics"].items():
             print(f"{key:>28}: {value:.4f}" if isinstance(value, float) else f"{key:>28}: {value}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    serve(args.runs, host=args.host, port=args.port, device=args.device)
     return 0
 
 
@@ -505,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-grid", action="store_true", help="skip the sample grid of the model card")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
     ex.add_argument("--device", default="cpu", help="where the grid is sampled")
+    ex.add_argument("--no-progress", action="store_true")
     ex.set_defaults(fn=cmd_export)
 
     rp = sub.add_parser("report", help="one self-contained HTML page of a run: config, curves, grids per eval "
@@ -556,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("overrides", nargs="*", help="e.g. augment.cutmix.setting=1/4 augment.cutmix.times=2")
     cm.add_argument("--show", type=int, default=8, help="print this many composites' captions")
     cm.add_argument("--out", default=None, help="write a preview grid PNG of them (pixel codec)")
+    cm.add_argument("--no-progress", action="store_true")
     cm.set_defaults(fn=cmd_cutmix)
 
     pc = sub.add_parser("precompute", help="encode a data set (world, ImageNet, folder) into the sharded store at "
@@ -569,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--workers", type=int, default=0, help="image decoding processes (0 = in this process)")
     pc.add_argument("--device", default="cpu", help="where the codec and text encoder run")
     pc.add_argument("--batch-size", type=int, default=64, help="images per codec call")
+    pc.add_argument("--no-progress", action="store_true")
     pc.set_defaults(fn=cmd_precompute)
 
     fl = sub.add_parser("filter", help="keep images whose class-prompt score beats a threshold (paper 003's "
@@ -621,7 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "aesthetic: LAION head (--head); pickscore; preference: run_dir vs --against (--judge)")
     e.add_argument("run_dir", help="a finished run folder (ema/, config.yaml, null_text.safetensors)")
     e.add_argument("--n", type=int, default=None,
-                   help="fid/prdc/clipscore: samples (default 256); dpg: prompts (default 32)")
+                   help="fid/prdc/clipscore: samples (default 128); dpg: prompts (default 16); the papers' "
+                        "N is larger (COCO-30k FID: --n 30000)")
     e.add_argument("--features", default="effnet-lite0", choices=["effnet-lite0", "inception", "dinov2", "clip"])
     e.add_argument("--weights", default=None, help="inception: TorchScript file; dinov2/clip: id or folder")
     e.add_argument("--k", type=int, default=5, help="prdc: nearest neighbours")
@@ -635,8 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "DrawBench .csv, .txt); default: held-out world captions")
     e.add_argument("--detector", default="world", help="geneval: 'world' or a transformers segmentation model id")
     e.add_argument("--color-model", default=None, help="geneval: CLIP id or folder for colours (non-world detector)")
-    e.add_argument("--per-tag", type=int, default=100, help="geneval: draws per tag (the official suite uses 100)")
-    e.add_argument("--images-per-prompt", type=int, default=4, help="geneval images / dpg tiles per prompt")
+    e.add_argument("--per-tag", type=int, default=None, help="geneval: draws per tag (default 10 on the world, "
+                                                              "minutes on a CPU; the official suite uses 100)")
+    e.add_argument("--images-per-prompt", type=int, default=None,
+                   help="geneval images (default 2 on the world, 4 officially) / dpg tiles (4) per prompt")
     e.add_argument("--csv", default=None, help="dpg: DPG-Bench question CSV (default: questions from world scenes)")
     e.add_argument("--seed", type=int, default=None, help="default: 42 for geneval, else the run's eval.seed")
     e.add_argument("--steps", type=int, default=None)
@@ -644,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--device", default="cpu")
     e.add_argument("--out", default=None, help="default: <run_dir>/eval/<metric>")
+    e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=cmd_eval)
 
     xp = sub.add_parser("experiment", help="the papers' ablations on the world: arms × seeds at an equal budget, "
@@ -661,6 +691,14 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--keep-checkpoints", action="store_true", help="keep training states of finished arms")
     xp.add_argument("--no-progress", action="store_true")
     xp.set_defaults(fn=cmd_experiment)
+
+    sv = sub.add_parser("serve", help="a local web page to try prompts on finished runs (seed, CFG, steps, "
+                                      "sampler, prompt extender), with each run's grid and metrics")
+    sv.add_argument("runs", nargs="+", help="run folders, or a folder of runs (e.g. runs)")
+    sv.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    sv.add_argument("--host", default="127.0.0.1", help="127.0.0.1 = this machine only")
+    sv.add_argument("--device", default="cpu")
+    sv.set_defaults(fn=cmd_serve)
 
     ig = sub.add_parser("ingest", help="your own data: `ingest list <config>` shows what precompute would read "
                                        "(sidecar / webdataset / hf sources); `ingest world OUT` writes a world subset "
@@ -737,6 +775,7 @@ EXAMPLES = {  # shown under `microt2i CMD --help`; every line runs on the embedd
              "microt2i eval dpg runs/demo --n 32"],
     "cost": ["microt2i cost recipe microdit-xl-2", "microt2i cost text-encoders --encoders minilm"],
     "presets": ["microt2i presets"],
+    "serve": ["microt2i serve runs/demo", "microt2i serve runs --port 8080   # every run under runs/"],
     "experiment": ["microt2i experiment captions --threads 1", "microt2i experiment image-augmentation --arms ta,ta-cutmix",
                    "microt2i experiment captions --render-only --any-commit",
                    "microt2i experiment masking --scale 10 train.device=cuda"],

@@ -137,7 +137,8 @@ class Progress:
     # ----------------------------------------------------------------------------------------------- private
 
     def _num(self, x: float) -> str:
-        return f"{x:.{self.decimals}f}" if self.decimals and x != int(x) else f"{int(round(x))}"
+        x = round(x, self.decimals)
+        return f"{x:.{self.decimals}f}" if self.decimals and x != int(x) else f"{int(x)}"
 
     def _rate(self, now: float) -> float | None:
         """Work per second, from the first update on once there are several (start-up costs excluded)."""
