@@ -118,6 +118,7 @@ def test_train_prints_size_status_and_final_grid(tiny):
     ("export {run} exp --overwrite", "sample"),
     ("caption --source world --n 6 --batch-size 2 --out caps.tsv", "caption"),
     ("precompute world-tiny data.store_dir=store data.num_images=8 data.shard_size=4", "precompute"),
+    ("recipe world-microdit-tiny --root rcp", "recipe"),
 ])
 def test_long_commands_print_status_lines(tiny, command, tag):
     text = run_cli(command.format(run=tiny[0]).split())
