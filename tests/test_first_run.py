@@ -310,3 +310,62 @@ def test_run_report_loads_every_image_and_plot_in_a_browser(tiny, browser):
     assert len(images) >= 1 and all(w > 0 and h > 0 for w, h in images)
     plots = browser.eval("Array.from(document.querySelectorAll('svg')).map(s => s.getBoundingClientRect().width)")
     assert len(plots) >= 1 and all(w > 0 for w in plots)
+
+
+# ---------------------------------------------------------------------------------- the README's commands, shrunk
+
+
+def _readme_commands(heading: str) -> list[list[str]]:
+    """The `$B …` lines of the first bash block after `heading` in README.md, as argument lists."""
+    import shlex
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index(heading):]
+    start = section.index("```bash") + len("```bash")
+    block = section[start:section.index("```", start)]
+    return [shlex.split(ln.split("  #")[0])[1:] for ln in block.splitlines() if ln.startswith("$B ")]
+
+
+def test_readme_quick_tour_runs_shrunk(tiny, env):
+    commands = _readme_commands("## Quick tour")
+    assert [c[0] for c in commands] == ["train", "sample", "sample", "eval", "eval", "export", "report", "serve"]
+    assert commands[0] == ["train", "world-tiny", "--run-dir", "runs/tiny"]  # what the `tiny` fixture ran
+    for args in commands[1:-1]:  # serve: test_serve_command_answers
+        args = ["8" if a == "256" else a for a in args]  # fewer images and steps, the same commands
+        if args[0] in ("sample", "eval"):
+            args += ["--steps", "1"] + (["--per-tag", "1"] if args[1] == "geneval" else [])
+        run_cli(args)
+    for f in ("samples/grid.png", "samples/ext/samples.jsonl", "runs/tiny/eval/geneval/results.json",
+              "runs/tiny/eval/fid/results.json", "exports/tiny/model_index.json", "runs/tiny/run_report.html"):
+        assert (env / f).is_file(), f
+
+
+def test_serve_command_answers(tiny):
+    import os
+    import sys
+
+    exe = Path(sys.executable).parent / "microt2i"
+    proc = subprocess.Popen([str(exe), "serve", str(tiny[0]), "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        url = None
+        for line in proc.stdout:
+            m = re.search(r"open (http://127\.0\.0\.1:\d+/)", line)
+            if m:
+                url = m.group(1)
+                break
+        assert url, "serve printed no address"
+        code, body = _request(url + "api/runs")
+        assert code == 200 and json.loads(body)[0]["name"] == "tiny"
+        code, body = _request(url)
+        assert code == 200 and b"<script>" in body and b"http://" not in body.split(b"<body>")[1]  # no CDN
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_readme_first_ten_minutes_train_your_own_resolves():
+    text = (REPO / "README.md").read_text()
+    line = re.search(r"`\.venv/bin/microt2i (train world-s [^`]+ --run-dir runs/mine)`", text).group(1)
+    out = run_cli(line.split() + ["--dry-run"])
+    assert "total_nimg: 49152" in out and "<!-- demo-figures -->" in text

@@ -247,7 +247,7 @@ section{background:#fff;border:1px solid #ddd;border-radius:6px;padding:1em}
 #form{width:22em} #form label{display:block;margin:.45em 0 .15em;font-size:.9em;color:#555}
 #form input[type=number],#form select,#form textarea{width:100%;box-sizing:border-box;font:inherit}
 textarea{height:5em} button{margin-top:.8em;font-size:1em;padding:.35em 1.2em}
-#images{min-width:18em;max-width:40em} #images img,#grid img{image-rendering:pixelated}
+#images{flex:1 1 18em;max-width:40em} #side{flex:0 1 340px} #images img,#grid img{image-rendering:pixelated}
 #images img{width:160px;height:160px;margin:3px;border:1px solid #ccc}
 #grid img{max-width:320px} .error{color:#b00020;font-weight:600} .note{color:#666;font-size:.85em}
 table{border-collapse:collapse;font-size:.85em} td{border-bottom:1px solid #eee;padding:2px 6px}
