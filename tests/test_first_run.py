@@ -148,6 +148,11 @@ def test_sample_folder_holds_exactly_the_last_call(tiny, env):
     pngs = sorted(p.name for p in out.glob("*.png") if p.name != "grid.png")
     assert pngs == [r["file"] for r in rows] == ["0000.png", "0001.png"]
     assert {r["prompt"] for r in rows} == {"b"} and (out / "notes.txt").read_text() == "mine"
+    mine = env / "my-pictures"  # not a samples folder (no samples.jsonl): nothing in it is deleted
+    mine.mkdir()
+    Image.new("RGB", (4, 4)).save(mine / "0007.png")
+    run_cli(["sample", str(tiny[0]), "--prompt", "c", "--steps", "1", "--out-dir", str(mine)])
+    assert (mine / "0007.png").is_file() and (mine / "0000.png").is_file()
 
 
 def test_default_output_folders_are_git_ignored():

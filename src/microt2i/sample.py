@@ -173,10 +173,12 @@ def sample_prompts(prompts: list[str], *, run: str | Path | None = None, model: 
 
 
 def clean_samples(out_dir: Path) -> int:
-    """Delete what an earlier `write_samples` left in `out_dir` (NNNN.png, grid.png, samples.jsonl); other files stay."""
+    """Delete what an earlier `write_samples` left in `out_dir` (NNNN.png, grid.png, samples.jsonl); other files stay.
+    Only a folder with a samples.jsonl is a samples folder: elsewhere (e.g. a folder of your own pictures) nothing
+    is deleted."""
     import re
 
-    if not out_dir.is_dir():
+    if not (out_dir / "samples.jsonl").is_file():
         return 0
     old = [p for p in out_dir.iterdir() if p.is_file() and (re.fullmatch(r"\d{4,}\.png", p.name)
                                                             or p.name in ("grid.png", "samples.jsonl"))]
