@@ -72,9 +72,9 @@ class Progress:
         if self.mode == "bar":
             from tqdm import tqdm
 
-            n = f"{{n:.{decimals}f}}" if decimals else "{n_fmt}"
+            count = f"{{n:.{decimals}f}}/{{total:.{decimals}f}}"
             self._bar = tqdm(total=self.total, initial=self.initial, desc=desc, unit=unit, file=self.stream,
-                             dynamic_ncols=True, bar_format="{l_bar}{bar}| " + n + "/{total_fmt} {unit} "
+                             dynamic_ncols=True, bar_format="{l_bar}{bar}| " + count + " {unit} "
                              "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
         self._stop = threading.Event()
         self._thread = None
