@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 
+from tqdm import tqdm
+
 
 def format_seconds(s: float) -> str:
     """42 s, 3m 20s, 1h 05m."""
@@ -63,15 +65,13 @@ class Progress:
             raise ValueError(f"MICROT2I_STATUS_EVERY={every!r} must be a number of seconds") from None
         self.t0 = self._last_line = time.perf_counter()
         self._first: tuple[float, float] | None = None  # (time, n) of the first update: start-up costs excluded
-        self._updates, self._estimated, self._closed = 0, False, False
+        self._updates, self._estimated, self._closed, self._last_t = 0, False, False, self.t0
         self._lock = threading.Lock()
         self._bar = None
         size = f"{self._num(self.total)} {unit}" + (f" ({work})" if work else "")
         done = f", {self._num(self.initial)} already done" if self.initial else ""
         self._print(f"[{desc}] {size}{done}; timing a short warm-up for the estimate")
         if self.mode == "bar":
-            from tqdm import tqdm
-
             count = f"{{n:.{decimals}f}}/{{total:.{decimals}f}}"
             self._bar = tqdm(total=self.total, initial=self.initial, desc=desc, unit=unit, file=self.stream,
                              dynamic_ncols=True, bar_format="{l_bar}{bar}| " + count + " {unit} "
@@ -89,6 +89,7 @@ class Progress:
         with self._lock:
             self.n = min(self.total, self.n + k)
             self._updates += 1
+            self._last_t = now
             if self._first is None:
                 self._first = (now, self.n)
             if self._bar is not None:
@@ -141,10 +142,11 @@ class Progress:
         return f"{x:.{self.decimals}f}" if self.decimals and x != int(x) else f"{int(x)}"
 
     def _rate(self, now: float) -> float | None:
-        """Work per second, from the first update on once there are several (start-up costs excluded)."""
-        if self._first is not None and self._updates >= 3 and now > self._first[0]:
-            return (self.n - self._first[1]) / (now - self._first[0])
-        done, elapsed = self.n - self.initial, now - self.t0
+        """Work per second up to the last update, from the first update on once there are several (start-up costs
+        excluded). Between two updates of a slow step the rate and ETA hold; the elapsed time moves on."""
+        if self._first is not None and self._updates >= 3 and self._last_t > self._first[0]:
+            return (self.n - self._first[1]) / (self._last_t - self._first[0])
+        done, elapsed = self.n - self.initial, self._last_t - self.t0
         return done / elapsed if done > 0 and elapsed > 0 else None
 
     def _rate_str(self, rate: float) -> str:
@@ -169,7 +171,8 @@ class Progress:
         rate = self._rate(now)
         pct = 100 * self.n / self.total if self.total else 100.0
         speed = f"{self._rate_str(rate)}, " if rate else ""
-        eta = f", ETA {format_seconds((self.total - self.n) / rate)}" if rate else f", still on the first {self.unit}"
+        left = max(0.0, (self.total - self.n) / rate - (now - self._last_t)) if rate else 0.0  # a step under way
+        eta = f", ETA {format_seconds(left)}" if rate else f", still on the first {self.unit}"
         self._print(f"[{self.desc}] {self._num(self.n)}/{self._num(self.total)} {self.unit} ({pct:.0f}%), {speed}"
                     f"{format_seconds(now - self.t0)} elapsed{eta}" + (f", {self.postfix}" if self.postfix else ""))
 

@@ -219,7 +219,7 @@ def _geneval_tables(run_dir: Path) -> str:
 def final_grid(run_dir: str | Path, *, device="cpu", progress: bool = False) -> Path:
     """`<run>/grid.png`: the run's fixed-prompt, fixed-seed grid with its final EMA weights (the demo's grid; the
     prompts are listed in the run report)."""
-    from .demo import grid_prompts
+    from .demo import grid_prompts  # demo and sample import this module: imported here to avoid a cycle
     from .sample import Source
 
     src = Source(run=run_dir, device=device)

@@ -24,6 +24,13 @@ from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from PIL import Image
+
+from .config import ConfigError, load_yaml
+from .encoders.extender import make_extender
+from .report import read_stats, run_metrics
+from .sample import Source
+
 MAX_LOADED = 2  # runs kept in memory (least recently used one is dropped)
 MAX_BODY = 64 * 1024
 MAX_PROMPT = 2000
@@ -54,8 +61,6 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
 
 def run_status(run_dir: Path) -> str:
     """'' when the run can be sampled, else the reason (still training, diverged)."""
-    from .report import read_stats
-
     stats = read_stats(run_dir / "stats.jsonl") if (run_dir / "stats.jsonl").is_file() else []
     losses = [s["loss"] for s in stats if isinstance(s.get("loss"), (int, float))]
     if losses and not math.isfinite(losses[-1]):
@@ -68,8 +73,6 @@ def run_status(run_dir: Path) -> str:
 
 
 def _png(image) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     return buf.getvalue()
@@ -85,9 +88,6 @@ class App:
         self._extender = None
 
     def run_info(self, i: int) -> dict:
-        from .config import load_yaml
-        from .report import run_metrics
-
         run = self.runs[i]
         e = load_yaml(run / "config.yaml").eval
         grids = sorted(run.glob("eval/grid-*.png"), key=lambda p: int(p.stem.split("-")[-1]))
@@ -99,8 +99,6 @@ class App:
                 "metrics": metrics}
 
     def _source(self, i: int):
-        from .sample import Source
-
         if i in self._loaded:
             self._loaded.move_to_end(i)
             return self._loaded[i]
@@ -115,8 +113,6 @@ class App:
 
     def sample(self, req: dict) -> dict:
         """One image of a request: {run, prompt, seed, cfg, steps, sampler, index, extend} → {image (data URI), ...}."""
-        from .config import ConfigError
-
         def num(key, kind, lo, hi, default=None):
             v = req.get(key, default)
             if v is None or v == "":
@@ -147,8 +143,6 @@ class App:
             raise BadRequest(status)
         used = prompt
         if req.get("extend"):
-            from .encoders.extender import make_extender
-
             self._extender = self._extender or make_extender("world")
             try:
                 used = self._extender.extend([prompt])[0]

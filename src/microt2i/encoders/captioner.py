@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..world.scenes import Scene, aio_caption, article, long_caption
+from ..progress import Progress
 from .hub import resolve_pretrained
 
 LLAVA_HUB_ID = "llava-hf/llama3-llava-next-8b-hf"
@@ -459,8 +460,6 @@ def run_caption_job(
         f"{len(mine) - len(todo)} already captioned → {path}")  # fmt: skip
     failed: list[str] = []
     t0, written = time.perf_counter(), 0
-    from ..progress import Progress
-
     bar = Progress(len(mine), initial=len(mine) - len(todo), desc="caption", unit="img", enabled=progress,
                    work=f"{captioner.name}, batches of {batch_size}")
     try:

@@ -26,6 +26,7 @@ import torch
 
 from ..config import RunConfig, to_dict
 from ..models import build
+from ..progress import Progress
 from .dist import broadcast_object, is_main, load_sharded
 from .loop import train
 from .optim import make_optimizer
@@ -98,8 +99,6 @@ def run_recipe(stages: list[RunConfig], root_dir: str | Path, *, progress: bool 
     log = log if is_main() else (lambda *a, **k: None)
     dirs = stage_dirs(stages, root_dir)
     results: list[dict] = []
-    from ..progress import Progress
-
     total = sum(s.train.total_nimg for s in stages)  # stages weighted by their images (each draws its own bar)
     bar = Progress(total, desc="recipe", unit="img", enabled=progress and is_main(), bar=False, heartbeat=False,
                    work=f"{len(stages)} stages: " + ", ".join(f"{s.name} {s.train.total_nimg}" for s in stages))
