@@ -133,7 +133,7 @@ def test_cutmix_build_is_not_silent(tiny):
 
 def test_eval_defaults_are_stated(tiny):
     text = run_cli(["eval", "geneval", str(tiny[0]), "--steps", "1", "--per-tag", "1"])
-    assert "1 draws per tag × 2 images per prompt (world default; the official suite: --per-tag 100" in text
+    assert "1 draws per tag × 1 images per prompt (world default; the official suite: --per-tag 100" in text
 
 
 # ------------------------------------------------------------------------------------------- quick-tour fixes

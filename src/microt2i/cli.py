@@ -402,7 +402,7 @@ def cmd_eval(args) -> int:
     if args.per_tag is None:
         args.per_tag = 10 if world else 100
     if args.images_per_prompt is None:
-        args.images_per_prompt = 2 if world and args.metric == "geneval" else 4
+        args.images_per_prompt = 1 if world and args.metric == "geneval" else 4
     if args.metric == "geneval":
         print(f"[eval geneval] {args.per_tag} draws per tag × {args.images_per_prompt} images per prompt"
               + (" (world default; the official suite: --per-tag 100 --images-per-prompt 4)" if world else ""))
@@ -647,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "aesthetic: LAION head (--head); pickscore; preference: run_dir vs --against (--judge)")
     e.add_argument("run_dir", help="a finished run folder (ema/, config.yaml, null_text.safetensors)")
     e.add_argument("--n", type=int, default=None,
-                   help="fid/prdc/clipscore: samples (default 128); dpg: prompts (default 16); the papers' "
+                   help="fid/prdc/clipscore: samples (default 64); dpg: prompts (default 16); the papers' "
                         "N is larger (COCO-30k FID: --n 30000)")
     e.add_argument("--features", default="effnet-lite0", choices=["effnet-lite0", "inception", "dinov2", "clip"])
     e.add_argument("--weights", default=None, help="inception: TorchScript file; dinov2/clip: id or folder")
@@ -665,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--per-tag", type=int, default=None, help="geneval: draws per tag (default 10 on the world, "
                                                               "minutes on a CPU; the official suite uses 100)")
     e.add_argument("--images-per-prompt", type=int, default=None,
-                   help="geneval images (default 2 on the world, 4 officially) / dpg tiles (4) per prompt")
+                   help="geneval images (default 1 on the world, 4 officially) / dpg tiles (4) per prompt")
     e.add_argument("--csv", default=None, help="dpg: DPG-Bench question CSV (default: questions from world scenes)")
     e.add_argument("--seed", type=int, default=None, help="default: 42 for geneval, else the run's eval.seed")
     e.add_argument("--steps", type=int, default=None)
