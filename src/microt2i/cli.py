@@ -264,8 +264,11 @@ def cmd_filter(args) -> int:
         classes = "airplane,car,bird,cat,deer,dog,frog,horse,ship,truck".split(",")
     else:
         classes = [c.strip() for c in spec.split(",") if c.strip()]
-    filter_dataset(cfg.data, args.out, classes=list(classes), scorer=args.scorer, threshold=args.threshold,
-                   batch_size=args.batch_size, device=args.device)
+    from .progress import heartbeat
+
+    with heartbeat("filter", f"scoring images with {args.scorer}"):
+        filter_dataset(cfg.data, args.out, classes=list(classes), scorer=args.scorer, threshold=args.threshold,
+                       batch_size=args.batch_size, device=args.device)
     return 0
 
 
