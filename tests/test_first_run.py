@@ -374,3 +374,10 @@ def test_readme_first_ten_minutes_train_your_own_resolves():
     line = re.search(r"`\.venv/bin/microt2i (train world-s [^`]+ --run-dir runs/mine)`", text).group(1)
     out = run_cli(line.split() + ["--dry-run"])
     assert "total_nimg: 49152" in out and "<!-- demo-figures -->" in text
+
+
+def test_quiet_prints_nothing_but_errors(tiny, monkeypatch, capsys):
+    monkeypatch.setenv("MICROT2I_PROGRESS", "auto")
+    assert main(["-q", "sample", str(tiny[0]), "--prompt", "a", "--steps", "1", "--out-dir", "quiet"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""

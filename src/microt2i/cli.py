@@ -813,6 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
         if hasattr(args, "no_progress"):
             args.no_progress = True
+        os.environ["MICROT2I_PROGRESS"] = "off"  # progress.py: no bars, status or heartbeat lines either
     try:
         with quiet:
             return args.fn(args)
