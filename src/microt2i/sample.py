@@ -164,8 +164,7 @@ def sample_prompts(prompts: list[str], *, run: str | Path | None = None, model: 
     """`n` images per prompt (prompt-major: image k is prompt k // n) from a run folder's EMA weights (`run`) or an
     export folder (`model`, `microt2i export`), which give the same images at the same settings. Returns (uint8
     images [N, H, W, 3], the settings used)."""
-    check_source(run, model)
-    if n < 1:
+    if n < 1:  # before loading anything
         raise ValueError(f"--n {n}: images per prompt must be >= 1")
     return Source(run=run, model=model, device=device)(prompts, n=n, sampler=sampler, steps=steps,
                                                        cfg_scale=cfg_scale, seed=seed, batch_size=batch_size,
