@@ -381,3 +381,15 @@ def test_quiet_prints_nothing_but_errors(tiny, monkeypatch, capsys):
     assert main(["-q", "sample", str(tiny[0]), "--prompt", "a", "--steps", "1", "--out-dir", "quiet"]) == 0
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
+
+
+def test_experiment_reports_arms_done_and_eta(monkeypatch, capsys):
+    from microt2i import experiment
+
+    monkeypatch.setattr(experiment, "run_arm", lambda *a, **k: time.sleep(0.01) or {})
+    monkeypatch.setattr(experiment, "render", lambda *a, **k: {"report": "r.html", "summary": {}})
+    monkeypatch.setenv("MICROT2I_PROGRESS", "auto")
+    experiment.run_experiment("captions", seeds=2, md_path=None, progress=True, log=lambda *a: None)
+    err = capsys.readouterr().err
+    assert re.search(r"\[experiment\] 4 arm \(2 arms × 2 seeds, captions\)", err), err
+    assert re.search(STATUS.format("experiment"), err) and "[experiment] 4/4 arm in" in err
