@@ -278,6 +278,7 @@ function showRun() {
   $("grid").innerHTML = r.grid ? `<img id="rungrid" alt="grid" src="/runs/${r.index}/${r.grid}">`
                                : "<p class='note'>no grid yet</p>";
   const t = $("metrics"); t.innerHTML = "";
+  if (!Object.keys(r.metrics).length) t.insertRow().insertCell().textContent = "none yet: microt2i eval geneval RUN";
   for (const [k, v] of Object.entries(r.metrics)) {
     const row = t.insertRow(); row.insertCell().textContent = k;
     row.insertCell().textContent = Number.isInteger(v) ? v : v.toPrecision(4);
