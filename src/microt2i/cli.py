@@ -72,6 +72,12 @@ def cmd_train(args) -> int:
             print(f"[train] report with the before/after grids: {run_report(run_dir)}")
     else:
         out = train(cfg, run_dir, progress=not args.no_progress, stop_nimg=args.stop_nimg)
+        if out["finished"] and out["rank"] == 0:  # the final fixed-prompt grid, so the run report always shows one
+            from .report import final_grid
+            from .train.loop import resolve_device
+
+            grid = final_grid(run_dir, device=resolve_device(cfg.train.device), progress=not args.no_progress)
+            print(f"[train] final grid {grid}; report: microt2i report {run_dir}")
     if out["rank"] == 0:
         print(f"[train] {'finished' if out['finished'] else 'stopped'} at {out['nimg']} images")
     return 0
@@ -112,7 +118,7 @@ def cmd_export(args) -> int:
     from .export import export_run
 
     export_run(args.run_dir, args.folder, dtype=args.dtype, grid=not args.no_grid, overwrite=args.overwrite,
-               device=args.device)
+               device=args.device, progress=not args.no_progress)
     return 0
 
 
@@ -205,9 +211,11 @@ def cmd_cutmix(args) -> int:
         if args.num_shards > 1 or args.verify:
             raise ConfigError("--num-shards / --verify work on a sharded store: add data.store_dir=<store> (built "
                               "with `microt2i precompute`)")
+        from .progress import heartbeat
         from .train.loop import prepare_cutmix, resolve_device
 
-        store = prepare_cutmix(cfg, resolve_device(cfg.train.device))
+        with heartbeat("cutmix", f"building {cm.setting} composites", enabled=not args.no_progress):
+            store = prepare_cutmix(cfg, resolve_device(cfg.train.device))
         boxes = store.meta["boxes"]
         describe = [f"{b['pattern']} of source {b['source']}, partner {b['partner']}" for b in boxes[:args.show]]
     for i, d in enumerate(describe):
@@ -234,7 +242,7 @@ def cmd_precompute(args) -> int:
         return 1 if problems else 0
     cfg = _resolve_config(args.config, args.overrides)
     out = precompute(cfg.data, num_shards=args.num_shards, shard_index=args.shard_index, workers=args.workers,
-                     device=args.device, batch_size=args.batch_size)
+                     device=args.device, batch_size=args.batch_size, progress=not args.no_progress)
     rep = out["report"]
     print(f"[precompute] {len(out['done'])} shards written, {len(out['skipped_shards'])} already done; "
           f"{rep['kept']} of {rep['total']} images kept, skipped {rep['skipped'] or 'none'}")
@@ -279,8 +287,11 @@ def cmd_filter(args) -> int:
         classes = "airplane,car,bird,cat,deer,dog,frog,horse,ship,truck".split(",")
     else:
         classes = [c.strip() for c in spec.split(",") if c.strip()]
-    filter_dataset(cfg.data, args.out, classes=list(classes), scorer=args.scorer, threshold=args.threshold,
-                   batch_size=args.batch_size, device=args.device)
+    from .progress import heartbeat
+
+    with heartbeat("filter", f"scoring images with {args.scorer}"):
+        filter_dataset(cfg.data, args.out, classes=list(classes), scorer=args.scorer, threshold=args.threshold,
+                       batch_size=args.batch_size, device=args.device)
     return 0
 
 
@@ -434,7 +445,19 @@ def cmd_cost_text_encoders(args) -> int:
 
 def cmd_eval(args) -> int:
     from .eval.geneval import format_table
-    from .eval.runner import run_eval
+    from .eval.runner import DEFAULT_N, run_eval
+
+    world = args.detector == "world"  # world defaults finish in minutes on a CPU; the official suite is 100 × 4
+    if args.per_tag is None:
+        args.per_tag = 10 if world else 100
+    if args.images_per_prompt is None:
+        args.images_per_prompt = 1 if world and args.metric == "geneval" else 4
+    if args.metric == "geneval":
+        print(f"[eval geneval] {args.per_tag} draws per tag × {args.images_per_prompt} images per prompt"
+              + (" (world default; the official suite: --per-tag 100 --images-per-prompt 4)" if world else ""))
+    elif args.metric in DEFAULT_N and args.n is None:
+        print(f"[eval {args.metric}] N = {DEFAULT_N[args.metric]} (default, minutes on a CPU for world runs; "
+              f"the papers' N: --n 30000)")
 
     ref = dict(reference=args.reference, captions=args.captions, labels_file=args.labels_file)
     fd = dict(features=args.features, weights=args.weights, resize=args.resize, **ref)
@@ -455,7 +478,8 @@ def cmd_eval(args) -> int:
         DEFAULT_N.setdefault(args.metric, 64)
     try:
         report = run_eval(args.metric, args.run_dir, out=args.out, seed=args.seed, n=args.n, steps=args.steps,
-                          cfg_scale=args.cfg_scale, batch_size=args.batch_size, device=args.device, **opts)
+                          cfg_scale=args.cfg_scale, batch_size=args.batch_size, device=args.device,
+                          progress=not args.no_progress, **opts)
     except ValueError as e:  # bad option values: one line, like config errors
         print(f"microt2i eval: error: {e}", file=sys.stderr)
         return 2
@@ -466,6 +490,13 @@ def cmd_eval(args) -> int:
         at = f"  [N={m['n']:,}]" if isinstance(m.get("n"), int) else ""  # a smaller N than the papers' is visible
         for key, value in m.items():
             print(f"{key:>28}: {value:.4f}{at}" if isinstance(value, float) else f"{key:>28}: {value}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    serve(args.runs, host=args.host, port=args.port, device=args.device)
     return 0
 
 
@@ -550,6 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-grid", action="store_true", help="skip the sample grid of the model card")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
     ex.add_argument("--device", default="cpu", help="where the grid is sampled")
+    ex.add_argument("--no-progress", action="store_true")
     ex.set_defaults(fn=cmd_export)
 
     rp = sub.add_parser("report", help="one self-contained HTML page of a run: config, curves, grids per eval "
@@ -611,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--device", default="cpu", help="where LLaVA, the codec and the text encoder run")
     cm.add_argument("--batch-size", type=int, default=64, help="images per codec call")
     cm.add_argument("--caption-batch-size", type=int, default=16, help="composites per LLaVA call and per append")
+    cm.add_argument("--no-progress", action="store_true")
     cm.set_defaults(fn=cmd_cutmix)
 
     pc = sub.add_parser("precompute", help="encode a data set (world, ImageNet, folder) into the sharded store at "
@@ -624,6 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--workers", type=int, default=0, help="image decoding processes (0 = in this process)")
     pc.add_argument("--device", default="cpu", help="where the codec and text encoder run")
     pc.add_argument("--batch-size", type=int, default=64, help="images per codec call")
+    pc.add_argument("--no-progress", action="store_true")
     pc.set_defaults(fn=cmd_precompute)
 
     fl = sub.add_parser("filter", help="keep images whose class-prompt score beats a threshold (paper 003's "
@@ -678,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", help="a finished run folder (ema/, config.yaml, null_text.safetensors)")
     e.add_argument("--n", type=int, default=None,
                    help="fid/fd/kid/prdc/clipscore: images (default: the papers' N, 50000 for ImageNet val and "
-                        "folders, 30000 for an image + caption set; 256 on the world); dpg: prompts (default 32)")
+                        "folders, 30000 for an image + caption set; 64 on the world); dpg: prompts (default 16)")
     e.add_argument("--reference", default=None,
                    help="fid/fd/kid/prdc/clipscore: world | val (the run's data.root/val) | imagenet-val:ROOT | "
                         "folder:PATH (default: val on an ImageNet run, world on the world)")
@@ -709,8 +743,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "DrawBench .csv, .txt); default: held-out world captions")
     e.add_argument("--detector", default="world", help="geneval: 'world' or a transformers segmentation model id")
     e.add_argument("--color-model", default=None, help="geneval: CLIP id or folder for colours (non-world detector)")
-    e.add_argument("--per-tag", type=int, default=100, help="geneval: draws per tag (the official suite uses 100)")
-    e.add_argument("--images-per-prompt", type=int, default=4, help="geneval images / dpg tiles per prompt")
+    e.add_argument("--per-tag", type=int, default=None, help="geneval: draws per tag (default 10 on the world, "
+                                                              "minutes on a CPU; the official suite uses 100)")
+    e.add_argument("--images-per-prompt", type=int, default=None,
+                   help="geneval images (default 1 on the world, 4 officially) / dpg tiles (4) per prompt")
     e.add_argument("--csv", default=None, help="dpg: DPG-Bench question CSV (default: questions from world scenes)")
     e.add_argument("--seed", type=int, default=None, help="default: 42 for geneval, else the run's eval.seed")
     e.add_argument("--steps", type=int, default=None)
@@ -718,6 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--device", default="cpu")
     e.add_argument("--out", default=None, help="default: <run_dir>/eval/<metric>")
+    e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=cmd_eval)
 
     xp = sub.add_parser("experiment", help="the papers' ablations on the world: arms × seeds at an equal budget, "
@@ -735,6 +772,14 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--keep-checkpoints", action="store_true", help="keep training states of finished arms")
     xp.add_argument("--no-progress", action="store_true")
     xp.set_defaults(fn=cmd_experiment)
+
+    sv = sub.add_parser("serve", help="a local web page to try prompts on finished runs (seed, CFG, steps, "
+                                      "sampler, prompt extender), with each run's grid and metrics")
+    sv.add_argument("runs", nargs="+", help="run folders, or a folder of runs (e.g. runs)")
+    sv.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    sv.add_argument("--host", default="127.0.0.1", help="127.0.0.1 = this machine only")
+    sv.add_argument("--device", default="cpu")
+    sv.set_defaults(fn=cmd_serve)
 
     ig = sub.add_parser("ingest", help="your own data: `ingest list <config>` shows what precompute would read "
                                        "(sidecar / webdataset / hf sources); `ingest world OUT` writes a world subset "
@@ -821,6 +866,7 @@ EXAMPLES = {  # shown under `microt2i CMD --help`; every line runs on the embedd
     "cost": ["microt2i cost recipe microdit-xl-2", "microt2i cost text-encoders --encoders minilm",
              "microt2i cost cutmix dit-i-256 data.text_store=ids --rate 12"],
     "presets": ["microt2i presets"],
+    "serve": ["microt2i serve runs/demo", "microt2i serve runs --port 8080   # every run under runs/"],
     "experiment": ["microt2i experiment captions --threads 1", "microt2i experiment image-augmentation --arms ta,ta-cutmix",
                    "microt2i experiment captions --render-only --any-commit",
                    "microt2i experiment masking --scale 10 train.device=cuda"],
@@ -869,6 +915,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
         if hasattr(args, "no_progress"):
             args.no_progress = True
+        os.environ["MICROT2I_PROGRESS"] = "off"  # progress.py: no bars, status or heartbeat lines either
     try:
         with quiet:
             return args.fn(args)

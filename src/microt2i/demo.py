@@ -13,6 +13,7 @@ import numpy as np
 from . import presets
 from .config import RunConfig, apply_overrides
 from .io import atomic_write_text
+from .progress import heartbeat
 
 
 def grid_prompts(n: int, seed: int) -> list[dict]:
@@ -107,12 +108,13 @@ def run_demo(run_dir: str | Path = "runs/demo", *, preset: str = "world-s", over
     t1 = time.perf_counter()
     with torch.no_grad():
         images = generate(result["ema"], cfg, emb.tokens, emb.mask, null_tokens, null_mask, codec=codec,
-                          cfg_scale=cfg.eval.grid_scale, device=device)
+                          cfg_scale=cfg.eval.grid_scale, device=device, progress=progress, desc="demo grid")
     t_sample = time.perf_counter() - t1
 
     metrics, rows = score_samples(images, specs)
     # a mini world-GenEval (eval/geneval.py): 4 prompts per tag, one image each, judged by the world detector
-    metrics.update(mini_geneval(result["ema"], cfg, text, codec, null_tokens, null_mask, device=device))
+    with heartbeat("demo", "scoring a mini world-GenEval (4 prompts per tag)", enabled=progress):
+        metrics.update(mini_geneval(result["ema"], cfg, text, codec, null_tokens, null_mask, device=device))
     save_grid(images, run_dir / "grid.png", nrow=cfg.eval.grid_size, upscale=max(1, 128 // images.shape[1]))
     stats = read_stats(run_dir / "stats.jsonl")
     loss_plot(stats, run_dir / "loss.png")

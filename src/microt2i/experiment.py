@@ -29,6 +29,7 @@ import numpy as np
 from . import presets
 from .config import ConfigError, RunConfig, _plain, apply_overrides, to_dict
 from .io import atomic_write_bytes, atomic_write_text
+from .progress import Progress, heartbeat
 
 # Settings that change where or how fast a run goes, not what it computes: left out of the reuse key.
 RUNTIME_KEYS = (("train", "threads"), ("train", "device"), ("data", "cache_dir"), ("train", "compile"))
@@ -383,7 +384,8 @@ def run_arm(exp: Experiment, arm: str, seed: int, *, root: str | Path = "runs/ex
     train_s = time.perf_counter() - t0
     if not summary.get("finished"):
         raise RuntimeError(f"{folder} did not finish training; run the experiment again to resume it")
-    ev = evaluate_arm(folder, exp.eval, device=device, log=log)
+    with heartbeat("experiment", f"evaluating {arm} seed {seed}", enabled=progress):
+        ev = evaluate_arm(folder, exp.eval, device=device, log=log)
     from .cost import count_train_flops
 
     result = {"experiment": exp.name, "arm": arm, "seed": seed, "scale": scale, "commit": head, "dirty": dirty,
@@ -779,10 +781,13 @@ def run_experiment(name: str, *, scale: float = 1.0, seeds: int = 2, arms: str |
     seed_list = list(range(seeds))
     commit = git_commit()[0]
     if not render_only:
-        for s in seed_list:
-            for arm in chosen:
-                run_arm(exp, arm, s, root=root, scale=scale, extra=extra, commit=commit, any_commit=any_commit,
-                        keep_checkpoints=keep_checkpoints, progress=progress, log=log)
+        with Progress(len(seed_list) * len(chosen), desc="experiment", unit="arm", enabled=progress, bar=False,
+                      heartbeat=False, work=f"{len(chosen)} arms × {len(seed_list)} seeds, {exp.name}") as bar:
+            for s in seed_list:
+                for arm in chosen:
+                    run_arm(exp, arm, s, root=root, scale=scale, extra=extra, commit=commit, any_commit=any_commit,
+                            keep_checkpoints=keep_checkpoints, progress=progress, log=log)
+                    bar.update(1)
     out = render(exp, chosen, seed_list, root=root, md_path=md_path, scale=scale, extra=extra, command=command,
                  commit=commit, any_commit=any_commit)
     log(f"[experiment] {out['report']}" + (f", {out['markdown']}" if out.get("markdown") else ""))

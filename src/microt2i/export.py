@@ -51,7 +51,7 @@ def build_pipeline(run_dir: str | Path, *, device="cpu"):
 
 
 def export_run(run_dir: str | Path, folder: str | Path, *, dtype: str = "fp32", grid: bool = True,
-               overwrite: bool = False, device="cpu", log=print) -> Path:
+               overwrite: bool = False, device="cpu", log=print, progress: bool = False) -> Path:
     """Write the export of `run_dir` to `folder` (see module doc); returns `folder`."""
     run_dir, folder = Path(run_dir), Path(folder)
     if dtype not in DTYPES:
@@ -72,7 +72,7 @@ def export_run(run_dir: str | Path, folder: str | Path, *, dtype: str = "fp32", 
         shutil.copyfile(run_dir / "config.yaml", tmp / "training_config.yaml")
         grid_prompts = []
         if grid:
-            grid_prompts = _sample_grid(pipe, cfg, tmp / "sample_grid.png")
+            grid_prompts = _sample_grid(pipe, cfg, tmp / "sample_grid.png", progress=progress)
         atomic_write_text(tmp / "README.md", model_card(run_dir, cfg, pipe, dtype=dtype, grid_prompts=grid_prompts))
         if folder.exists():
             shutil.rmtree(folder)
@@ -86,7 +86,7 @@ def export_run(run_dir: str | Path, folder: str | Path, *, dtype: str = "fp32", 
     return folder
 
 
-def _sample_grid(pipe, cfg: RunConfig, path: Path) -> list[str]:
+def _sample_grid(pipe, cfg: RunConfig, path: Path, progress: bool = False) -> list[str]:
     """The run's fixed-prompt, fixed-seed grid (the demo's prompts), sampled with the exported weights."""
     import numpy as np
 
@@ -94,7 +94,7 @@ def _sample_grid(pipe, cfg: RunConfig, path: Path) -> list[str]:
     from .report import save_grid
 
     prompts = [s["prompt"] for s in grid_prompts(cfg.eval.grid_size ** 2, cfg.eval.seed)]
-    images = pipe(prompts, output_type="np").images
+    images = pipe(prompts, output_type="np", progress=progress).images
     save_grid(np.asarray(images), path, nrow=cfg.eval.grid_size, upscale=max(1, 128 // images.shape[1]))
     return prompts
 

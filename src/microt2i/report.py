@@ -216,6 +216,18 @@ def _geneval_tables(run_dir: Path) -> str:
     return _table(rows)
 
 
+def final_grid(run_dir: str | Path, *, device="cpu", progress: bool = False) -> Path:
+    """`<run>/grid.png`: the run's fixed-prompt, fixed-seed grid with its final EMA weights (the demo's grid; the
+    prompts are listed in the run report)."""
+    from .demo import grid_prompts  # demo and sample import this module: imported here to avoid a cycle
+    from .sample import Source
+
+    src = Source(run=run_dir, device=device)
+    e = src.cfg.eval
+    images, _ = src([s["prompt"] for s in grid_prompts(e.grid_size ** 2, e.seed)], seed=e.seed, progress=progress)
+    return save_grid(images, Path(run_dir) / "grid.png", nrow=e.grid_size, upscale=max(1, 128 // images.shape[1]))
+
+
 def run_report(run_dir: str | Path, out: str | Path | None = None, *, title: str | None = None) -> Path:
     """Write the self-contained HTML report of a run folder (default `<run>/run_report.html`); returns its path."""
     from .config import load_yaml
@@ -241,7 +253,7 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, *, title: str
                                    grid_prompts(cfg.eval.grid_size ** 2, cfg.eval.seed)) + "</ol>"
     figs = "".join(_figure(data_uri(run_dir / p), f"EMA samples at {n} images" if n != "final" else "final EMA samples")
                    for n, p in grids)
-    parts.append(f"<h2>Sample grids per evaluation</h2>{figs or '<p>(none: set eval.every_nimg)</p>'}"
+    parts.append(f"<h2>Sample grids per evaluation</h2>{figs or '<p>(none yet: a finished run gets its final grid; set eval.every_nimg for grids during training)</p>'}"
                  f"<details><summary>grid prompts (row-major)</summary>{prompts}</details>")
     if (run_dir / "finetune_before.png").is_file() and (run_dir / "finetune_after.png").is_file():  # train --init
         parts.append("<h2>Fine-tuning: before / after</h2>" + "".join(

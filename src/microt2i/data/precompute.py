@@ -23,6 +23,7 @@ import torch
 
 from ..config import DataConfig
 from ..io import atomic_write_bytes, atomic_write_text
+from ..progress import Progress
 from .imagenet import IngestReport, list_folder, list_imagenet
 from .ingest import INGEST_SOURCES, finish_caption, ingest_content, item_caption, item_loader, list_ingest
 from .store import (CONFIG_KEY_FIELDS, EMPTY, PLAN, StoreMismatchError, finalize_store, images_to_tensor, key_hash,
@@ -261,11 +262,12 @@ def _encode_shard(enc: _Encoders, data: DataConfig, index: int, images: np.ndarr
 
 def precompute(data: DataConfig, *, augment: dict | None = None, num_shards: int = 1, shard_index: int = 0,
                workers: int = 0, device: str = "cpu", batch_size: int = 64, codec=None, text_encoder=None,
-               log=print, on_shard=None) -> dict:
+               log=print, on_shard=None, progress: bool = False) -> dict:
     """Fill `data.store_dir` with this job's shards (see the module docstring) and return a summary:
     {"done": shards written now, "skipped_shards": already finished, "report": ingest counts, "manifest": bool}.
 
-    `on_shard(index)` runs after each written shard (progress hooks; tests inject failures there)."""
+    `on_shard(index)` runs after each written shard (progress hooks; tests inject failures there); `progress` reports
+    images per second and the ETA (progress.py)."""
     if not data.store_dir:
         raise FileNotFoundError("precompute needs data.store_dir=<folder for the sharded store>")
     data.require_dataset()
@@ -288,7 +290,7 @@ def precompute(data: DataConfig, *, augment: dict | None = None, num_shards: int
     try:
         return run_store_job(data, Path(data.store_dir).expanduser(), plan, load_shard, num_shards=num_shards,
                              shard_index=shard_index, device=device, batch_size=batch_size, codec=codec,
-                             text_encoder=text_encoder, log=log, on_shard=on_shard)
+                             text_encoder=text_encoder, log=log, on_shard=on_shard, progress=progress)
     finally:
         if pool is not None:
             pool.close()
@@ -302,7 +304,7 @@ def check_shard_args(num_shards: int, shard_index: int) -> None:
 
 def run_store_job(data: DataConfig, store_dir: Path, plan: dict, load_shard, *, num_shards: int = 1,
                   shard_index: int = 0, device: str = "cpu", batch_size: int = 64, codec=None, text_encoder=None,
-                  log=print, on_shard=None, tag: str = "precompute",
+                  log=print, on_shard=None, tag: str = "precompute", progress: bool = False,
                   fix: str = "pass a new data.store_dir, or delete {dir} to rebuild it") -> dict:
     """The sharded-store engine behind `precompute` and the CutMix composites (augment/cutmix.py): check or write
     `plan`, then for each of this job's unfinished shards s ≡ shard_index (mod num_shards) call
@@ -318,24 +320,30 @@ def run_store_job(data: DataConfig, store_dir: Path, plan: dict, load_shard, *, 
     log(f"[{tag}] this job: {len(mine)} of {plan['num_shards']} shards, {len(mine) - len(todo)} already done")
     enc = _Encoders(data, device, codec, text_encoder)
     report = IngestReport()
-    if todo:
-        _write_empty(store_dir, enc, data)
-    for s in todo:
-        t0 = time.perf_counter()
-        shard_report = IngestReport()
-        images, records = load_shard(s, shard_report)
-        tensors = _encode_shard(enc, data, s, images, records, batch_size)
-        extra = {"skipped": dict(shard_report.skipped), "skipped_examples": shard_report.examples,
-                 "text_dim": enc.text.dim}
-        write_shard(store_dir, s, tensors, records, extra)
-        report.total += shard_report.total
-        report.kept += shard_report.kept
-        report.skipped.update(shard_report.skipped)
-        report.examples += shard_report.examples[:20 - len(report.examples)]
-        log(f"[{tag}] shard {s}: {len(records)} samples, {shard_report.total - shard_report.kept} skipped, "
-            f"{shard_report.total / max(time.perf_counter() - t0, 1e-9):.2f} items/s")
-        if on_shard is not None:
-            on_shard(s)
+    bar = Progress(len(todo) * data.shard_size, desc=tag, unit="img", enabled=progress,
+                   work=f"{len(todo)} shard{'s' if len(todo) != 1 else ''} of ≤ {data.shard_size}, device {device}")
+    try:
+        if todo:
+            _write_empty(store_dir, enc, data)
+        for s in todo:
+            t0 = time.perf_counter()
+            shard_report = IngestReport()
+            images, records = load_shard(s, shard_report)
+            tensors = _encode_shard(enc, data, s, images, records, batch_size)
+            extra = {"skipped": dict(shard_report.skipped), "skipped_examples": shard_report.examples,
+                     "text_dim": enc.text.dim}
+            write_shard(store_dir, s, tensors, records, extra)
+            report.total += shard_report.total
+            report.kept += shard_report.kept
+            report.skipped.update(shard_report.skipped)
+            report.examples += shard_report.examples[:20 - len(report.examples)]
+            log(f"[{tag}] shard {s}: {len(records)} samples, {shard_report.total - shard_report.kept} skipped, "
+                f"{shard_report.total / max(time.perf_counter() - t0, 1e-9):.2f} items/s")
+            bar.update(shard_report.total)
+            if on_shard is not None:
+                on_shard(s)
+    finally:
+        bar.close()
     manifest = finalize_store(store_dir)
     if manifest is None:
         log(f"[{tag}] shards of other jobs are still missing; the store is usable once every --shard-index ran")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..world.scenes import Scene, aio_caption, article, long_caption
+from ..progress import Progress
 from .hub import resolve_pretrained
 
 LLAVA_HUB_ID = "llava-hf/llama3-llava-next-8b-hf"
@@ -442,8 +443,6 @@ def run_caption_job(
     and left out (a restart retries them)."""
     import time
 
-    from tqdm import tqdm
-
     from ..data.captions import append_captions, read_captions, repair_tail
 
     if not (num_shards >= 1 and 0 <= shard_index < num_shards):
@@ -461,7 +460,8 @@ def run_caption_job(
         f"{len(mine) - len(todo)} already captioned → {path}")  # fmt: skip
     failed: list[str] = []
     t0, written = time.perf_counter(), 0
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress, dynamic_ncols=True)
+    bar = Progress(len(mine), initial=len(mine) - len(todo), desc="caption", unit="img", enabled=progress,
+                   work=f"{captioner.name}, batches of {batch_size}")
     try:
         for i in range(0, len(todo), batch_size):
             batch_keys, images, metas = [], [], []

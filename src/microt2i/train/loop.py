@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import save
-from tqdm import tqdm
 
 from ..augment.crop import crop_patch_mask, crop_sides, sample_crop
 from ..augment.cutmix import build_cutmix_store, ia_gate, twin_index
@@ -27,6 +26,7 @@ from ..data.store import Store, load_or_build
 from ..diffusion.objectives import build_objective
 from ..io import atomic_write_bytes
 from ..encoders import TextEncoder, codec_of
+from ..progress import Progress, heartbeat
 from ..eval.live import LiveEval
 from ..models import build, count_params, sample_keep_mask, save_pretrained
 from .ema import EMA
@@ -194,7 +194,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
         c = cutmix_store if cutmix_store is not None or not aug.cutmix.enabled else prepare_cutmix(cfg, device, log=log)
         return s, c
 
-    store, cutmix_store = main_first(data)
+    with heartbeat("data", "preparing the training data (cached after the first run)", enabled=progress and main):
+        store, cutmix_store = main_first(data)
     cutmix_store = cutmix_store if aug.cutmix.enabled else None
     if store.text_tokens.shape[-1] != cfg.model.text_dim:
         raise ValueError(f"model.text_dim={cfg.model.text_dim} but the text encoder gives {store.text_tokens.shape[-1]}; "
@@ -269,8 +270,9 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
     end_nimg = t.total_nimg if stop_nimg is None else min(stop_nimg, t.total_nimg)
-    bar = tqdm(total=t.total_nimg, initial=nimg, unit="img", unit_scale=True, disable=not (progress and main),
-               dynamic_ncols=True)
+    bar = Progress(end_nimg, initial=nimg, desc="train", unit="img", enabled=progress and main,
+                   work=f"{-(-(end_nimg - nimg) // t.batch_size)} steps of {t.batch_size}"
+                        + (f", stopping at {end_nimg} of {t.total_nimg}" if end_nimg < t.total_nimg else ""))
     acc = torch.zeros(3, device=device, dtype=torch.float64)  # Σ loss, Σ grad norm, steps: summed on device
     t_report, nimg_report, nan_streak = time.perf_counter(), nimg, 0
     model.train()
@@ -329,7 +331,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
                      "nan_skips": nan_skips, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
             if main:
                 stats_log.append(stats)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}" if stats["loss"] is not None else "skipped", refresh=False)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}" if stats["loss"] is not None else "skipped")
             acc.zero_()
             t_report, nimg_report = now, nimg
         if live_eval is not None and live_eval.due(nimg, t.batch_size):  # every rank samples (a sharded EMA needs

@@ -26,6 +26,7 @@ import torch
 
 from ..config import RunConfig, to_dict
 from ..models import build
+from ..progress import Progress
 from .dist import broadcast_object, is_main, load_sharded
 from .loop import train
 from .optim import make_optimizer
@@ -98,7 +99,12 @@ def run_recipe(stages: list[RunConfig], root_dir: str | Path, *, progress: bool 
     log = log if is_main() else (lambda *a, **k: None)
     dirs = stage_dirs(stages, root_dir)
     results: list[dict] = []
+    total = sum(s.train.total_nimg for s in stages)  # stages weighted by their images (each draws its own bar)
+    bar = Progress(total, desc="recipe", unit="img", enabled=progress and is_main(), bar=False, heartbeat=False,
+                   work=f"{len(stages)} stages: " + ", ".join(f"{s.name} {s.train.total_nimg}" for s in stages))
     for i, (cfg, run_dir) in enumerate(zip(stages, dirs)):
+        if i:
+            bar.update(stages[i - 1].train.total_nimg)
         tag = f"[recipe] stage {i + 1}/{len(stages)} {cfg.name}"
         if i < len(stages) - 1 and stage_finished(cfg, run_dir):
             log(f"{tag}: finished, skipped")
@@ -114,6 +120,9 @@ def run_recipe(stages: list[RunConfig], root_dir: str | Path, *, progress: bool 
         results.append({"name": cfg.name, "dir": run_dir, "skipped": False, **out})
         if not out["finished"]:
             break
+    else:
+        bar.update(stages[-1].train.total_nimg)
+    bar.close()
     return results
 
 
