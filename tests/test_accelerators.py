@@ -248,3 +248,35 @@ def test_muon_takes_hidden_matrices_and_adamw_the_rest(tmp_path):
 def test_muon_refuses_fsdp():
     with pytest.raises(ConfigError, match="muon"):
         TrainConfig(optimizer="muon", parallel="fsdp")
+
+
+# ------------------------------------------------------------------------------------------ time-to-quality table
+
+
+def test_time_to_quality_reads_first_crossings_and_flops_speedups(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from microt2i.experiment import first_reach, time_to_quality, ttq_markdown
+
+    assert first_reach([(200, 0.9), (100, 0.4)], 0.5) == 200 and first_reach([(100, 0.4)], 0.5) is None
+    curves = {"base": [[(1000, 0.2), (2000, 0.6), (3000, 0.85)], [(1000, 0.3), (2000, 0.4), (3000, 0.7)]],
+              "fast": [[(1000, 0.55), (2000, 0.81)], [(1000, 0.6), (2000, 0.9)]]}
+    folders, data = {}, []
+    for arm, runs in curves.items():
+        folders[arm] = []
+        for s, run in enumerate(runs):
+            f = tmp_path / f"{arm}-{s}"
+            f.mkdir()
+            (f / "stats.jsonl").write_text("".join(json.dumps({"nimg": n, "eval/class_accuracy": v}) + "\n"
+                                                   for n, v in run))
+            folders[arm].append(f)
+        flops = 3e9 if arm == "base" else 2e9
+        data.append(SimpleNamespace(name=arm, results=[{"train_flops_per_image": flops}]))
+    rows = time_to_quality(data, folders)
+    base, fast = rows
+    assert base[0.5]["images"] == 2500 and base[0.5]["seeds"] == [2000, 3000]  # the median of the two seeds
+    assert base[0.8]["seeds"] == [3000, None] and base[0.8]["images"] == float("inf")
+    assert fast[0.5]["images"] == 1000 and fast[0.5]["speedup"] == pytest.approx(base[0.5]["flops"] / 2e12)
+    assert fast[0.8]["speedup"] is None  # the baseline never reached it on both seeds: no ratio
+    assert "not reached" in ttq_markdown(rows, {})

@@ -409,15 +409,17 @@ class EvalConfig:
         check_sampling(self.steps, self.cfg_scale, "eval.steps", "eval.cfg_scale")
         if self.clamp < 0 or not 0.0 <= self.eta <= 1.0:
             raise ConfigError(f"eval.clamp={self.clamp} must be >= 0 (0 = off) and eval.eta={self.eta} in [0, 1]")
-        if self.every_nimg < 0 or self.fd_n < 0 or self.geneval_per_tag < 0 or self.fd_n == 1:
-            raise ConfigError(f"eval.every_nimg={self.every_nimg}, eval.fd_n={self.fd_n} and eval.geneval_per_tag="
-                              f"{self.geneval_per_tag} must be >= 0 (0 = off), and fd_n >= 2 when on")
+        if self.every_nimg < 0 or self.fd_n < 0 or self.geneval_per_tag < 0 or self.fd_n == 1 or self.class_n < 0:
+            raise ConfigError(f"eval.every_nimg={self.every_nimg}, eval.fd_n={self.fd_n}, eval.geneval_per_tag="
+                              f"{self.geneval_per_tag} and eval.class_n={self.class_n} must be >= 0 (0 = off), and "
+                              f"fd_n >= 2 when on")
     grid_size: int = 4  # the demo grid is grid_size × grid_size
     seed: int = 0
     # in-training eval (eval/live.py): grid + mini world-GenEval + FD-EffNetLite0 against cached reference features
     every_nimg: int = 0  # evaluate every this many images seen; 0 = off
     fd_n: int = 128  # samples for the in-training FD (0 = skip it); only compare FDs at equal N
     geneval_per_tag: int = 8  # world-GenEval prompts per tag in training, one image each (0 = skip it)
+    class_n: int = 0  # world: class / colour accuracy of this many single-object grid prompts in training (0 = off)
 
 
 @dataclass(kw_only=True)
