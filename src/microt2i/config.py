@@ -36,6 +36,27 @@ class ModelConfig:
     text_dim: int = 2048  # width of the text encoder's token states (flan-T5-XL)
 
 
+def check_accelerators(cfg) -> None:
+    """REPA and TREAD settings of a DiT-I / MicroDiT config: blocks inside the depth, a routing share in (0, 1)."""
+    if cfg.route_end == 0 and cfg.route_ratio:
+        cfg.route_end = cfg.depth - 1
+    if cfg.route_ratio and not 0.0 < cfg.route_ratio < 1.0:
+        raise ConfigError(f"model.route_ratio={cfg.route_ratio} must be in (0, 1): the share of tokens that skip "
+                          f"blocks (0 = routing off)")
+    if cfg.route_ratio and not 0 <= cfg.route_start < cfg.route_end <= cfg.depth:
+        raise ConfigError(f"model.route_start={cfg.route_start}, model.route_end={cfg.route_end} must satisfy 0 <= "
+                          f"start < end <= model.depth={cfg.depth} (the routed tokens skip blocks start … end − 1)")
+    if not 0 <= cfg.repa_depth <= cfg.depth:
+        raise ConfigError(f"model.repa_depth={cfg.repa_depth} is past the network's model.depth={cfg.depth}; pick a "
+                          f"block in 1 … {cfg.depth} (REPA aligns an early one; 0 = off)")
+    if cfg.repa_depth and (cfg.repa_dim < 1 or cfg.repa_hidden < 1):
+        raise ConfigError(f"model.repa_depth={cfg.repa_depth} needs model.repa_dim (the teacher's feature width) and "
+                          f"model.repa_hidden >= 1, got {cfg.repa_dim}, {cfg.repa_hidden}")
+    if cfg.repa_depth and cfg.route_ratio and cfg.repa_depth > cfg.route_start:
+        raise ConfigError(f"model.repa_depth={cfg.repa_depth} must be <= model.route_start={cfg.route_start}: REPA "
+                          f"aligns all tokens, so its block must come before the routed span")
+
+
 @dataclass(kw_only=True)
 class DiTIConfig(ModelConfig):
     """DiT-I: DiT with text by cross-attention (paper 000, App. C / Fig. 6)."""
@@ -52,6 +73,16 @@ class DiTIConfig(ModelConfig):
     pos_interp_scale: float = 1.0  # 2-D sin-cos positions computed on a grid scaled by this (2.0 at 512²)
     noise_embed_scale: float = 1000.0  # the noise condition is multiplied by this before the sinusoid
     crop_cond: bool = False  # crop-coordinate token appended to the caption (Crop IA, 000 App. F)
+    # convergence accelerators (training only; docs/training.md "Time to quality")
+    repa_depth: int = 0  # REPA (Yu et al. 2024): align block `repa_depth`'s tokens (1-based) to a frozen teacher; 0 = off
+    repa_dim: int = 0  # the teacher's feature width (data.repa_teacher); the projector maps width → repa_dim
+    repa_hidden: int = 2048  # REPA's 3-layer SiLU projector width (REPA §3.3: 2048)
+    route_ratio: float = 0.0  # TREAD (Krause et al. 2025): share of tokens that skip blocks [route_start, route_end)
+    route_start: int = 0  # first block the routed tokens skip (0-based)
+    route_end: int = 0  # blocks up to here (exclusive) are skipped; 0 = depth − 1
+
+    def __post_init__(self):
+        check_accelerators(self)
 
 
 @dataclass(kw_only=True)
@@ -83,8 +114,16 @@ class MicroDiTConfig(ModelConfig):
     pos_interp_scale: float = 1.0  # 2-D sin-cos positions on a grid scaled by this (2.0 at 512²)
     noise_embed_scale: float = 1.0  # c_noise is multiplied by this before the sinusoid (1.0 as the reference)
     crop_cond: bool = False  # crop-coordinate token appended to the caption (Crop IA, 000 App. F)
+    # convergence accelerators (training only; docs/training.md "Time to quality")
+    repa_depth: int = 0  # REPA (Yu et al. 2024): align block `repa_depth`'s tokens (1-based) to a frozen teacher; 0 = off
+    repa_dim: int = 0  # the teacher's feature width (data.repa_teacher); the projector maps width → repa_dim
+    repa_hidden: int = 2048  # REPA's 3-layer SiLU projector width (REPA §3.3: 2048)
+    route_ratio: float = 0.0  # TREAD (Krause et al. 2025): share of tokens that skip blocks [route_start, route_end)
+    route_start: int = 0  # first block the routed tokens skip (0-based)
+    route_end: int = 0  # blocks up to here (exclusive) are skipped; 0 = depth − 1
 
     def __post_init__(self):
+        check_accelerators(self)
         self.qkv_ratio = tuple(float(r) for r in self.qkv_ratio)
         self.ffn_ratio = tuple(float(r) for r in self.ffn_ratio)
         _choice("model.masking", self.masking, ("deferred", "naive", "block"))
@@ -167,6 +206,7 @@ class ObjectiveConfig:
     logit_std: float = 1.0
     cond_drop: float = 0.1  # caption dropout for classifier-free guidance
     uncond: str = "zero"  # unconditional text: "zero" embedding (MicroDiT) or "empty" string encoding (CAD-I)
+    repa_weight: float = 0.0  # REPA's λ (Yu et al. 2024 Eq. 8: 0.5): loss += λ·(−cos(projected tokens, teacher))
 
     def __post_init__(self):
         _choice("objective.kind", self.kind, ("edm", "vp", "flow"))
@@ -180,6 +220,8 @@ class ObjectiveConfig:
                               f"{self.logit_std} >= 0")
         if not 0.0 <= self.cond_drop < 1.0:
             raise ConfigError(f"objective.cond_drop={self.cond_drop} must be in [0, 1)")
+        if self.repa_weight < 0:
+            raise ConfigError(f"objective.repa_weight={self.repa_weight} must be >= 0 (0 = REPA off)")
 
 
 @dataclass(kw_only=True)
@@ -226,6 +268,7 @@ class DataConfig:
     image_column: str = ""  # hf column / webdataset extension of the image ("" = image, jpg, png, …)
     caption_column: str = ""  # hf column / .json sidecar key of the caption ("" = caption, captions, text, …)
     mix: tuple[MixSource, ...] = ()  # train on finished stores mixed by weight: [{store_dir: a, weight: 0.7}, …]
+    repa_teacher: str = ""  # REPA teacher, features precomputed next to the store: effnet-lite0 | a DINOv2 id or folder
 
     def __post_init__(self):
         _choice("data.source", self.source, ("world", "imagenet", "folder", "sidecar", "webdataset", "hf"))
@@ -309,7 +352,8 @@ class TrainConfig:
     batch_size: int = 64  # global batch
     micro_batch: int = 0  # per-step memory bound; 0 = batch_size. Accumulation rounds are derived.
     lr: float = 1e-4
-    optimizer: str = "adamw"  # "adamw" or "lamb" (CAD-I; layer-wise trust ratio, You et al. 2020)
+    optimizer: str = "adamw"  # "adamw", "lamb" (CAD-I; You et al. 2020) or "muon" (hidden matrices; AdamW elsewhere)
+    muon_momentum: float = 0.95  # Muon's Nesterov momentum (Jordan et al. 2024)
     lr_schedule: str = "cosine"  # "cosine" or "constant" (after warm-up)
     warmup_nimg: int = 0
     min_lr_ratio: float = 0.0  # cosine ends at lr * min_lr_ratio
@@ -344,7 +388,10 @@ class TrainConfig:
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
-        _choice("train.optimizer", self.optimizer, ("adamw", "lamb"))
+        _choice("train.optimizer", self.optimizer, ("adamw", "lamb", "muon"))
+        if self.optimizer == "muon" and self.parallel == "fsdp":
+            raise ConfigError("train.optimizer=muon runs on whole matrices: use train.parallel=ddp (or train.optimizer="
+                              "adamw with fsdp)")
         _choice("train.lr_schedule", self.lr_schedule, ("cosine", "constant"))
         if not 0.0 < self.cosine_rate <= 1.0:
             raise ConfigError(f"train.cosine_rate={self.cosine_rate} must be in (0, 1]")
@@ -379,15 +426,17 @@ class EvalConfig:
             check_sampling(self.steps, self.grid_cfg_scale, "eval.steps", "eval.grid_cfg_scale")
         if self.clamp < 0 or not 0.0 <= self.eta <= 1.0:
             raise ConfigError(f"eval.clamp={self.clamp} must be >= 0 (0 = off) and eval.eta={self.eta} in [0, 1]")
-        if self.every_nimg < 0 or self.fd_n < 0 or self.geneval_per_tag < 0 or self.fd_n == 1:
-            raise ConfigError(f"eval.every_nimg={self.every_nimg}, eval.fd_n={self.fd_n} and eval.geneval_per_tag="
-                              f"{self.geneval_per_tag} must be >= 0 (0 = off), and fd_n >= 2 when on")
+        if self.every_nimg < 0 or self.fd_n < 0 or self.geneval_per_tag < 0 or self.fd_n == 1 or self.class_n < 0:
+            raise ConfigError(f"eval.every_nimg={self.every_nimg}, eval.fd_n={self.fd_n}, eval.geneval_per_tag="
+                              f"{self.geneval_per_tag} and eval.class_n={self.class_n} must be >= 0 (0 = off), and "
+                              f"fd_n >= 2 when on")
     grid_size: int = 4  # the demo grid is grid_size × grid_size
     seed: int = 0
     # in-training eval (eval/live.py): grid + mini world-GenEval + FD-EffNetLite0 against cached reference features
     every_nimg: int = 0  # evaluate every this many images seen; 0 = off
     fd_n: int = 128  # samples for the in-training FD (0 = skip it); only compare FDs at equal N
     geneval_per_tag: int = 8  # world-GenEval prompts per tag in training, one image each (0 = skip it)
+    class_n: int = 0  # world: class / colour accuracy of this many single-object grid prompts in training (0 = off)
 
     @property
     def grid_scale(self) -> float:

@@ -8,47 +8,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 from . import presets
 from .config import RunConfig, apply_overrides
 from .io import atomic_write_text
 from .progress import heartbeat
-
-
-def grid_prompts(n: int, seed: int) -> list[dict]:
-    """n distinct (class, colour) prompts, each a long caption of a single-object world scene."""
-    from .world import CLASSES, COLORS, long_caption, sample_scene
-
-    rng = np.random.default_rng([seed, 7])
-    pairs = [(c, k) for c in CLASSES for k in COLORS]
-    chosen = [pairs[i] for i in rng.choice(len(pairs), size=min(n, len(pairs)), replace=False)]
-    out = []
-    for i, (cls, color) in enumerate(chosen):
-        scene = sample_scene(np.random.default_rng([seed, 11, i]), max_objects=1, classes=[cls], colors=[color])
-        out.append({"class": cls, "color": color, "prompt": long_caption(scene, np.random.default_rng([seed, 13, i]))})
-    return out
-
-
-def score_samples(images: np.ndarray, specs: list[dict]) -> tuple[dict, list[dict]]:
-    """Detector hit-rate: a sample hits when its largest detection has the prompted class and colour."""
-    from .world import CLASSES, COLORS, detect
-
-    rows = []
-    for img, spec in zip(images, specs):
-        dets = detect(img)
-        top = dets[0] if dets else None
-        rows.append({"prompt_class": spec["class"], "prompt_color": spec["color"],
-                     "detected": f"{top.color} {top.cls} ({top.confidence:.2f})" if top else "nothing",
-                     "class_ok": bool(top and top.cls == spec["class"]),
-                     "color_ok": bool(top and top.color == spec["color"]),
-                     "hit": bool(top and top.cls == spec["class"] and top.color == spec["color"])})
-    n = max(len(rows), 1)
-    metrics = {"hit_rate": sum(r["hit"] for r in rows) / n,
-               "class_accuracy": sum(r["class_ok"] for r in rows) / n,
-               "color_accuracy": sum(r["color_ok"] for r in rows) / n,
-               "chance_hit_rate": 1.0 / (len(CLASSES) * len(COLORS))}
-    return metrics, rows
+from .world.grid import grid_prompts, score_samples  # noqa: F401  (the demo's prompts and scoring live in world/)
 
 
 def _run_stages(stages: list[RunConfig], run_dir: Path, *, progress: bool, log) -> dict:

@@ -661,6 +661,58 @@ def _curves(arms: dict[str, list[Path]], keys: list[str], path: Path) -> Path | 
     return path
 
 
+TTQ_KEY, TTQ_THRESHOLDS = "eval/class_accuracy", (0.5, 0.8)
+
+
+def first_reach(curve: list[tuple[int, float]], threshold: float) -> int | None:
+    """Images seen at the first in-training evaluation whose value is >= threshold (None: never reached)."""
+    return next((n for n, v in sorted(curve) if v >= threshold), None)
+
+
+def time_to_quality(data: list[ArmData], folders: dict[str, list[Path]]) -> list[dict]:
+    """Per arm: images and training FLOPs until the class-accuracy curve (`eval.class_n`) first reaches each threshold,
+    median over seeds (a seed that never reaches it counts as ∞), each seed's value, and the speed-up in FLOPs over
+    the first arm; the final class accuracy (mean over seeds)."""
+    from .report import read_stats
+
+    rows, base = [], {}
+    for arm in data:
+        curves = [[(s["nimg"], s[TTQ_KEY]) for s in read_stats(f / "stats.jsonl") if TTQ_KEY in s]
+                  for f in folders[arm.name]]
+        if not any(curves):
+            continue
+        flops = arm.results[0]["train_flops_per_image"]
+        row = {"arm": arm.name, "final": float(np.mean([c[-1][1] for c in curves if c])),
+               "flops_per_image": flops}
+        for th in TTQ_THRESHOLDS:
+            reach = [first_reach(c, th) for c in curves]
+            med = float(np.median([np.inf if r is None else r for r in reach]))
+            row[th] = {"images": med, "flops": med * flops, "seeds": reach}
+            if not rows:
+                base[th] = row[th]["flops"]
+            row[th]["speedup"] = (base[th] / row[th]["flops"] if np.isfinite(base.get(th, np.inf))
+                                  and np.isfinite(row[th]["flops"]) else None)
+        rows.append(row)
+    return rows
+
+
+def ttq_markdown(rows: list[dict], labels: dict[str, str]) -> str:
+    def cell(r, th):
+        c = r[th]
+        seeds = ", ".join("—" if v is None else f"{v:,}" for v in c["seeds"])
+        if not np.isfinite(c["images"]):
+            return f"not reached ({seeds})"
+        sp = f", {c['speedup']:.2f}×" if c["speedup"] is not None else ""
+        return f"{c['images']:,.0f} img = {c['flops']:.3g} FLOPs{sp} ({seeds})"
+
+    head = ["arm", "final class accuracy", *[f"to class accuracy {th}" for th in TTQ_THRESHOLDS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append(f"| {r['arm']}: {labels.get(r['arm'], '')} | {r['final']:.3f} | "
+                     + " | ".join(cell(r, th) for th in TTQ_THRESHOLDS) + " |")
+    return "\n".join(lines)
+
+
 def collect(exp: Experiment, arms: list[str], seeds: list[int], *, root: str | Path, scale: float = 1.0,
             extra: tuple[str, ...] = (), commit: str | None = None, any_commit: bool = False
             ) -> tuple[list[ArmData], dict[str, list[Path]], list[str]]:
@@ -710,16 +762,19 @@ def render(exp: Experiment, arms: list[str], seeds: list[int], *, root: str | Pa
         meta.append(f"missing (not in the table): {', '.join(missing)}")
     variant = section_name(exp.name, scale, extra)
     out_dir = Path(root) / exp.name
-    keys = [k for k in ("eval/geneval", "eval/FD-EffNetLite0") if any(
+    keys = [k for k in (TTQ_KEY, "eval/geneval", "eval/FD-EffNetLite0") if any(
         k in st for fs in folders.values() for f in fs for st in read_stats(f / "stats.jsonl"))] or ["eval/geneval"]
     suffix = variant[len(exp.name):]
     curve = _curves(folders, keys, out_dir / f"curves{suffix}.png")
+    ttq = time_to_quality(data, folders)
     cols = table_columns(summary)
     html_rows = [{"arm": r["arm"], "images seen": r["nimg"], **{c: fmt_ci(r[c]) for c in cols}} for r in summary.rows]
     body = (f"<p>{html.escape(exp.question)}</p><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in meta) + "</ul>"
             f"<h2>Results (95 % bootstrap intervals)</h2>{_table(html_rows)}<h2>Paper's direction</h2><ul>"
             + "".join(f"<li>{html.escape(ln[2:])}</li>" for ln in claim_lines(summary)) + "</ul>"
             + (f'<h2>Curves</h2><img src="{data_uri(curve)}" style="max-width:100%">' if curve else "")
+            + (f"<h2>Time to quality (median over seeds; speed-up in training FLOPs over the first arm)</h2>"
+               f"<pre>{html.escape(ttq_markdown(ttq, labels))}</pre>" if ttq else "")
             + "<h2>Arm-seed folders</h2><ul>" + "".join(f"<li><code>{html.escape(str(f))}</code></li>"
                                                          for fs in folders.values() for f in fs) + "</ul>")
     report = out_dir / f"report{suffix}.html"
@@ -733,6 +788,10 @@ def render(exp: Experiment, arms: list[str], seeds: list[int], *, root: str | Pa
             atomic_write_bytes(plot, curve.read_bytes())
         section = [f"### `{variant}`", "", exp.question, "", *[f"- {m}" for m in meta], "",
                    markdown_table(summary, labels), "", *claim_lines(summary)]
+        if ttq:
+            section += ["", "Time to quality (images and training FLOPs until the in-training class accuracy first "
+                        "reaches the threshold; median over seeds, each seed in brackets; speed-up in FLOPs over the "
+                        "first arm):", "", ttq_markdown(ttq, labels)]
         if plot is not None:
             section += ["", f"![{exp.name}: metric vs images seen]({plot.relative_to(md_path.parent).as_posix()})"]
         write_section(md_path, variant, "\n".join(section))

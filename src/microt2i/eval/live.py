@@ -49,8 +49,8 @@ class LiveEval:
 
     def _setup(self) -> dict:
         """Text encoder, codec, prompts and reference features, built on the first evaluation only."""
-        from ..demo import grid_prompts
         from ..encoders import TextEncoder, codec_of
+        from ..world.grid import grid_prompts
         from .detectors import WorldDetector
         from .features import get_extractor
         from .runner import RunSampler, reference_features, world_geneval_records
@@ -62,6 +62,8 @@ class LiveEval:
                  "grid": [s["prompt"] for s in grid_prompts(e.grid_size ** 2, e.seed)],
                  "records": world_geneval_records(n=e.geneval_per_tag, per_tag=e.geneval_per_tag),
                  "detector": WorldDetector()}
+        if e.class_n:  # the time-to-quality curve: class / colour accuracy of class_n single-object prompts
+            parts["class_specs"] = grid_prompts(e.class_n, e.seed)
         if e.fd_n:
             parts["extractor"] = get_extractor("effnet-lite0", device=self.device)
             parts["real"], parts["captions"] = reference_features(self.cfg, e.fd_n, parts["extractor"])
@@ -86,6 +88,13 @@ class LiveEval:
             if is_main():  # every rank samples (a sharded EMA needs them all); one writes
                 save_grid(grid, path, nrow=e.grid_size, upscale=max(1, 128 // grid.shape[1]))
             stats["eval/grid"] = str(path.relative_to(self.run_dir))
+            if e.class_n:
+                from ..world.grid import score_samples
+
+                specs = p["class_specs"]
+                metrics, _ = score_samples(sample([s["prompt"] for s in specs], seed=e.seed), specs)
+                stats["eval/class_accuracy"] = metrics["class_accuracy"]
+                stats["eval/color_accuracy"] = metrics["color_accuracy"]
             if e.geneval_per_tag:
                 summary, _, _ = run_geneval(sample, p["records"], p["detector"], images_per_prompt=1, seed=e.seed)
                 stats["eval/geneval"] = summary["overall"]

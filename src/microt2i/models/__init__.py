@@ -21,7 +21,7 @@ from .cad_i import CAD_I_CONFIGS, CADI
 from .dit_i import DIT_I_CONFIGS, DiTI
 from .microdit import MICRODIT_CONFIGS, MicroDiT
 
-__all__ = ["build", "count_params", "save_pretrained", "from_pretrained", "sample_keep_mask", "DiTI", "DIT_I_CONFIGS",
+__all__ = ["build", "count_params", "save_pretrained", "from_pretrained", "sample_keep_mask", "sample_route_mask", "DiTI", "DIT_I_CONFIGS",
            "MicroDiT", "MICRODIT_CONFIGS", "CADI", "CAD_I_CONFIGS", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1  # bump when the weight layout changes; from_pretrained then needs a conversion shim
@@ -45,6 +45,18 @@ def sample_keep_mask(cfg: ModelConfig, batch_size: int, *, generator=None, devic
     from .microdit import sample_keep_mask as microdit_keep_mask
 
     return microdit_keep_mask(cfg, batch_size, generator=generator, device=device)
+
+
+def sample_route_mask(cfg: ModelConfig, batch_size: int, num_tokens: int, *, generator=None,
+                      device=None) -> torch.Tensor | None:
+    """TREAD's training-time route mask [B, num_tokens] (True = the token goes through the routed span; exactly
+    ⌊(1 − route_ratio)·num_tokens⌋ per row, at random positions), drawn from `generator`; None when off."""
+    ratio = getattr(cfg, "route_ratio", 0.0)
+    if not ratio:
+        return None
+    from .microdit import random_keep_mask
+
+    return random_keep_mask(batch_size, num_tokens, ratio, generator=generator, device=device)
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:

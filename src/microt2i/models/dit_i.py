@@ -38,11 +38,13 @@ from .layers import (
     Attention,
     LayerScale,
     Mlp,
+    RepaHead,
     TextRefiner,
     TimestepEmbedder,
     keep_tokens,
     modulate,
     patchify,
+    run_blocks,
     sincos_pos_embed_2d,
     unpatchify,
 )
@@ -122,6 +124,8 @@ class DiTI(nn.Module):
 
         self.blocks = nn.ModuleList([DiTIBlock(cfg, qk_norm) for _ in range(cfg.depth)])
         self.final_layer = FinalLayer(D, p, C)
+        # REPA's projector (training only): block `repa_depth`'s tokens → teacher features
+        self.repa_head = RepaHead(D, cfg.repa_hidden, cfg.repa_dim) if cfg.repa_depth else None
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -147,6 +151,7 @@ class DiTI(nn.Module):
         *,
         keep_mask: torch.Tensor | None = None,
         crop_tokens: torch.Tensor | None = None,
+        route_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x [B, C, H, W] noisy input (preconditioned by the objective); noise_cond [B] (or scalar) the
         preconditioner's c_noise; text_tokens [B, L, text_dim]; text_mask [B, L] bool, True = real token.
@@ -157,6 +162,9 @@ class DiTI(nn.Module):
 
         crop_tokens [B, 4] the normalised crop boxes (x0, y0, x1, y1) of Crop IA (needs `crop_cond`); None = the
         whole image. Under Crop the trainer passes the crop's tokens as keep_mask (`augment.crop.sample_crop`).
+
+        route_mask [B, N | N_keep] bool (TREAD, training only; `models.sample_route_mask`): the tokens that go through
+        blocks route_start … route_end − 1; the others skip them.
 
         Returns F(x) [B, C, H, W] (or [B, N_keep, p²·C] with keep_mask).
         """
@@ -186,8 +194,8 @@ class DiTI(nn.Module):
             y, text_mask = append_crop_token(self.crop_embedder, y, text_mask, crop_tokens)
         y = self.text_refiner(y, text_mask)
 
-        for block in self.blocks:
-            h = block(h, y, text_mask, t6)
+        h = run_blocks(self.blocks, h, lambda block, h: block(h, y, text_mask, t6), route_mask, cfg.route_start,
+                       cfg.route_end)
         out = self.final_layer(h, t)  # [B, N | N_keep, p²C]
         if keep_mask is not None:
             return out

@@ -57,6 +57,39 @@ def keep_tokens(x: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
     return x[keep_mask].view(B, -1, *x.shape[2:])
 
 
+def restore_tokens(full: torch.Tensor, kept: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
+    """Inverse of `keep_tokens`: `full` [B, N, D] with the kept rows replaced by `kept` [B, N_keep, D] in token
+    order (TREAD: routed tokens rejoin with the values they had before the span)."""
+    return full.masked_scatter(keep_mask[..., None].expand_as(full), kept.to(full.dtype))
+
+
+def run_blocks(blocks, h: torch.Tensor, call, route_mask: torch.Tensor | None = None, route_start: int = 0,
+               route_end: int = 0) -> torch.Tensor:
+    """h = call(block, h) for each block; with a TREAD `route_mask` [B, N] (True = the token takes the routed span)
+    only those tokens go through blocks route_start … route_end − 1, the others skip them unchanged (TREAD §3)."""
+    full = None
+    for i, block in enumerate(blocks):
+        if route_mask is not None and i == route_start:
+            full, h = h, keep_tokens(h, route_mask)  # [B, N_route, D]
+        h = call(block, h)
+        if full is not None and i == route_end - 1:
+            h, full = restore_tokens(full, h, route_mask), None  # [B, N, D], token order restored
+    return h
+
+
+class RepaHead(nn.Module):
+    """REPA's projector (Yu et al. 2024 §3.3): a 3-layer SiLU MLP from the backbone width to the teacher's feature
+    width, applied per token. Trained only through the REPA loss; unused at inference."""
+
+    def __init__(self, dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, out_dim))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)  # [B, N, out_dim]
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation: x [B, N, D] with per-sample shift, scale [B, D] (DiT §3.2); one fused op (addcmul)."""
     return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))

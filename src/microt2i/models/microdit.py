@@ -45,11 +45,13 @@ from ..config import MicroDiTConfig
 from .layers import (
     Attention,
     Mlp,
+    RepaHead,
     SwiGLU,
     TimestepEmbedder,
     keep_tokens,
     modulate,
     patchify,
+    run_blocks,
     sincos_pos_embed_2d,
     unpatchify,
 )
@@ -277,6 +279,8 @@ class MicroDiT(nn.Module):
 
         self.blocks = nn.ModuleList([MicroDiTBlock(D, s, cfg) for s in backbone_specs(cfg)])
         self.final_layer = FinalLayer(D, p, C)
+        # REPA's projector (training only): block `repa_depth`'s tokens → teacher features
+        self.repa_head = RepaHead(D, cfg.repa_hidden, cfg.repa_dim) if cfg.repa_depth else None
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -304,6 +308,7 @@ class MicroDiT(nn.Module):
         *,
         keep_mask: torch.Tensor | None = None,
         crop_tokens: torch.Tensor | None = None,
+        route_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x [B, C, H, W] preconditioned noisy input; noise_cond [B] (or scalar) c_noise; text_tokens [B, L, text_dim];
         text_mask [B, L] bool, True = real token.
@@ -315,6 +320,10 @@ class MicroDiT(nn.Module):
         crop_tokens [B, 4] normalised crop boxes (x0, y0, x1, y1) of Crop IA (needs `crop_cond`; None = whole
         image): the crop token joins the caption, the mixer sees only the crop's tokens, and keep_mask (default:
         the crop) must lie inside the crop (`augment.crop.crop_patch_mask` draws one).
+
+        route_mask [B, N_keep] bool (TREAD, training only): the backbone tokens that go through blocks route_start …
+        route_end − 1; the others skip them. Routing composes with deferred masking: the mixer sees every patch, the
+        backbone the kept ones, and the routed span a share of those.
 
         Returns F(x) [B, C, H, W] (or [B, N_keep, p²·C] with keep_mask or a crop).
         """
@@ -361,8 +370,8 @@ class MicroDiT(nn.Module):
             h = keep_tokens(h, inner)  # [B, N_keep, Dm]
         h = self.mixer_out(h)  # [B, N | N_keep, D]; mapped after masking to save compute (reference)
 
-        for block in self.blocks:
-            h = block(h, y, text_mask, c)
+        h = run_blocks(self.blocks, h, lambda block, h: block(h, y, text_mask, c), route_mask, cfg.route_start,
+                       cfg.route_end)
         out = self.final_layer(h, c)  # [B, N | N_keep, p²C]
         return out if keep_mask is not None else unpatchify(out, p, C, H, W)
 

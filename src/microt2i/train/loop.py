@@ -28,7 +28,9 @@ from ..io import atomic_write_bytes
 from ..encoders import TextEncoder, codec_of
 from ..progress import Progress, heartbeat
 from ..eval.live import LiveEval
-from ..models import build, count_params, sample_keep_mask, save_pretrained
+from ..diffusion.repa import RepaCapture
+from ..models.layers import keep_tokens
+from ..models import build, count_params, sample_keep_mask, sample_route_mask, save_pretrained
 from .ema import EMA
 from .logger import RunLogger
 from .optim import lr_at, make_optimizer
@@ -105,6 +107,27 @@ def prepare_cutmix(cfg: RunConfig, device: torch.device, log=print) -> Store:
     return build_cutmix_store(cfg.data, cfg.augment.cutmix, lambda: _encoders(cfg, device), log=log)
 
 
+def prepare_teacher(cfg: RunConfig, store: Store, device: torch.device, log=print) -> torch.Tensor:
+    """REPA's teacher features of every training sample [N, tokens, dim] (data/teacher.py), cached on first use."""
+    from ..data.teacher import teacher_features
+    from ..encoders.teacher import load_teacher
+
+    m = cfg.model
+    if not getattr(m, "repa_depth", 0):
+        raise ConfigError(f"objective.repa_weight={cfg.objective.repa_weight} needs the projector: set model.repa_depth "
+                          f"(the block to align, e.g. 2) and model.repa_dim (model.family={m.family!r}: dit-i and "
+                          f"microdit support REPA)")
+    if cfg.data.mix:
+        raise ConfigError("REPA reads teacher features of one store; it does not take data.mix yet (train on one "
+                          "data.store_dir, or set objective.repa_weight=0)")
+    grid = m.input_size // m.patch_size
+    feats = teacher_features(cfg.data, store, grid, load_teacher(cfg.data.repa_teacher, device), log=log)
+    if feats.shape[-1] != m.repa_dim:
+        raise ConfigError(f"model.repa_dim={m.repa_dim} but the teacher {cfg.data.repa_teacher!r} gives "
+                          f"{feats.shape[-1]}-d features; set model.repa_dim={feats.shape[-1]}")
+    return feats
+
+
 def _check_augment(cfg: RunConfig, store: Store, cutmix: Store | None) -> None:
     """Image augmentation (paper 000 §2.2) needs a model and data that can take it; fail before training."""
     crop = cfg.augment.crop
@@ -123,11 +146,13 @@ def _check_augment(cfg: RunConfig, store: Store, cutmix: Store | None) -> None:
 
 def micro_batch(cfg: RunConfig, objective, store: Store, cutmix_store: Store | None, idx: np.ndarray,
                 gen: torch.Generator, device: torch.device, uncond_tokens: torch.Tensor, uncond_mask: torch.Tensor,
-                rows: dict | None = None):
-    """One micro-batch, every draw from `gen`: noise levels, the IA gate and twins (CutMix), caption dropout, and the
-    keep-mask of MicroDiT's patch masking and / or Crop. `rows` are samples `idx` already read by a loader worker.
-    Returns (x0, text tokens, text mask, σ, net kwargs)."""
+                rows: dict | None = None, teacher: torch.Tensor | None = None):
+    """One micro-batch, every draw from `gen`: noise levels, the IA gate and twins (CutMix), caption dropout, the
+    keep-mask of MicroDiT's patch masking and / or Crop, and TREAD's route mask. `rows` are samples `idx` already read
+    by a loader worker; `teacher` [N, T, dim] the store's REPA features.
+    Returns (x0, text tokens, text mask, σ, net kwargs, REPA target [B, T_kept, dim] and validity [B] or None)."""
     aug, n = cfg.augment, len(idx)
+    swap = None
     # Each sample's noise level first (EDM σ for every objective): IA gating depends on it (000 Algorithm 1)
     sigma = objective.sample_sigma(n, gen, device)
     # a posterior store re-samples z = mean + std·ε
@@ -153,7 +178,19 @@ def micro_batch(cfg: RunConfig, objective, store: Store, cutmix_store: Store | N
             keep = crop_keep if keep is None else crop_patch_mask(crop_keep, cfg.model.mask_ratio, generator=gen)
     if keep is not None:
         net_kwargs["keep_mask"] = keep
-    return batch["x0"], tokens, mask, sigma, net_kwargs
+    tokens_in = cfg.model.input_size // cfg.model.patch_size
+    tokens_in = tokens_in * tokens_in if keep is None else int(keep[0].sum())
+    route = sample_route_mask(cfg.model, n, tokens_in, generator=gen, device=device)  # TREAD (None when off)
+    if route is not None:
+        net_kwargs["route_mask"] = route
+    repa = None
+    if teacher is not None:  # REPA targets: the kept tokens' teacher features; a CutMix composite has none of its own
+        target = teacher[torch.as_tensor(np.asarray(idx), dtype=torch.long)].to(device, torch.float32)
+        if keep is not None:
+            target = keep_tokens(target, keep)
+        valid = torch.ones(n, device=device) if swap is None else (~swap).float()
+        repa = (target, valid)
+    return batch["x0"], tokens, mask, sigma, net_kwargs, repa
 
 
 def _check_same_run(saved: dict, cfg: RunConfig, run_dir: Path) -> None:
@@ -206,6 +243,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
                          f"{cfg.data.codec!r}) but the model takes [{m.in_channels}, {m.input_size}, {m.input_size}]; "
                          f"set model.in_channels={latent[0]} model.input_size={latent[-1]} or change data.resolution")
     _check_augment(cfg, store, cutmix_store)
+    repa_w = cfg.objective.repa_weight
+    teacher = main_first(lambda: prepare_teacher(cfg, store, device, log=log)) if repa_w else None
 
     # ---- model, EMA, resume point; then wrapping from outside (dist.py) and the optimizer ----
     torch.manual_seed(t.seed)
@@ -215,6 +254,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
 
         freeze(net, t.freeze, log=log)
     ema = EMA(net, t.ema_decay, t.ema_start_nimg)
+    repa = RepaCapture(net, cfg.model.repa_depth) if repa_w else None  # REPA reads the aligned block's tokens
     objective = build_objective(cfg.objective)
     sampler = ResumableSampler(len(store), seed=t.seed)
     uncond_tokens, uncond_mask = (v.to(device) for v in store.null_text(cfg.objective.uncond))
@@ -273,7 +313,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
     bar = Progress(end_nimg, initial=nimg, desc="train", unit="img", enabled=progress and main,
                    work=f"{-(-(end_nimg - nimg) // t.batch_size)} steps of {t.batch_size}"
                         + (f", stopping at {end_nimg} of {t.total_nimg}" if end_nimg < t.total_nimg else ""))
-    acc = torch.zeros(3, device=device, dtype=torch.float64)  # Σ loss, Σ grad norm, steps: summed on device
+    acc = torch.zeros(4, device=device, dtype=torch.float64)  # Σ loss, Σ grad norm, steps, Σ REPA: on device
     t_report, nimg_report, nan_streak = time.perf_counter(), nimg, 0
     model.train()
     reader = None  # loader workers read a sharded store's next micro-batches, in the loop's order (data/loader.py)
@@ -290,17 +330,23 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
             group["lr"] = lr * group.get("lr_scale", 1.0)  # e.g. MoE experts at lr × train.expert_lr_scale
         opt.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=device)
+        repa_sum = torch.zeros((), device=device)
         for r in range(rounds):
             # This rank's slice of round r: global positions start … start + micro (data order and draws: step_seed)
             start = nimg + r * micro * world_size + rank * micro
             gen = torch.Generator(device).manual_seed(step_seed(t.seed, start))
-            x0, tokens, mask, sigma, net_kwargs = micro_batch(
+            x0, tokens, mask, sigma, net_kwargs, repa_target = micro_batch(
                 cfg, objective, store, cutmix_store, sampler.indices(start, micro), gen, device, uncond_tokens,
-                uncond_mask, rows=None if reader is None else next(reader))
+                uncond_mask, rows=None if reader is None else next(reader), teacher=teacher)
             with grad_sync(model, r == rounds - 1):  # accumulation: all-reduce on the last micro-step only
                 with autocast:
                     loss = objective.loss(model, x0, tokens, mask, generator=gen, sigma=sigma, **net_kwargs).mean()
-                (loss / rounds).backward()
+                    total = loss
+                    if repa is not None:  # + λ·REPA (Yu et al. 2024 Eq. 8)
+                        repa_l = repa.loss(*repa_target).mean()
+                        total = loss + repa_w * repa_l
+                        repa_sum += repa_l.detach() / rounds
+                (total / rounds).backward()
             loss_sum += loss.detach() / rounds
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
@@ -318,17 +364,20 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
         ema.update(model, nimg)
         elapsed += time.perf_counter() - t_step
         ok = torch.isfinite(loss_sum) & torch.isfinite(grad_norm)  # skipped steps stay out of the averages
-        acc += torch.where(ok, torch.stack([loss_sum.double(), grad_norm.double(), torch.ones_like(acc[0])]), 0.0)
+        acc += torch.where(ok, torch.stack([loss_sum.double(), grad_norm.double(), torch.ones_like(acc[0]),
+                                            repa_sum.double()]), 0.0)
         bar.update(t.batch_size)
 
         done = nimg >= end_nimg
         if nimg // t.log_every_nimg != (nimg - t.batch_size) // t.log_every_nimg or done:
             now = time.perf_counter()
-            loss_sum_, gn_sum, n = all_reduce_mean(acc).tolist()
+            loss_sum_, gn_sum, n, repa_sum_ = all_reduce_mean(acc).tolist()
             stats = {"nimg": nimg, "step": step, "loss": loss_sum_ / n if n else None,
                      "grad_norm": gn_sum / n if n else None, "lr": lr,
                      "img_per_s": (nimg - nimg_report) / max(now - t_report, 1e-9), "elapsed_s": round(elapsed, 3),
                      "nan_skips": nan_skips, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            if repa is not None:  # the mean cosine similarity to the teacher (REPA's alignment, higher is better)
+                stats["repa_cos"] = -repa_sum_ / n if n else None
             if main:
                 stats_log.append(stats)
             bar.set_postfix(loss=f"{stats['loss']:.4f}" if stats["loss"] is not None else "skipped")

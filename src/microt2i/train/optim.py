@@ -1,4 +1,5 @@
-"""AdamW or LAMB with decay only on matrices, and the learning-rate schedule as a pure function of images seen."""
+"""AdamW, LAMB or Muon + AdamW with decay only on matrices, and the learning-rate schedule as a pure function of
+images seen."""
 
 from __future__ import annotations
 
@@ -79,8 +80,70 @@ class Lamb(torch.optim.Optimizer):
         return loss
 
 
+# Input and output layers stay on AdamW under Muon (Jordan et al. 2024: Muon is for the hidden 2-D weights); these are
+# the top-level module names of every family's embeddings and heads.
+MUON_EXCLUDE = ("x_embedder", "patch_embed", "y_embedder", "text_proj", "t_embedder", "t_block", "crop_embedder",
+                "final_layer", "out", "y_pool", "repa_head")
+
+
+def muon_params(model: nn.Module) -> set[int]:
+    """ids of the weights Muon updates: every nn.Linear weight outside the input / output layers (MUON_EXCLUDE)."""
+    return {id(m.weight) for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and name and name.split(".")[0] not in MUON_EXCLUDE}
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """torch.optim.Muon on the hidden matrices and AdamW on the rest, as one optimizer (one state dict, one list of
+    param groups, so checkpoints, LR schedules and fine-tuning treat it like AdamW).
+
+    Muon's step is `torch.optim.Muon` with `adjust_lr_fn="match_rms_adamw"` (update RMS matched to AdamW's, Liu et al.
+    2025), so the AdamW learning rate and decay carry over. Groups carry `muon: bool`; the two inner torch optimizers
+    share this optimizer's groups and state."""
+
+    def __init__(self, groups: list[dict], lr: float, betas, eps: float, momentum: float = 0.95):
+        muon = [g for g in groups if g["muon"]]
+        adamw = [g for g in groups if not g["muon"]]
+        self._muon = torch.optim.Muon(muon, lr=lr, momentum=momentum, adjust_lr_fn="match_rms_adamw") if muon else None
+        self._adamw = torch.optim.AdamW(adamw, lr=lr, betas=betas, eps=eps,
+                                        **adamw_impl(p for g in adamw for p in g["params"])) if adamw else None
+        inner = [g for opt in (self._muon, self._adamw) if opt is not None for g in opt.param_groups]
+        super().__init__(inner, {})
+        self._bind()
+
+    def _bind(self) -> None:
+        """Point the inner optimizers at this optimizer's groups and state (also after load_state_dict)."""
+        for opt, flag in ((self._muon, True), (self._adamw, False)):
+            if opt is not None:
+                opt.param_groups = [g for g in self.param_groups if g["muon"] == flag]
+                opt.state = self.state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._bind()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for opt in (self._muon, self._adamw):
+            if opt is not None:
+                opt.step()
+        return loss
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay, cfg.expert_lr_scale)
+    if cfg.optimizer == "muon":  # split the decayed matrices into Muon's hidden weights and AdamW's embeddings / heads
+        hidden = muon_params(model)
+        split = []
+        for g in groups:
+            for flag in (True, False):
+                ps = [p for p in g["params"] if (id(p) in hidden) == flag]
+                if ps:
+                    split.append({**g, "params": ps, "muon": flag})
+        return MuonAdamW(split, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, momentum=cfg.muon_momentum)
     if cfg.optimizer == "lamb":
         for g in groups:  # layer adaptation on matrices and tables; plain Adam on norms, biases, gains (CAD)
             g["trust_ratio"] = all(p.ndim >= 2 for p in g["params"])
