@@ -15,7 +15,7 @@ from .config import RunConfig, check_sampling, load_yaml
 from .data.store import tensor_to_images
 from .diffusion.objectives import build_objective
 from .diffusion.guidance import cfg_denoiser
-from .diffusion.samplers import get_sampler
+from .diffusion.samplers import count_diverged, get_sampler
 from .io import atomic_write_bytes, atomic_write_text
 from .models import from_pretrained
 
@@ -64,6 +64,11 @@ def generate(net, cfg: RunConfig, text_tokens, text_mask, null_tokens, null_mask
             gen_seed = int(np.random.SeedSequence([seed, i, 1]).generate_state(1)[0])
             opts.update(eta=e.eta, generator=torch.Generator().manual_seed(gen_seed))
         x0 = sampler_fn(denoise, noise[sl], sigmas, **opts)
+        bad = count_diverged(x0)
+        if bad:  # a diverged network: refuse rather than write black squares or score them
+            raise FloatingPointError(f"the network produced NaN / Inf (or overflowing) images for {bad} of {b} samples: "
+                                     f"its weights diverged in training. Re-train it with a lower train.lr (it "
+                                     f"resumes from the newest finite checkpoint)")
         images.append(tensor_to_images(codec.decode(x0.float())))
         bar.update(b)
     bar.close()
