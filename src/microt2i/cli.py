@@ -231,9 +231,13 @@ def cmd_ingest(args) -> int:
               f"data.store_dir=<store>")
         return 0
     cfg = _resolve_config(args.config, args.overrides)  # list: what precompute would read, without encoding
-    items = ingest.list_ingest(cfg.data)
+    listed = ingest.list_ingest(cfg.data)
+    items = [it for it in listed if it.ref[0] != "skip"]
     n_caps = Counter(len(it.captions) for it in items)
     print(f"[ingest] {cfg.data.source} {cfg.data.root}: {len(items)} images; captions per image {dict(n_caps)}")
+    for it in listed:
+        if it.ref[0] == "skip":  # e.g. a truncated archive: precompute counts it under this reason too
+            print(f"[ingest] warning: {it.ref[1]}: {it.key}")
     for it in items[:args.show]:
         cap = it.captions[0] if it.captions else "(none)"
         print(f"  {it.key}  {ingest.clean_caption(cap) if cfg.data.clean_captions and it.captions else cap}")

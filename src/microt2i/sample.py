@@ -105,7 +105,9 @@ def read_prompts(prompts: list[str] | None = None, prompts_file: str | Path | No
         p = Path(prompts_file)
         if not p.is_file():
             raise FileNotFoundError(f"prompts file {str(p)!r} does not exist; pass one prompt per line")
-        lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+        from .data.captions import read_text_utf8
+
+        lines = [ln.strip() for ln in read_text_utf8(p).splitlines() if ln.strip()]
         out += [json.loads(ln)["prompt"] for ln in lines] if p.suffix == ".jsonl" else lines
     if not out:
         raise FileNotFoundError('no prompts: pass --prompt "a red star …" (repeatable) or --prompts-file FILE')

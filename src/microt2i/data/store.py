@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save
 
 from ..config import ConfigError, DataConfig
 from ..diffusion.guidance import null_text
-from ..io import atomic_write_bytes, atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_text, file_sha256
 
 FORMAT_VERSION = 1
 _NOT_IN_WORLD_KEY = ("cache_dir", "store_dir", "root", "split", "labels_file", "caption_file", "latent_mode",
@@ -314,11 +314,7 @@ def verify_store(store_dir: str | os.PathLike) -> list[str]:
         if not path.is_file():
             problems.append(f"{path.name}: missing")
             continue
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        if h.hexdigest() != s["sha256"]:
+        if file_sha256(path) != s["sha256"]:
             problems.append(f"{path.name}: checksum mismatch (corrupt or rewritten)")
             continue
         problems += _layout_problems(path, s)
@@ -428,6 +424,8 @@ class ShardedStore:
             path = self.dir / f"{shard_name(s)}.safetensors"
             entry = self.manifest["shards"][s]
             problems = _layout_problems(path, entry) if path.is_file() else [f"{path.name}: missing"]
+            if not problems and entry.get("sha256") and file_sha256(path) != entry["sha256"]:  # once per process
+                problems = [f"{path.name}: checksum mismatch (flipped bytes or rewritten)"]
             if problems:  # a damaged shard never reaches training as garbage rows
                 raise StoreDamagedError(
                     f"the store {self.dir} is damaged: {'; '.join(problems)}. Run `microt2i precompute --verify` on it, "
