@@ -172,14 +172,16 @@ def _tar_members(shard: Path) -> tuple[list[tarfile.TarInfo], str]:
                 m = next(it)
             except StopIteration:
                 break
-            except tarfile.ReadError:
-                cut = f"cut after {members[-1].name if members else 'its start'}"
+            except tarfile.ReadError:  # a header or member data past the end of the file
+                cut = "cut"
                 break
             if m.isfile():
                 members.append(m)
         whole = [m for m in members if m.offset_data + m.size <= size]
-        if not cut and (len(whole) < len(members) or size < tar.offset + 1024):  # tar ends with two zero blocks
-            cut = f"no end-of-archive marker after {whole[-1].name if whole else 'its start'}"
+        if len(whole) < len(members):
+            cut = "cut"
+        if cut or size < tar.offset + 1024:  # a whole tar ends with two zero blocks
+            cut = f"{cut or 'no end-of-archive marker'} after {whole[-1].name if whole else 'its start'}"
     return whole, cut
 
 

@@ -266,20 +266,22 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
         f"({world_size} rank{'s' if world_size > 1 else ''} × {rounds} × {micro}"
         f"{', ' + t.parallel if world_size > 1 or sharded else ''}), {t.total_nimg} images, device {device}")
 
-    def diverged() -> tuple[list[str], bool, bool]:
-        """(this rank's NaN / Inf weight and EMA tensors, any on any rank, a non-finite step just now on any rank)."""
+    def diverged() -> tuple[list[str], bool]:
+        """(this rank's NaN / Inf weight and EMA tensors, whether any rank has one)."""
         names = non_finite({f"model.{k}": _local(v) for k, v in net.state_dict().items()},
                            {f"ema.{k}": _local(v) for k, v in ema.state_dict().items()})
-        flags = all_reduce_mean(torch.tensor([float(bool(names)), float(nan_streak > 0)], dtype=torch.float64,
-                                             device=device))
-        return names, bool(flags[0] > 0), bool(flags[1] > 0)
+        return names, bool(all_reduce_mean(torch.tensor([float(bool(names))], device=device)) > 0)
 
     def healthy() -> str:
-        """Why the live state must not be checkpointed ("" = it may): non-finite weights / EMA, or a step that
-        was skipped as non-finite just now (a streak may be divergence: the last good checkpoint must survive)."""
-        names, bad, streak = diverged()
-        return (f"NaN / Inf weights ({', '.join(names[:3]) or 'on another rank'})" if bad else
-                "the last step was non-finite" if streak else "")
+        """Why the live state must not be checkpointed ("" = it may): NaN / Inf weights or EMA, or finite weights
+        whose outputs overflow (divergence: the last good checkpoint must survive for "lower the lr and resume")."""
+        names, bad = diverged()
+        if bad:
+            return f"NaN / Inf weights ({', '.join(names[:3]) or 'on another rank'})"
+        for name, m in (("network", net), ("EMA network", ema.model)):
+            if not _outputs_finite(m, objective, cfg, uncond_tokens, uncond_mask, device):
+                return f"the {name}'s denoised images overflow (finite weights, far off)"
+        return ""
 
     def checkpoint():
         why = healthy()
@@ -375,7 +377,7 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
 
     if not list_checkpoints(run_dir):
         checkpoint()
-    names, bad, _ = diverged()
+    names, bad = diverged()
     what = f"NaN / Inf in {len(names) or 'some'} weight tensors (e.g. {', '.join(names[:2]) or 'on another rank'})"
     if not bad and not _outputs_finite(ema.model, objective, cfg, uncond_tokens, uncond_mask, device):
         what, bad = "the EMA network's denoised images overflow (finite weights, far off)", True
