@@ -323,7 +323,8 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_with_a_warning(t
     newest.write_bytes(newest.read_bytes()[:1000])
     logs = []
     out = train(cfg, tmp_path, store=store, stop_nimg=48, progress=False, log=logs.append)
-    assert any("warning: skipping unreadable checkpoint training-state-000000000032.pt" in m for m in logs)
+    assert any("warning: skipping checkpoint training-state-000000000032.pt: damaged (not a complete checkpoint "
+               "archive" in m and m.endswith("resuming from training-state-000000000016.pt instead") for m in logs)
     assert any("[resume]" in m and "at 16 images" in m for m in logs) and out["nimg"] == 48
 
 
@@ -345,7 +346,8 @@ def test_checkpoint_without_ema_is_skipped(tmp_path):
     torch.save(payload, newest)
     logs = []
     assert load_latest(tmp_path, log=logs.append, require=state.TRAINING_KEYS)["nimg"] == 16
-    assert logs == ["[resume] warning: skipping checkpoint training-state-000000000032.pt: it lacks ema"]
+    assert logs == ["[resume] warning: skipping checkpoint training-state-000000000032.pt: incomplete (it lacks ema); "
+                    "resuming from training-state-000000000016.pt instead"]
 
 
 def test_run_folder_without_ema_cannot_be_sampled(tmp_path):
