@@ -674,6 +674,12 @@ def test_malformed_yaml_names_file_and_line(tmp_path, capsys):
     bad.write_text("- a\n- b\n")
     assert main(["train", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
     assert "the top level must be a mapping" in capsys.readouterr().err
+    bad.write_bytes(b"\xef\xbb\xbfname: a\n# caf\xe9\n")  # a BOM is fine, Latin-1 is not
+    assert main(["train", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
+    assert f"{bad}:2: not UTF-8 (byte 0xe9)" in capsys.readouterr().err
+    bad.write_bytes(b"\xef\xbb\xbfname: a\ntrain: {total_nimg: 0}\n")
+    assert main(["train", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "train.total_nimg=0 must be positive" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["world", "--n", "0"], ["sample", "x", "--batch-size", "0"],

@@ -156,7 +156,9 @@ def cmd_caption(args) -> int:
         if args.boxes:  # CutMix composites: {"key", "box", "pattern"} per line → the CutMix prompt (App. D)
             import json
 
-            lines = Path(args.boxes).read_text().splitlines()
+            from .data.captions import read_text_utf8
+
+            lines = read_text_utf8(args.boxes).splitlines()
             boxes = {r["key"]: r for r in map(json.loads, filter(str.strip, lines))}
         keys, load = folder_source(args.source, boxes=boxes)
     kind = args.captioner or ("world" if args.source == "world" else "llava")
@@ -780,6 +782,8 @@ def _log_traceback(command: str) -> Path | None:
         path = cache_root() / "logs" / f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{command}-{os.getpid()}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"microt2i {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+        for old in sorted(path.parent.glob("*.log"), key=lambda p: p.stat().st_mtime)[:-50]:  # the newest 50 kept
+            old.unlink(missing_ok=True)
         return path
     except OSError:
         return None

@@ -557,10 +557,14 @@ def load_yaml(path: str | os.PathLike) -> RunConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist; pass a YAML written by `microt2i train` or a preset name")
+    raw = p.read_bytes()
+    raw = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw  # a byte-order mark is fine
     try:
-        d = yaml.safe_load(p.read_bytes().decode("utf-8-sig"))
+        d = yaml.safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not UTF-8 (byte at offset {e.start}); re-encode it, e.g. `iconv -t utf-8`") from None
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 (byte {raw[e.start]:#04x}); re-encode the file, e.g. "
+                          f"`iconv -f latin1 -t utf-8`") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
