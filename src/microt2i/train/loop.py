@@ -163,7 +163,9 @@ def _outputs_finite(net, objective, cfg: RunConfig, tokens, mask, device) -> boo
     sigma = objective.sampling_sigmas(2, device=device)[0].float()
     x = torch.randn(1, m.in_channels, m.input_size, m.input_size, device=device,
                     generator=torch.Generator(device).manual_seed(0)) * sigma
-    out = objective.denoiser(net)(x, sigma, tokens.float(), mask)
+    was_training = net.training
+    out = objective.denoiser(net.eval())(x, sigma, tokens.float(), mask)
+    net.train(was_training)
     return bool(all_reduce_mean(torch.tensor([float(count_diverged(out))], device=device)) == 0)
 
 
