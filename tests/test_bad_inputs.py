@@ -601,6 +601,27 @@ def test_webdataset_cut_at_a_member_boundary_is_counted_and_named(t5, tmp_path):
                                                    f" after {'000000001.txt' if kept == 2 else '000000000.txt'})"]
 
 
+def test_precompute_summary_names_each_unused_archive_member(t5, tmp_path, capsys):
+    import tarfile
+
+    from _ingest_data import write_shards
+
+    shard = write_shards(tmp_path / "wds", per_shard=3, shards=1)[0]
+    with tarfile.open(shard, "a") as tar:  # a caption whose image never made it into the shard
+        info = tarfile.TarInfo("orphan.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"a cat"))
+    with tarfile.open(shard) as tar:
+        end = [m for m in tar][-1].offset + 1024  # orphan.txt's header + data block: the end marker cut off
+    shard.write_bytes(shard.read_bytes()[:end])
+    assert main(["precompute", "world-tiny", "data.source=webdataset", f"data.root={tmp_path / 'wds'}",
+                 f"data.store_dir={tmp_path / 's'}", f"data.text_encoder={t5}", "data.text_len=8",
+                 "data.resolution=8"]) == 0
+    out = capsys.readouterr().out
+    assert "3 of 5 images kept, skipped no image ×1 (e.g. 00000/orphan), truncated archive ×1 (e.g. 00000/" \
+           "(truncated: no end-of-archive marker after orphan.txt))" in out
+
+
 def test_caption_file_with_a_byte_order_mark_keeps_its_first_image(tmp_path):
     f = tmp_path / "c.tsv"
     f.write_bytes(b"\xef\xbb\xbfa.jpg\tfirst\nb.jpg\tsecond\n")
@@ -642,7 +663,7 @@ def test_undecodable_captions_name_file_and_line_in_every_ingest_path(tmp_path):
     ("train.batch_size=0", "train.batch_size=0 must be a positive multiple"),
     ("train.log_every_nimg=0", "train.log_every_nimg=0 must be >= 1"),
     ("train.ckpt_every_nimg=0", "train.ckpt_every_nimg=0 must be >= 1"),
-    ("train.lr=-1", "train.lr=-1.0 must be > 0"),
+    ("train.lr=-1", "train.lr=-1.0 must be >= 0"),
     ("eval.grid_size=0", "eval.grid_size=0 must be >= 1"),
     ("model.width=0", "model.width=0 must be >= 1"),
     ("model.heads=3", "model.width=64 must be a multiple of model.heads=3"),

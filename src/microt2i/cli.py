@@ -214,8 +214,13 @@ def cmd_precompute(args) -> int:
     out = precompute(cfg.data, num_shards=args.num_shards, shard_index=args.shard_index, workers=args.workers,
                      device=args.device, batch_size=args.batch_size)
     rep = out["report"]
+    first = {}
+    for key, reason in rep["examples"]:
+        first.setdefault(reason, key)
+    skipped = ", ".join(f"{reason} ×{n}" + (f" (e.g. {first[reason]})" if reason in first else "")
+                        for reason, n in sorted(rep["skipped"].items())) or "none"
     print(f"[precompute] {len(out['done'])} shards written, {len(out['skipped_shards'])} already done; "
-          f"{rep['kept']} of {rep['total']} images kept, skipped {rep['skipped'] or 'none'}")
+          f"{rep['kept']} of {rep['total']} images kept, skipped {skipped}")
     return 0
 
 

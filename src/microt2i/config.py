@@ -363,9 +363,9 @@ class TrainConfig:
             raise ConfigError(f"train.total_nimg={self.total_nimg} must be positive")
         _bounds("train", self, 1, "log_every_nimg", "ckpt_every_nimg", hint=" (images between reports / checkpoints)")
         _bounds("train", self, 0, "threads", hint=" (0 = leave torch's default)")
-        _bounds("train", self, 0, "micro_batch", "warmup_nimg", "weight_decay", "grad_clip", "ema_start_nimg",
-                "loader_workers", "min_lr_ratio")
-        _bounds("train", self, 0, "lr", "eps", "expert_lr_scale", strict=True)
+        _bounds("train", self, 0, "lr", "micro_batch", "warmup_nimg", "weight_decay", "grad_clip", "ema_start_nimg",
+                "loader_workers", "min_lr_ratio", "expert_lr_scale")
+        _bounds("train", self, 0, "eps", strict=True)
         if not 0.0 <= self.ema_decay < 1.0 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"train.ema_decay={self.ema_decay} and train.betas={list(self.betas)} must be in [0, 1)")
 

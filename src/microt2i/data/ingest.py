@@ -143,15 +143,16 @@ def list_webdataset(root: str, image_column: str = "", caption_column: str = "")
             items.append(IngestItem(f"{shard.stem}/(truncated: {cut})", ("skip", "truncated archive"), ()))
         for key, parts in samples.items():
             ext = next((e for e in image_exts if e in parts), None)
-            if ext is None:
-                continue  # a caption or metadata file without an image
+            if ext is None:  # a caption or metadata file without an image: counted, never silently dropped
+                items.append(IngestItem(f"{shard.stem}/{key}", ("skip", "no image"), ()))
+                continue
             if ("txt" in parts and not caption_column) or "json" not in parts:
                 caps = tuple(c for c in [texts.get((key, "txt"), "").strip()] if c)
             else:
                 caps = _json_captions(texts[(key, "json")], caption_column, f"{shard}:{key}.json")
             m = parts[ext]
             items.append(IngestItem(f"{shard.stem}/{key}", ("tar", str(shard), m.offset_data, m.size), caps))
-    if not items:
+    if all(it.ref[0] == "skip" for it in items):
         raise FileNotFoundError(f"no images ({', '.join(image_exts)}) in the shards of {root}")
     return items
 
