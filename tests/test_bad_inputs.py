@@ -263,6 +263,11 @@ def test_damaged_world_cache_is_rebuilt(t5, tmp_path):
     again = load_or_build(data, make, log=logs.append)
     assert any("unreadable" in m and "rebuilding" in m for m in logs)
     assert torch.equal(again.latents, first.latents) and torch.equal(again.text_tokens, first.text_tokens)
+    _flip(path, 0.9)  # flipped bytes in the tensor data: the checksum catches them
+    logs.clear()
+    again = load_or_build(data, make, log=logs.append)
+    assert any("checksum mismatch" in m and "rebuilding" in m for m in logs)
+    assert torch.equal(again.latents, first.latents)
 
 
 # ---- configs (config.py, train/dist.py) ----

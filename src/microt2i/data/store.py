@@ -86,14 +86,19 @@ def save_store(store: Store, path: str | os.PathLike) -> None:
     tensors = {"latents": store.latents.contiguous(), "text_tokens": store.text_tokens.contiguous(),
                "text_mask": store.text_mask.to(torch.uint8).contiguous(),
                "empty_tokens": store.empty_tokens.contiguous(), "empty_mask": store.empty_mask.to(torch.uint8).contiguous()}
-    atomic_write_text(path.with_suffix(".json"), json.dumps({"meta": store.meta, "captions": store.captions}))
-    atomic_write_bytes(path.with_suffix(".safetensors"), save(tensors))  # written last: its presence marks done
+    data = save(tensors)
+    atomic_write_text(path.with_suffix(".json"), json.dumps({"meta": store.meta, "captions": store.captions,
+                                                             "sha256": hashlib.sha256(data).hexdigest()}))
+    atomic_write_bytes(path.with_suffix(".safetensors"), data)  # written last: its presence marks done
 
 
 def load_store(path: str | os.PathLike) -> Store:
+    """A `save_store` file, its SHA-256 checked (flipped bytes raise ValueError: a cache is then rebuilt)."""
     path = Path(path)
-    t = load_file(str(path.with_suffix(".safetensors")))
     j = json.loads(path.with_suffix(".json").read_text())
+    if j.get("sha256") and file_sha256(path.with_suffix(".safetensors")) != j["sha256"]:
+        raise ValueError(f"{path.with_suffix('.safetensors')}: checksum mismatch (flipped bytes or rewritten)")
+    t = load_file(str(path.with_suffix(".safetensors")))
     return Store(t["latents"], t["text_tokens"], t["text_mask"].bool(), j["captions"], j["meta"],
                  t["empty_tokens"], t["empty_mask"].bool())
 
