@@ -582,6 +582,9 @@ def test_sample_refuses_a_diverged_model(run, tmp_path, capsys):
     out = tmp_path / "s.png"
     assert main(["sample", str(bad), "--prompt", "a red cube", "--out", str(out)]) == 1
     assert "NaN / Inf (or overflowing) images for 1 of 1 samples" in capsys.readouterr().err and not out.exists()
+    assert main(["eval", "geneval", str(bad), "--per-tag", "1", "--images-per-prompt", "1", "--out",
+                 str(tmp_path / "ev")]) == 1
+    assert "its weights diverged in training" in capsys.readouterr().err and not (tmp_path / "ev").exists()
 
 
 # ---- issue 22: ingest accounting (data/ingest.py, data/captions.py) ----
