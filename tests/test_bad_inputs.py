@@ -661,6 +661,14 @@ def test_undecodable_captions_name_file_and_line_in_every_ingest_path(tmp_path):
             tar.addfile(info, io.BytesIO(data))
     with pytest.raises(CaptionFileError, match=r"wds\.tar:k\.txt:2: not UTF-8 \(byte 0xff at column 1\)"):
         list_webdataset(str(wds))
+    from microt2i.sample import read_prompts
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_bytes(b"\xef\xbb\xbfa red cube\nun caf\xe9\n")
+    with pytest.raises(CaptionFileError, match=r"p\.txt:2: not UTF-8 \(byte 0xe9 at column 7\)"):
+        read_prompts(None, prompts)
+    prompts.write_bytes(b"\xef\xbb\xbfa red cube\n")
+    assert read_prompts(None, prompts) == ["a red cube"]
 
 
 # ---- issue 22: one error line from the CLI, values validated on load (cli.py, config.py) ----
