@@ -263,6 +263,11 @@ def test_damaged_world_cache_is_rebuilt(t5, tmp_path):
     again = load_or_build(data, make, log=logs.append)
     assert any("unreadable" in m and "rebuilding" in m for m in logs)
     assert torch.equal(again.latents, first.latents) and torch.equal(again.text_tokens, first.text_tokens)
+    _flip(path, 0.9)  # flipped bytes in the tensor data: the checksum catches them
+    logs.clear()
+    again = load_or_build(data, make, log=logs.append)
+    assert any("checksum mismatch" in m and "rebuilding" in m for m in logs)
+    assert torch.equal(again.latents, first.latents)
 
 
 # ---- configs (config.py, train/dist.py) ----
@@ -323,7 +328,8 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_with_a_warning(t
     newest.write_bytes(newest.read_bytes()[:1000])
     logs = []
     out = train(cfg, tmp_path, store=store, stop_nimg=48, progress=False, log=logs.append)
-    assert any("warning: skipping unreadable checkpoint training-state-000000000032.pt" in m for m in logs)
+    assert any("warning: skipping checkpoint training-state-000000000032.pt: damaged (not a complete checkpoint "
+               "archive" in m and m.endswith("resuming from training-state-000000000016.pt instead") for m in logs)
     assert any("[resume]" in m and "at 16 images" in m for m in logs) and out["nimg"] == 48
 
 
@@ -345,7 +351,8 @@ def test_checkpoint_without_ema_is_skipped(tmp_path):
     torch.save(payload, newest)
     logs = []
     assert load_latest(tmp_path, log=logs.append, require=state.TRAINING_KEYS)["nimg"] == 16
-    assert logs == ["[resume] warning: skipping checkpoint training-state-000000000032.pt: it lacks ema"]
+    assert logs == ["[resume] warning: skipping checkpoint training-state-000000000032.pt: incomplete (it lacks ema); "
+                    "resuming from training-state-000000000016.pt instead"]
 
 
 def test_run_folder_without_ema_cannot_be_sampled(tmp_path):
@@ -430,3 +437,304 @@ def test_torn_stats_line_is_dropped_on_resume(tmp_path):
     train(cfg, tmp_path, store=store, **QUIET)
     lines = (tmp_path / "stats.jsonl").read_text().splitlines()
     assert [json.loads(ln)["nimg"] for ln in lines] == list(range(16, 97, 16))
+
+
+# ---- issue 22: destructive commands (export.py) ----
+
+def _export(run, folder, *extra):
+    return main(["export", str(run), str(folder), "--no-grid", *extra])
+
+
+def test_export_overwrite_never_deletes_its_run_or_a_folder_of_runs(run, tmp_path, capsys):
+    before = sorted(p.name for p in run.iterdir())
+    assert _export(run, run, "--overwrite") == 2  # onto its own run folder
+    assert "is the run folder" in capsys.readouterr().err
+    assert _export(run, run.parent, "--overwrite") == 2  # into the folder that holds the run
+    assert "is the run folder" in capsys.readouterr().err
+    other = tmp_path / "runs"  # a folder holding someone's other run, with a stray model_index.json
+    shutil.copytree(run, other / "r1")
+    (other / "notes.txt").write_text("mine")
+    assert _export(run, other, "--overwrite") == 2
+    assert "is not a microt2i export" in capsys.readouterr().err
+    (other / "model_index.json").write_text('{"_class_name": ["pipeline", "MicroT2IPipeline"]}')
+    assert _export(run, other, "--overwrite") == 2
+    assert "holds the training run" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == before and (other / "r1" / "ema" / "model.safetensors").is_file()
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_export_overwrite_replaces_a_previous_export(run, tmp_path, capsys):
+    folder = tmp_path / "exp"
+    assert _export(run, folder) == 0 and (folder / "microt2i_export.json").is_file()
+    (folder / "stale.txt").write_text("from the old export")
+    assert _export(run, folder) == 2 and "--overwrite" in capsys.readouterr().err
+    assert _export(run, folder, "--overwrite") == 0
+    assert not (folder / "stale.txt").exists() and (folder / "transformer").is_dir()
+    assert [p.name for p in tmp_path.iterdir()] == ["exp"]  # no temp or old copies left
+
+
+# ---- issue 22: concurrent runs (train/state.py run_lock) ----
+
+def test_second_training_on_a_live_run_folder_fails_at_once(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "r"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom microt2i.train.state import run_lock\n"
+                               "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)",
+                               str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        tmp = run_dir / ".training-state-000000000016.pt.abc.tmp"  # the live run's in-flight checkpoint
+        tmp.write_bytes(b"half")
+        rc = main(["train", "world-tiny", "--run-dir", str(run_dir), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"run folder {run_dir} is in use by pid {holder.pid} on host" in err
+        assert "pass another --run-dir" in err and len(err.strip().splitlines()) == 1
+        assert tmp.read_bytes() == b"half" and sorted(p.name for p in run_dir.iterdir()) == [tmp.name, "run.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without releasing (SIGKILL): its lock is stale and is taken over
+    logs = []
+    out = train(tiny_cfg(), run_dir, store=fake_store(), stop_nimg=16, progress=False, log=logs.append)
+    assert out["nimg"] == 16 and any(f"taking over the stale lock of pid {holder.pid}" in m for m in logs)
+    assert not (run_dir / "run.lock").exists()  # released at the end
+
+
+def test_lock_file_of_a_dead_process_on_a_flockless_filesystem_is_stale(tmp_path):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "run.lock").write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": 2 ** 22 + 7}))
+    logs = []
+    with state.run_lock(run_dir, log=logs.append):
+        assert json.loads((run_dir / "run.lock").read_text())["pid"] == os.getpid()
+    assert "taking over the stale lock of pid 4194311" in logs[0]
+
+
+# ---- issue 22: checkpoint integrity (train/state.py, data/store.py) ----
+
+def _flip(path, where=0.5):
+    b = bytearray(path.read_bytes())
+    b[int(len(b) * where)] ^= 0x40
+    path.write_bytes(bytes(b))
+
+
+def test_flipped_bytes_in_the_newest_checkpoint_fall_back_to_the_previous(tmp_path):
+    cfg, store = tiny_cfg("train.ckpt_every_nimg=16"), fake_store()
+    train(cfg, tmp_path, store=store, stop_nimg=32, **QUIET)
+    newest = list_checkpoints(tmp_path)[-1]
+    _flip(newest)
+    assert torch.load(newest, weights_only=True)["nimg"] == 32  # torch alone loads it without notice
+    logs = []
+    out = train(cfg, tmp_path, store=store, stop_nimg=48, progress=False, log=logs.append)
+    assert any("skipping checkpoint training-state-000000000032.pt: damaged (CRC-32 mismatch in record" in m and
+               "resuming from training-state-000000000016.pt instead" in m for m in logs)
+    assert any("[resume]" in m and "at 16 images" in m for m in logs) and out["nimg"] == 48
+
+
+def test_damaged_newest_sharded_checkpoint_falls_back_to_the_previous(tmp_path):
+    from torch import nn
+
+    net, ema = nn.Linear(3, 2), nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters())
+    for nimg in (16, 32):
+        dist.save_sharded(state.checkpoint_path(tmp_path, nimg, sharded=True), net, opt, ema, {"nimg": nimg})
+    newest = list_checkpoints(tmp_path)[-1]
+    assert sorted(json.loads((newest / "checksums.json").read_text())) == sorted(
+        p.name for p in newest.iterdir() if p.name != "checksums.json")
+    data = max((p for p in newest.iterdir() if p.suffix == ".distcp"), key=lambda p: p.stat().st_size)
+    _flip(data)
+    logs = []
+    path, payload = state.resume_point(tmp_path, log=logs.append)
+    assert path.name == "training-state-000000000016.dcp" and payload is None
+    assert logs == [f"[resume] warning: skipping checkpoint training-state-000000000032.dcp: damaged (SHA-256 "
+                    f"mismatch in {data.name}); resuming from training-state-000000000016.dcp instead"]
+
+
+def test_flipped_bytes_in_a_store_shard_are_refused_naming_it(store_dir, tmp_path):
+    d = _copy(store_dir, tmp_path)
+    _flip(d / f"{shard_name(1)}.safetensors", 0.9)  # inside the tensor data: the layout still checks out
+    store = open_store(d)
+    store.batch([0])
+    with pytest.raises(StoreDamagedError, match=r"shard-00001.safetensors: checksum mismatch.*precompute --verify"):
+        store.batch([9])
+
+
+def test_unreadable_weights_are_one_clear_error(run, tmp_path, capsys):
+    bad = shutil.copytree(run, tmp_path / "run")
+    (bad / "ema" / "model.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"{garbage")
+    assert main(["sample", str(bad), "--prompt", "a red cube", "--out", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors is unreadable" in err and "re-run the command that wrote it" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+# ---- issue 22: divergence at sampling time (sample.py) ----
+
+def test_sample_refuses_a_diverged_model(run, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    bad = shutil.copytree(run, tmp_path / "run")
+    weights = load_file(str(bad / "ema" / "model.safetensors"))
+    weights = {k: v * 1e30 if v.is_floating_point() else v for k, v in weights.items()}  # finite, far off
+    (bad / "ema" / "model.safetensors").write_bytes(save(weights, metadata={"format_version": "1"}))
+    out = tmp_path / "s.png"
+    assert main(["sample", str(bad), "--prompt", "a red cube", "--out", str(out)]) == 1
+    assert "NaN / Inf (or overflowing) images for 1 of 1 samples" in capsys.readouterr().err and not out.exists()
+    assert main(["eval", "geneval", str(bad), "--per-tag", "1", "--images-per-prompt", "1", "--out",
+                 str(tmp_path / "ev")]) == 1
+    assert "its weights diverged in training" in capsys.readouterr().err and not (tmp_path / "ev").exists()
+
+
+# ---- issue 22: ingest accounting (data/ingest.py, data/captions.py) ----
+
+def test_webdataset_cut_at_a_member_boundary_is_counted_and_named(t5, tmp_path):
+    import tarfile
+
+    from _ingest_data import write_shards
+
+    shard = write_shards(tmp_path / "wds", per_shard=4, shards=1)[0]
+    whole = shard.read_bytes()
+    with tarfile.open(shard) as tar:
+        offsets = [m.offset for m in tar]  # 3 members per sample: jpg, json, txt
+    # at the header of sample 2 (samples 0, 1 complete; tarfile alone just stops), inside sample 1's image data
+    for name, size, kept in (("boundary", offsets[6], 2), ("inside", offsets[3] + 512 + 100, 1)):
+        shard.write_bytes(whole[:size])
+        out = precompute(_data(t5, tmp_path / f"s-{name}", source="webdataset", root=str(tmp_path / "wds")),
+                         log=lambda *_: None)
+        rep = out["report"]
+        assert rep["skipped"] == {"truncated archive": 1} and rep["kept"] == kept, rep
+        assert [k for k, r in rep["examples"]] == [f"00000/(truncated: {'no end-of-archive marker' if kept == 2 else 'cut'}"
+                                                   f" after {'000000001.txt' if kept == 2 else '000000000.txt'})"]
+
+
+def test_precompute_summary_names_each_unused_archive_member(t5, tmp_path, capsys):
+    import tarfile
+
+    from _ingest_data import write_shards
+
+    shard = write_shards(tmp_path / "wds", per_shard=3, shards=1)[0]
+    with tarfile.open(shard, "a") as tar:  # a caption whose image never made it into the shard
+        info = tarfile.TarInfo("orphan.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"a cat"))
+    with tarfile.open(shard) as tar:
+        end = [m for m in tar][-1].offset + 1024  # orphan.txt's header + data block: the end marker cut off
+    shard.write_bytes(shard.read_bytes()[:end])
+    assert main(["precompute", "world-tiny", "data.source=webdataset", f"data.root={tmp_path / 'wds'}",
+                 f"data.store_dir={tmp_path / 's'}", f"data.text_encoder={t5}", "data.text_len=8",
+                 "data.resolution=8"]) == 0
+    out = capsys.readouterr().out
+    assert "3 of 5 images kept, skipped no image ×1 (e.g. 00000/orphan), truncated archive ×1 (e.g. 00000/" \
+           "(truncated: no end-of-archive marker after orphan.txt))" in out
+
+
+def test_caption_file_with_a_byte_order_mark_keeps_its_first_image(tmp_path):
+    f = tmp_path / "c.tsv"
+    f.write_bytes(b"\xef\xbb\xbfa.jpg\tfirst\nb.jpg\tsecond\n")
+    assert read_captions(f) == {"a.jpg": ["first"], "b.jpg": ["second"]}
+    j = tmp_path / "c.jsonl"
+    j.write_bytes(b"\xef\xbb\xbf" + json.dumps({"key": "a.jpg", "caption": "x"}).encode() + b"\n")
+    assert read_captions(j) == {"a.jpg": ["x"]}
+
+
+def test_undecodable_captions_name_file_and_line_in_every_ingest_path(tmp_path):
+    import tarfile
+
+    from microt2i.data.ingest import list_sidecar, list_webdataset
+
+    side = tmp_path / "side"
+    side.mkdir()
+    for i, caption in enumerate((b"\xef\xbb\xbfa red cube\n", b"line one\ncaf\xe9\n")):
+        (side / f"{i}.png").write_bytes(_rgb_bytes("PNG"))
+        (side / f"{i}.txt").write_bytes(caption)
+    with pytest.raises(CaptionFileError, match=r"side/1\.txt:2: not UTF-8 \(byte 0xe9 at column 4\).*iconv"):
+        list_sidecar(str(side))
+    (side / "1.txt").write_bytes(b"fine")
+    assert [it.captions for it in list_sidecar(str(side))] == [("a red cube",), ("fine",)]  # BOM dropped
+    wds = tmp_path / "wds.tar"
+    with tarfile.open(wds, "w") as tar:
+        for name, data in (("k.png", _rgb_bytes("PNG")), ("k.txt", b"ok\n\xff")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(CaptionFileError, match=r"wds\.tar:k\.txt:2: not UTF-8 \(byte 0xff at column 1\)"):
+        list_webdataset(str(wds))
+    from microt2i.sample import read_prompts
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_bytes(b"\xef\xbb\xbfa red cube\nun caf\xe9\n")
+    with pytest.raises(CaptionFileError, match=r"p\.txt:2: not UTF-8 \(byte 0xe9 at column 7\)"):
+        read_prompts(None, prompts)
+    prompts.write_bytes(b"\xef\xbb\xbfa red cube\n")
+    assert read_prompts(None, prompts) == ["a red cube"]
+
+
+# ---- issue 22: one error line from the CLI, values validated on load (cli.py, config.py) ----
+
+@pytest.mark.parametrize("override, message", [
+    ("train.total_nimg=-16", "train.total_nimg=-16 must be positive"),
+    ("train.threads=-1", "train.threads=-1 must be >= 0"),
+    ("train.batch_size=0", "train.batch_size=0 must be a positive multiple"),
+    ("train.log_every_nimg=0", "train.log_every_nimg=0 must be >= 1"),
+    ("train.ckpt_every_nimg=0", "train.ckpt_every_nimg=0 must be >= 1"),
+    ("train.lr=-1", "train.lr=-1.0 must be >= 0"),
+    ("eval.grid_size=0", "eval.grid_size=0 must be >= 1"),
+    ("model.width=0", "model.width=0 must be >= 1"),
+    ("model.heads=3", "model.width=64 must be a multiple of model.heads=3"),
+    ("model.patch_size=0", "model.patch_size=0 must be >= 1"),
+    ("data.num_images=0", "data.num_images=0 must be >= 1"),
+    ("data.text_len=0", "data.text_len=0 must be >= 1"),
+    ("train.device=bogus", "train.device='bogus' is not a device"),
+])
+def test_bad_config_values_are_one_error_line(override, message, tmp_path, capsys):
+    rc = main(["train", "world-tiny", override, "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a CPU-only torch")
+def test_cuda_device_on_a_cpu_build_is_one_error_line(run, tmp_path, capsys):
+    assert main(["train", "world-tiny", "train.device=cuda", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "train.device='cuda' but this torch build has no CUDA" in capsys.readouterr().err
+    assert main(["sample", str(run), "--prompt", "x", "--device", "cuda", "--out", str(tmp_path / "s.png")]) == 2
+    assert "--device='cuda' but this torch build has no CUDA" in capsys.readouterr().err
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: [1, 2\n  bad: : x\n")
+    assert main(["train", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
+    assert f"{bad}:3:" in capsys.readouterr().err
+    bad.write_text("- a\n- b\n")
+    assert main(["train", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "the top level must be a mapping" in capsys.readouterr().err
+    bad.write_bytes(b"\xef\xbb\xbfname: a\n# caf\xe9\n")  # a BOM is fine, Latin-1 is not
+    assert main(["train", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
+    assert f"{bad}:2: not UTF-8 (byte 0xe9)" in capsys.readouterr().err
+    bad.write_bytes(b"\xef\xbb\xbfname: a\ntrain: {total_nimg: 0}\n")
+    assert main(["train", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "train.total_nimg=0 must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["world", "--n", "0"], ["sample", "x", "--batch-size", "0"],
+                                  ["bench", "train", "--threads", "-1"], ["precompute", "world-tiny", "--workers", "-2"],
+                                  ["sample", "x", "--nrow", "0"], ["eval", "fid", "x", "--batch-size", "0"]])
+def test_zero_or_negative_counts_on_the_command_line_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and f"argument {argv[-2]}: must be >=" in capsys.readouterr().err
+
+
+def test_unexpected_errors_print_one_line_and_log_the_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MICROT2I_CACHE", str(tmp_path))
+    monkeypatch.setattr(presets, "names", lambda: 1 / 0)
+    assert main(["presets"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unexpected ZeroDivisionError: division by zero" in err
+    (log,) = (tmp_path / "logs").iterdir()
+    assert f"traceback in {log}; --debug prints it" in err and "Traceback (most recent call last)" in log.read_text()
+    with pytest.raises(ZeroDivisionError):
+        main(["presets", "--debug"])

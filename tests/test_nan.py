@@ -8,6 +8,7 @@ import torch
 from test_train import fake_store, tiny_cfg
 
 import microt2i.train.loop as loop
+from microt2i.config import apply_overrides
 from microt2i.data.sampler import ResumableSampler
 from microt2i.train.state import load_latest
 
@@ -85,3 +86,41 @@ def test_streak_aborts_with_a_clear_error_and_the_run_resumes(tmp_path):
     stats = _stats(tmp_path)
     assert [s["nimg"] for s in stats] == list(range(16, 97, 16))  # one line per interval, none duplicated
     assert _finite(out["ema"].state_dict())
+
+
+def test_divergence_is_never_a_success_and_keeps_the_last_finite_checkpoint(tmp_path, capsys):
+    from microt2i.cli import main
+    from microt2i.train.state import list_checkpoints
+
+    cfg, store = tiny_cfg("train.ckpt_every_nimg=16", "train.lr_schedule=constant"), fake_store()
+    train(cfg, tmp_path, store, stop_nimg=16)
+    good = list_checkpoints(tmp_path)[0].read_bytes()
+    blown = apply_overrides(cfg, ["train.lr=1e30"])  # finite, absurd weights: every later step is non-finite
+    with pytest.raises(FloatingPointError, match=r"training diverged at 96 images: the EMA network's denoised "
+                                                 r"images overflow .*nothing was exported. Lower train.lr \(now "
+                                                 r"1e\+30\).*resumes from training-state-000000000016.pt, the newest "
+                                                 r"finite checkpoint"):
+        train(blown, tmp_path, store)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["training-state-000000000016.pt"]  # never pruned
+    assert list_checkpoints(tmp_path)[0].read_bytes() == good and not (tmp_path / "ema").exists()
+    out = train(cfg, tmp_path, store)  # "lower the lr and resume" works
+    assert out["finished"] and _finite(out["ema"].state_dict()) and (tmp_path / "ema").is_dir()
+
+
+def test_nan_weights_at_the_end_fail_the_command(tmp_path, monkeypatch, capsys):
+    from microt2i.cli import main
+
+    real_update = loop.EMA.update
+
+    def poisoned(self, model, nimg):  # the EMA goes NaN in the last step
+        real_update(self, model, nimg)
+        if nimg >= 128:
+            next(self.model.parameters()).data.fill_(float("nan"))
+
+    monkeypatch.setattr(loop.EMA, "update", poisoned)
+    rc = main(["train", "world-tiny", "data.num_images=16", "train.threads=1", "--run-dir", str(tmp_path),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "FloatingPointError: training diverged at 128 images: NaN / Inf in 1 weight tensors (e.g. " \
+                      "ema." in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ema").exists()

@@ -160,3 +160,26 @@ def test_report_html_escapes_prompts(tmp_path):
                         samples=[{"prompt": attack}], config_text=f"prompt: </pre>{attack}").read_text()
     assert "<script>" not in page and "<img src=x" not in page and "</pre><script" not in page
     assert page.count("&lt;script&gt;") >= 5
+
+
+def test_foreign_lock_file_is_never_trusted_as_a_live_holder(tmp_path):
+    from microt2i.train.state import run_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.lock").write_bytes(b"\x00\xff" * 5000)  # not JSON, larger than what is read
+    logs = []
+    with run_lock(run, log=logs.append):
+        assert (run / "run.lock").read_text().startswith('{"host"')
+    assert "taking over the stale lock of pid ?" in logs[0] and not (run / "run.lock").exists()
+
+
+def test_a_spoofed_export_marker_never_lets_overwrite_delete_a_run(tmp_path):
+    from microt2i.export import EXPORT_MARKER, check_target
+
+    target = tmp_path / "exports"
+    (target / "deep" / "run" / "ema").mkdir(parents=True)
+    (target / "deep" / "run" / "config.yaml").write_text("name: x\n")
+    (target / EXPORT_MARKER).write_text("{}")
+    with pytest.raises(FileExistsError, match="holds the training run .*deep/run; --overwrite never deletes runs"):
+        check_target(tmp_path / "src", target, overwrite=True)

@@ -162,7 +162,9 @@ def cmd_caption(args) -> int:
         if args.boxes:  # CutMix composites: {"key", "box", "pattern"} per line → the CutMix prompt (App. D)
             import json
 
-            lines = Path(args.boxes).read_text().splitlines()
+            from .data.captions import read_text_utf8
+
+            lines = read_text_utf8(args.boxes).splitlines()
             boxes = {r["key"]: r for r in map(json.loads, filter(str.strip, lines))}
         keys, load = folder_source(args.source, boxes=boxes)
     kind = args.captioner or ("world" if args.source == "world" else "llava")
@@ -244,8 +246,13 @@ def cmd_precompute(args) -> int:
     out = precompute(cfg.data, num_shards=args.num_shards, shard_index=args.shard_index, workers=args.workers,
                      device=args.device, batch_size=args.batch_size, progress=not args.no_progress)
     rep = out["report"]
+    first = {}
+    for key, reason in rep["examples"]:
+        first.setdefault(reason, key)
+    skipped = ", ".join(f"{reason} ×{n}" + (f" (e.g. {first[reason]})" if reason in first else "")
+                        for reason, n in sorted(rep["skipped"].items())) or "none"
     print(f"[precompute] {len(out['done'])} shards written, {len(out['skipped_shards'])} already done; "
-          f"{rep['kept']} of {rep['total']} images kept, skipped {rep['skipped'] or 'none'}")
+          f"{rep['kept']} of {rep['total']} images kept, skipped {skipped}")
     return 0
 
 
@@ -263,9 +270,13 @@ def cmd_ingest(args) -> int:
               f"data.store_dir=<store>")
         return 0
     cfg = _resolve_config(args.config, args.overrides)  # list: what precompute would read, without encoding
-    items = ingest.list_ingest(cfg.data)
+    listed = ingest.list_ingest(cfg.data)
+    items = [it for it in listed if it.ref[0] != "skip"]
     n_caps = Counter(len(it.captions) for it in items)
     print(f"[ingest] {cfg.data.source} {cfg.data.root}: {len(items)} images; captions per image {dict(n_caps)}")
+    for it in listed:
+        if it.ref[0] == "skip":  # e.g. a truncated archive: precompute counts it under this reason too
+            print(f"[ingest] warning: {it.ref[1]}: {it.key}")
     for it in items[:args.show]:
         cap = it.captions[0] if it.captions else "(none)"
         print(f"  {it.key}  {ingest.clean_caption(cap) if cfg.data.clean_captions and it.captions else cap}")
@@ -518,11 +529,29 @@ def cmd_experiment(args) -> int:
     return 0
 
 
+def _bounded(kind, low: float, strict: bool = False):
+    """An argparse type: a `kind` number >= low (> low with `strict`); else argparse's one-line usage error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text}")
+        return value
+    return parse
+
+
+_POS, _NAT, _POS_FLOAT = _bounded(int, 1), _bounded(int, 0), _bounded(float, 0, strict=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="microt2i", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="examples:\n  microt2i demo\n  microt2i train world-s\n  microt2i sample --run "
                                        "runs/world-s --prompt \"A red star.\"\n  microt2i COMMAND --help")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no log lines (errors only)")
+    p.add_argument("--debug", action="store_true", help="on an error, print the full traceback (anywhere on the "
+                                                        "command line; by default it goes to a log file)")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train a world preset on CPU, sample a grid, write runs/demo/report.html")
@@ -539,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="preset name (see `microt2i presets`) or a config .yaml")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 model.depth=4")
     t.add_argument("--run-dir", default=None, help="default: runs/<name>")
-    t.add_argument("--stop-nimg", type=int, default=None, help="checkpoint and stop after this many images")
+    t.add_argument("--stop-nimg", type=_POS, default=None, help="checkpoint and stop after this many images")
     t.add_argument("--recipe", default=None, help="train a multi-stage recipe instead (same as `microt2i recipe NAME`)")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     t.add_argument("--model", choices=["dit-i", "cad-i", "microdit"],
@@ -558,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompts-file", help="one caption per line (.txt) or {\"prompt\": …} per line (.jsonl)")
     s.add_argument("--extend", default=None, metavar="EXTENDER",
                    help="rewrite prompts as long captions first: 'world' (template) or a causal-LM id / folder")
-    s.add_argument("--n", type=int, default=1, help="images per prompt (image k uses the noise of (seed, k))")
+    s.add_argument("--n", type=_POS, default=1, help="images per prompt (image k uses the noise of (seed, k))")
     s.add_argument("--sampler", default=None, help="heun | euler | ddim | dpmpp_2m (default: the run's eval.sampler)")
     s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's eval.steps)")
     s.add_argument("--cfg", "--cfg-scale", dest="cfg_scale", type=float, default=None,
@@ -567,9 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", default=None, help="PNGs + samples.jsonl go here (default: --out without .png, "
                                                    "else ./samples)")
     s.add_argument("--out", default=None, help="the grid PNG (default: <out-dir>/grid.png)")
-    s.add_argument("--nrow", type=int, default=8, help="grid columns")
-    s.add_argument("--upscale", type=int, default=4, help="grid nearest-neighbour upscale")
-    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--nrow", type=_POS, default=8, help="grid columns")
+    s.add_argument("--upscale", type=_POS, default=4, help="grid nearest-neighbour upscale")
+    s.add_argument("--batch-size", type=_POS, default=64)
     s.add_argument("--device", default="cpu")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=cmd_sample)
@@ -593,16 +622,16 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("world", help="render embedded-world images with captions and detections; "
                                      "`world train-vae` retrains the shipped world VAE")
     w.add_argument("action", nargs="?", choices=["render", "train-vae"], default="render")
-    w.add_argument("--steps", type=int, default=3000, help="train-vae: optimiser steps (the shipped one: 900)")
-    w.add_argument("--batch-size", type=int, default=32, help="train-vae: renders per step")
+    w.add_argument("--steps", type=_POS, default=3000, help="train-vae: optimiser steps (the shipped one: 900)")
+    w.add_argument("--batch-size", type=_POS, default=32, help="train-vae: renders per step")
     w.add_argument("--vae-dir", default=str(Path(__file__).parent / "world" / "vae"),
                    help="train-vae: output folder (default: the shipped asset in the package)")
-    w.add_argument("--threads", type=int, default=0, help="train-vae: torch threads; 0 = leave as is")
-    w.add_argument("--n", type=int, default=16)
-    w.add_argument("--resolution", type=int, default=64)
+    w.add_argument("--threads", type=_NAT, default=0, help="train-vae: torch threads; 0 = leave as is")
+    w.add_argument("--n", type=_POS, default=16)
+    w.add_argument("--resolution", type=_POS, default=64)
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--captions", choices=["long", "aio"], default="long")
-    w.add_argument("--max-objects", type=int, default=3)
+    w.add_argument("--max-objects", type=_POS, default=3)
     w.add_argument("--out", default="world.png")
     w.set_defaults(fn=cmd_world)
 
@@ -615,15 +644,15 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--model", default="llava-hf/llama3-llava-next-8b-hf", help="llava: hub id or local folder")
     ca.add_argument("--classes", default="imagenet", help="aio: 'imagenet' (synset folders) or 'world'")
     ca.add_argument("--boxes", default=None, help="llava: JSONL of CutMix composites {key, box, pattern}")
-    ca.add_argument("--max-new-tokens", type=int, default=200)
-    ca.add_argument("--batch-size", type=int, default=16, help="images per captioner call and per append")
+    ca.add_argument("--max-new-tokens", type=_POS, default=200)
+    ca.add_argument("--batch-size", type=_POS, default=16, help="images per captioner call and per append")
     ca.add_argument("--device", default=None, help="llava: default cuda if available (bf16), else cpu")
-    ca.add_argument("--num-shards", type=int, default=1, help="split the keys over this many jobs (GPUs, nodes)")
-    ca.add_argument("--shard-index", type=int, default=0, help="this job's shard, 0-based")
-    ca.add_argument("--n", type=int, default=1000, help="world: number of images")
+    ca.add_argument("--num-shards", type=_POS, default=1, help="split the keys over this many jobs (GPUs, nodes)")
+    ca.add_argument("--shard-index", type=_NAT, default=0, help="this job's shard, 0-based")
+    ca.add_argument("--n", type=_POS, default=1000, help="world: number of images")
     ca.add_argument("--seed", type=int, default=0, help="world: dataset seed (item i = make_dataset's item i)")
-    ca.add_argument("--resolution", type=int, default=64, help="world: image side")
-    ca.add_argument("--max-objects", type=int, default=3, help="world: objects per scene")
+    ca.add_argument("--resolution", type=_POS, default=64, help="world: image side")
+    ca.add_argument("--max-objects", type=_POS, default=3, help="world: objects per scene")
     ca.add_argument("--no-progress", action="store_true")
     ca.set_defaults(fn=cmd_caption)
 
@@ -631,18 +660,18 @@ def build_parser() -> argparse.ArgumentParser:
                                        "and encoded like the base set (paper 000 App. E)")
     cm.add_argument("config", help="preset name (its data.* and augment.cutmix.*) or a config .yaml")
     cm.add_argument("overrides", nargs="*", help="e.g. augment.cutmix.setting=1/4 augment.cutmix.times=2")
-    cm.add_argument("--show", type=int, default=8, help="print this many composites' captions")
+    cm.add_argument("--show", type=_NAT, default=8, help="print this many composites' captions")
     cm.add_argument("--out", default=None, help="write a preview grid PNG of them (pixel codec)")
     cm.add_argument("--verify", action="store_true", help="check every composite shard (sha256, dtypes, shapes)")
     cm.add_argument("--model", default="llava-hf/llama3-llava-next-8b-hf",
                     help="data.captions=long on real images: the LLaVA-NeXT hub id or local folder")
-    cm.add_argument("--max-new-tokens", type=int, default=200, help="LLaVA caption length")
-    cm.add_argument("--num-shards", type=int, default=1, help="split the shards over this many jobs (GPUs, machines)")
-    cm.add_argument("--shard-index", type=int, default=0, help="this job's share, 0-based")
-    cm.add_argument("--workers", type=int, default=0, help="image decoding processes (0 = in this process)")
+    cm.add_argument("--max-new-tokens", type=_POS, default=200, help="LLaVA caption length")
+    cm.add_argument("--num-shards", type=_POS, default=1, help="split the shards over this many jobs (GPUs, machines)")
+    cm.add_argument("--shard-index", type=_NAT, default=0, help="this job's share, 0-based")
+    cm.add_argument("--workers", type=_NAT, default=0, help="image decoding processes (0 = in this process)")
     cm.add_argument("--device", default="cpu", help="where LLaVA, the codec and the text encoder run")
-    cm.add_argument("--batch-size", type=int, default=64, help="images per codec call")
-    cm.add_argument("--caption-batch-size", type=int, default=16, help="composites per LLaVA call and per append")
+    cm.add_argument("--batch-size", type=_POS, default=64, help="images per codec call")
+    cm.add_argument("--caption-batch-size", type=_POS, default=16, help="composites per LLaVA call and per append")
     cm.add_argument("--no-progress", action="store_true")
     cm.set_defaults(fn=cmd_cutmix)
 
@@ -652,11 +681,11 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("overrides", nargs="*", help="e.g. data.source=imagenet data.root=/data/imagenet "
                                                  "data.store_dir=/data/store data.captions=aio")
     pc.add_argument("--verify", action="store_true", help="check every shard (sha256, dtypes, shapes, counts)")
-    pc.add_argument("--num-shards", type=int, default=1, help="split the shards over this many jobs (machines)")
-    pc.add_argument("--shard-index", type=int, default=0, help="this job's share, 0-based")
-    pc.add_argument("--workers", type=int, default=0, help="image decoding processes (0 = in this process)")
+    pc.add_argument("--num-shards", type=_POS, default=1, help="split the shards over this many jobs (machines)")
+    pc.add_argument("--shard-index", type=_NAT, default=0, help="this job's share, 0-based")
+    pc.add_argument("--workers", type=_NAT, default=0, help="image decoding processes (0 = in this process)")
     pc.add_argument("--device", default="cpu", help="where the codec and text encoder run")
-    pc.add_argument("--batch-size", type=int, default=64, help="images per codec call")
+    pc.add_argument("--batch-size", type=_POS, default=64, help="images per codec call")
     pc.add_argument("--no-progress", action="store_true")
     pc.set_defaults(fn=cmd_precompute)
 
@@ -669,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--scorer", default="world", help="'world' (the world detector) or a CLIP hub id / folder")
     fl.add_argument("--threshold", type=float, default=0.25, help="keep iff score > this (paper: CLIP 0.25)")
     fl.add_argument("--out", default="filtered.jsonl", help=".jsonl or .tsv")
-    fl.add_argument("--batch-size", type=int, default=64)
+    fl.add_argument("--batch-size", type=_POS, default=64)
     fl.add_argument("--device", default="cpu")
     fl.set_defaults(fn=cmd_filter)
 
@@ -683,12 +712,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mask-ratio", type=float, default=0.75, help="microdit: the masked variants' mask ratio")
     b.add_argument("--variants", default="moe-unmasked,moe-masked,dense-unmasked,dense-masked",
                    help="microdit: comma-separated subset (one XL variant fits a GPU: moe-masked is stage 1)")
-    b.add_argument("--batch-size", type=int, default=None, help="default: 8 (train, microdit, sample), 128 (loader)")
-    b.add_argument("--steps", type=int, default=3, help="timed steps per repetition")
-    b.add_argument("--warmup", type=int, default=2)
-    b.add_argument("--repeats", type=int, default=5, help="interleaved repetitions; the median is reported")
-    b.add_argument("--text-len", type=int, default=64)
-    b.add_argument("--threads", type=int, default=0, help="torch intra-op threads on CPU; 0 = leave as is")
+    b.add_argument("--batch-size", type=_POS, default=None, help="default: 8 (train, microdit, sample), 128 (loader)")
+    b.add_argument("--steps", type=_POS, default=3, help="timed steps per repetition")
+    b.add_argument("--warmup", type=_NAT, default=2)
+    b.add_argument("--repeats", type=_POS, default=5, help="interleaved repetitions; the median is reported")
+    b.add_argument("--text-len", type=_POS, default=64)
+    b.add_argument("--threads", type=_NAT, default=0, help="torch intra-op threads on CPU; 0 = leave as is")
     b.add_argument("--device", default="auto")
     b.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="train, microdit; default fp32")
     b.add_argument("--out", default="BENCHMARKS.md")
@@ -710,7 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "DINOv2 (FD-DINOv2); prdc: precision/recall/density/coverage (DINOv2 on real references); "
                         "aesthetic: LAION head (--head); pickscore; preference: run_dir vs --against (--judge)")
     e.add_argument("run_dir", help="a finished run folder (ema/, config.yaml, null_text.safetensors)")
-    e.add_argument("--n", type=int, default=None,
+    e.add_argument("--n", type=_POS, default=None,
                    help="fid/fd/kid/prdc/clipscore: images (default: the papers' N, 50000 for ImageNet val and "
                         "folders, 30000 for an image + caption set; 64 on the world); dpg: prompts (default 16)")
     e.add_argument("--reference", default=None,
@@ -729,8 +758,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default facebook/dinov2-large)")
     e.add_argument("--resize", default=None, choices=["bilinear", "clean"],
                    help="inception resize to 299: bilinear (pytorch-fid, default for its .pth) or clean (clean-fid)")
-    e.add_argument("--k", type=int, default=3, help="prdc: nearest neighbours (ImageNet-T2I / DiffEvals: 3)")
-    e.add_argument("--splits", type=int, default=5, help="prdc: average over this many equal chunks (DiffEvals: 5)")
+    e.add_argument("--k", type=_POS, default=3, help="prdc: nearest neighbours (ImageNet-T2I / DiffEvals: 3)")
+    e.add_argument("--splits", type=_POS, default=5, help="prdc: average over this many equal chunks (DiffEvals: 5)")
     e.add_argument("--extend", default=None, metavar="EXTENDER",
                    help="geneval/dpg: rewrite each prompt with the prompt extender before generation (GenEval★, "
                         "paper 000 Tables 2, 9-11): 'world' or a causal-LM id / folder; results in <metric>-extended/")
@@ -743,15 +772,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "DrawBench .csv, .txt); default: held-out world captions")
     e.add_argument("--detector", default="world", help="geneval: 'world' or a transformers segmentation model id")
     e.add_argument("--color-model", default=None, help="geneval: CLIP id or folder for colours (non-world detector)")
-    e.add_argument("--per-tag", type=int, default=None, help="geneval: draws per tag (default 10 on the world, "
+    e.add_argument("--per-tag", type=_POS, default=None, help="geneval: draws per tag (default 10 on the world, "
                                                               "minutes on a CPU; the official suite uses 100)")
-    e.add_argument("--images-per-prompt", type=int, default=None,
+    e.add_argument("--images-per-prompt", type=_POS, default=None,
                    help="geneval images (default 1 on the world, 4 officially) / dpg tiles (4) per prompt")
     e.add_argument("--csv", default=None, help="dpg: DPG-Bench question CSV (default: questions from world scenes)")
     e.add_argument("--seed", type=int, default=None, help="default: 42 for geneval, else the run's eval.seed")
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--cfg-scale", type=float, default=None)
-    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--batch-size", type=_POS, default=64)
     e.add_argument("--device", default="cpu")
     e.add_argument("--out", default=None, help="default: <run_dir>/eval/<metric>")
     e.add_argument("--no-progress", action="store_true")
@@ -761,12 +790,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "bootstrap intervals, HTML report + EXPERIMENTS.md section (finished arms are reused)")
     xp.add_argument("name", help="captions | image-augmentation | masking | masking-steps | objective | overfitting")
     xp.add_argument("overrides", nargs="*", help="dotted overrides for every arm, e.g. train.device=cuda")
-    xp.add_argument("--scale", type=float, default=1.0, help="× every image count (1 = ≤ 10 min per arm on a CPU)")
-    xp.add_argument("--seeds", type=int, default=2, help="seeds 0 … N−1")
+    xp.add_argument("--scale", type=_POS_FLOAT, default=1.0, help="× every image count (1 = ≤ 10 min per arm on a CPU)")
+    xp.add_argument("--seeds", type=_POS, default=2, help="seeds 0 … N−1")
     xp.add_argument("--arms", default=None, help="comma-separated arms (default: the experiment's main arms)")
     xp.add_argument("--render-only", action="store_true", help="train nothing: table + report from finished arms")
     xp.add_argument("--any-commit", action="store_true", help="reuse finished arms of the same config from any commit")
-    xp.add_argument("--threads", type=int, default=0, help="torch CPU threads (train.threads; 0 = leave as is)")
+    xp.add_argument("--threads", type=_NAT, default=0, help="torch CPU threads (train.threads; 0 = leave as is)")
     xp.add_argument("--root", default="runs/experiments")
     xp.add_argument("--md", default="EXPERIMENTS.md", help="markdown file whose section is regenerated ('' = none)")
     xp.add_argument("--keep-checkpoints", action="store_true", help="keep training states of finished arms")
@@ -790,11 +819,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                  ".tar' data.store_dir=store")
     ig.add_argument("--out", default="world-subset", help="world: output folder")
     ig.add_argument("--backgrounds", default="", help="world: comma-separated backgrounds kept (e.g. slate)")
-    ig.add_argument("--n", type=int, default=512, help="world: images")
-    ig.add_argument("--resolution", type=int, default=32)
+    ig.add_argument("--n", type=_POS, default=512, help="world: images")
+    ig.add_argument("--resolution", type=_POS, default=32)
     ig.add_argument("--seed", type=int, default=0, help="world: item i is world item i of this seed")
-    ig.add_argument("--max-objects", type=int, default=3)
-    ig.add_argument("--show", type=int, default=5, help="list: print this many keys and captions")
+    ig.add_argument("--max-objects", type=_POS, default=3)
+    ig.add_argument("--show", type=_NAT, default=5, help="list: print this many keys and captions")
     ig.set_defaults(fn=cmd_ingest)
 
     c = sub.add_parser("cost", help="cost accounting: `cost recipe` (FLOPs, GPU-days, dollars), "
@@ -815,18 +844,18 @@ def build_parser() -> argparse.ArgumentParser:
                                         "preset's CutMix composites (paper 000 App. E)")
     cc.add_argument("name", help="preset, e.g. dit-i-256")
     cc.add_argument("overrides", nargs="*", help="e.g. data.text_store=ids data.text_len=256")
-    cc.add_argument("--n", type=int, default=1_281_167, help="composites per setting (default: ImageNet train)")
+    cc.add_argument("--n", type=_POS, default=1_281_167, help="composites per setting (default: ImageNet train)")
     cc.add_argument("--rate", type=float, default=None, help="measured composites/s per GPU")
     cc.set_defaults(fn=cmd_cost_cutmix)
     ct = csub.add_parser("text-encoders", help="paper 003 Table 2: measured time and storage per 1M captions of "
                                                "the text encoders available here")
     ct.add_argument("--encoders", default="minilm,flan-t5-xl,clip-l",
                     help="comma-separated names, hub ids or folders; ones not available offline are skipped")
-    ct.add_argument("--length", type=int, default=None, help="tokens kept (default: CLIP 77, T5 256, else 64)")
+    ct.add_argument("--length", type=_POS, default=None, help="tokens kept (default: CLIP 77, T5 256, else 64)")
     ct.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16", help="storage dtype")
-    ct.add_argument("--batch-size", type=int, default=64)
-    ct.add_argument("--repeats", type=int, default=5, help="timed batches; the median is reported")
-    ct.add_argument("--threads", type=int, default=0, help="torch intra-op threads on CPU; 0 = leave as is")
+    ct.add_argument("--batch-size", type=_POS, default=64)
+    ct.add_argument("--repeats", type=_POS, default=5, help="timed batches; the median is reported")
+    ct.add_argument("--threads", type=_NAT, default=0, help="torch intra-op threads on CPU; 0 = leave as is")
     ct.add_argument("--device", default="cpu")
     ct.set_defaults(fn=cmd_cost_text_encoders)
 
@@ -894,10 +923,51 @@ def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+CLEAR_ERRORS = (ValueError, OSError, FloatingPointError, RuntimeError, KeyError)  # carry a message for the user
+
+
+def _log_traceback(command: str) -> Path | None:
+    """The current exception's full traceback, written to <cache>/logs/; its path (None if it cannot be written)."""
+    import datetime
+    import traceback
+
+    from .data.store import cache_root
+
+    try:
+        path = cache_root() / "logs" / f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{command}-{os.getpid()}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"microt2i {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+        for old in sorted(path.parent.glob("*.log"), key=lambda p: p.stat().st_mtime)[:-50]:  # the newest 50 kept
+            old.unlink(missing_ok=True)
+        return path
+    except OSError:
+        return None
+
+
+def error_line(command: str, e: BaseException, log: Path | None) -> str:
+    """The one line a failure prints: what went wrong (its message names the input and the fix), and where the
+    traceback went. Messages of our own errors stand alone; anything else is unexpected and says so."""
     from .config import ConfigError
 
-    args = parse_cli(argv)
+    msg = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, (ConfigError, FileNotFoundError, FileExistsError)):
+        text = msg
+    elif isinstance(e, CLEAR_ERRORS):
+        text = f"{type(e).__name__}: {msg}"
+    else:
+        text = f"unexpected {type(e).__name__}: {msg} (please report it)"
+    where = f"traceback in {log}" if log else "traceback not logged"
+    return f"microt2i {command}: error: {text} [{where}; --debug prints it]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure ends in one line on stderr (`error_line`) and exit status 2 (bad input) or 1
+    (anything else); `--debug` (or MICROT2I_DEBUG=1) raises instead, printing the traceback."""
+    from .config import ConfigError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or bool(os.environ.get("MICROT2I_DEBUG"))
+    args = parse_cli([a for a in argv if a != "--debug"])
     try:  # transformers ≥ 5 draws a "Loading weights" bar for every model it loads
         from transformers.utils import logging as hf_logging
 
@@ -918,16 +988,19 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MICROT2I_PROGRESS"] = "off"  # progress.py: no bars, status or heartbeat lines either
     try:
         with quiet:
+            from .config import check_device
+
+            if getattr(args, "device", None):  # a CUDA device on a CPU build: one line, before any work
+                check_device(args.device, "--device")
             return args.fn(args)
-    except (ConfigError, FileNotFoundError, FileExistsError) as e:
-        print(f"microt2i {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError, FloatingPointError) as e:  # our clear messages; MICROT2I_DEBUG=1 shows the trace
-        if os.environ.get("MICROT2I_DEBUG"):
+    except KeyboardInterrupt:
+        print(f"microt2i {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
             raise
-        print(f"microt2i {args.command}: error: {type(e).__name__}: {e}\n(set MICROT2I_DEBUG=1 for the traceback)",
-              file=sys.stderr)
-        return 1
+        print(error_line(args.command, e, _log_traceback(args.command)), file=sys.stderr)
+        return 2 if isinstance(e, (ConfigError, FileNotFoundError, FileExistsError)) else 1
     finally:
         if "torch.distributed" in sys.modules:  # under torchrun: leave the process group cleanly
             from .train.dist import shutdown

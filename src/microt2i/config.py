@@ -84,6 +84,14 @@ class DiTIConfig(ModelConfig):
     def __post_init__(self):
         check_accelerators(self)
 
+    def __post_init__(self):
+        _bounds("model", self, 1, "in_channels", "input_size", "text_dim", "patch_size", "width", "depth", "heads")
+        _bounds("model", self, 0, "refiner_depth")
+        _bounds("model", self, 0, "mlp_ratio", "pos_interp_scale", strict=True)
+        if self.width % self.heads or self.input_size % self.patch_size:
+            raise ConfigError(f"model.width={self.width} must be a multiple of model.heads={self.heads} and "
+                              f"model.input_size={self.input_size} a multiple of model.patch_size={self.patch_size}")
+
 
 @dataclass(kw_only=True)
 class MicroDiTConfig(ModelConfig):
@@ -127,6 +135,7 @@ class MicroDiTConfig(ModelConfig):
         self.qkv_ratio = tuple(float(r) for r in self.qkv_ratio)
         self.ffn_ratio = tuple(float(r) for r in self.ffn_ratio)
         _choice("model.masking", self.masking, ("deferred", "naive", "block"))
+        _bounds("model", self, 1, "in_channels", "input_size", "text_dim", "patch_size", "head_dim", "multiple_of")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ConfigError(f"model.mask_ratio={self.mask_ratio} must be in [0, 1) (0 trains unmasked)")
         if self.input_size % self.patch_size:
@@ -176,6 +185,9 @@ class CADIConfig(ModelConfig):
     pos_init: str = "trunc_normal"
 
     def __post_init__(self):
+        _bounds("model", self, 1, "in_channels", "input_size", "text_dim", "patch_size", "data_dim", "num_latents",
+                "latent_dim", "num_blocks", "block_depth", "rw_heads", "heads", "refiner_heads")
+        _bounds("model", self, 0, "num_registers", "refiner_depth")
         if not 0.0 <= self.self_cond_rate <= 1.0:
             raise ConfigError(f"model.self_cond_rate={self.self_cond_rate} must be in [0, 1]")
         _choice("model.pos_init", self.pos_init, ("trunc_normal", "sincos"))
@@ -290,6 +302,7 @@ class DataConfig:
         _choice("data.captions", self.captions, ("long", "aio"))
         if not 8 <= self.resolution <= 1024:
             raise ConfigError(f"data.resolution={self.resolution} must be in [8, 1024]")
+        _bounds("data", self, 1, "num_images", "text_len", "max_objects")
 
     def require_dataset(self) -> None:
         """A real source needs its folder and a store folder. Checked where data is read, not when the config is
@@ -408,6 +421,13 @@ class TrainConfig:
             )
         if self.total_nimg <= 0:
             raise ConfigError(f"train.total_nimg={self.total_nimg} must be positive")
+        _bounds("train", self, 1, "log_every_nimg", "ckpt_every_nimg", hint=" (images between reports / checkpoints)")
+        _bounds("train", self, 0, "threads", hint=" (0 = leave torch's default)")
+        _bounds("train", self, 0, "lr", "micro_batch", "warmup_nimg", "weight_decay", "grad_clip", "ema_start_nimg",
+                "loader_workers", "min_lr_ratio", "expert_lr_scale")
+        _bounds("train", self, 0, "eps", strict=True)
+        if not 0.0 <= self.ema_decay < 1.0 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"train.ema_decay={self.ema_decay} and train.betas={list(self.betas)} must be in [0, 1)")
 
 
 @dataclass(kw_only=True)
@@ -426,6 +446,7 @@ class EvalConfig:
             check_sampling(self.steps, self.grid_cfg_scale, "eval.steps", "eval.grid_cfg_scale")
         if self.clamp < 0 or not 0.0 <= self.eta <= 1.0:
             raise ConfigError(f"eval.clamp={self.clamp} must be >= 0 (0 = off) and eval.eta={self.eta} in [0, 1]")
+        _bounds("eval", self, 1, "grid_size", hint=" (the sample grid is grid_size × grid_size)")
         if self.every_nimg < 0 or self.fd_n < 0 or self.geneval_per_tag < 0 or self.fd_n == 1 or self.class_n < 0:
             raise ConfigError(f"eval.every_nimg={self.every_nimg}, eval.fd_n={self.fd_n}, eval.geneval_per_tag="
                               f"{self.geneval_per_tag} and eval.class_n={self.class_n} must be >= 0 (0 = off), and "
@@ -464,6 +485,14 @@ def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
 
 
+def _bounds(section: str, obj, low: float, *names: str, strict: bool = False, hint: str = "") -> None:
+    """Every field in `names` must be >= `low` (> `low` with `strict`); else one ConfigError naming the first."""
+    for name in names:
+        value = getattr(obj, name)
+        if value < low or (strict and value == low):
+            raise ConfigError(f"{section}.{name}={value} must be {'>' if strict else '>='} {low:g}{hint}")
+
+
 def check_sampling(steps: int, cfg_scale: float, steps_name: str = "--steps", scale_name: str = "--cfg-scale") -> None:
     """Sampler steps ≥ 1 and a guidance scale ≥ 0 (0 = unconditional, 1 = no guidance), else one ConfigError."""
     if steps < 1 or steps > 10_000:
@@ -471,6 +500,26 @@ def check_sampling(steps: int, cfg_scale: float, steps_name: str = "--steps", sc
     if not 0.0 <= cfg_scale <= 100.0:
         raise ConfigError(f"{scale_name}={cfg_scale} must be in [0, 100] (0 = unconditional, 1 = no guidance, "
                           f"3-7 typical)")
+
+
+def check_device(name: str, key: str = "train.device") -> None:
+    """`name` is a device this torch build can use ("auto", "cpu", "cuda", "cuda:N", "mps"); else one ConfigError."""
+    if name == "auto":
+        return
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{key}={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}={name!r} but this torch build has no CUDA or sees no GPU "
+                          f"(torch {torch.__version__}); use {key}=cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"{key}={name!r} but only {torch.cuda.device_count()} GPU(s) are visible; use cuda:0 … "
+                          f"cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{key}={name!r} but MPS is not available here; use {key}=cpu (or auto)")
 
 
 def to_dict(cfg) -> dict:
@@ -575,10 +624,27 @@ def save_yaml(cfg, path: str | os.PathLike) -> None:
 
 
 def load_yaml(path: str | os.PathLike) -> RunConfig:
+    """A RunConfig from YAML; a missing, unreadable or malformed file is one ConfigError naming file:line."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist; pass a YAML written by `microt2i train` or a preset name")
-    return from_dict(RunConfig, yaml.safe_load(p.read_text()) or {})
+    raw = p.read_bytes()
+    raw = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw  # a byte-order mark is fine
+    try:
+        d = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 (byte {raw[e.start]:#04x}); re-encode the file, e.g. "
+                          f"`iconv -f latin1 -t utf-8`") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
+        raise ConfigError(f"{where}: malformed YAML ({getattr(e, 'problem', None) or e}); fix that line or start "
+                          f"from `microt2i train <preset> --dry-run > config.yaml`") from None
+    if d is not None and not isinstance(d, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections (model:, train:, …), got "
+                          f"{type(d).__name__}; see `microt2i train <preset> --dry-run`")
+    return from_dict(RunConfig, d or {})
 
 
 def _plain(x):

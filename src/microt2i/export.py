@@ -6,13 +6,16 @@ dict), `text_encoder/` + `tokenizer/` (the run's text encoder), `vae/` (latent r
 `microt2i.pipeline`), `training_config.yaml`, `sample_grid.png` and a model card `README.md` (training config,
 data, metrics of the run's eval JSON files). Load it offline with
     DiffusionPipeline.from_pretrained(FOLDER, trust_remote_code=True)
-It is written to a temporary sibling folder and renamed, so FOLDER is either complete or absent.
+It is written to a temporary sibling folder and renamed, so FOLDER is either complete or absent. An export holds
+`microt2i_export.json` (its marker): `--overwrite` replaces only a folder with that marker, never a run folder, a
+folder holding runs, or the export's own source.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,6 +24,8 @@ import torch
 
 from .config import ConfigError, RunConfig, _plain, to_dict
 from .io import atomic_write_text
+
+EXPORT_MARKER = "microt2i_export.json"  # written into every export; what --overwrite may replace
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PIPELINE_SHIM = '''"""Pipeline class of a microt2i export: diffusers loads it from here (trust_remote_code=True)."""
@@ -56,8 +61,7 @@ def export_run(run_dir: str | Path, folder: str | Path, *, dtype: str = "fp32", 
     run_dir, folder = Path(run_dir), Path(folder)
     if dtype not in DTYPES:
         raise ConfigError(f"export dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise FileExistsError(f"{folder} exists and is not empty; pass --overwrite or choose another folder")
+    check_target(run_dir, folder, overwrite=overwrite)
     pipe, cfg = build_pipeline(run_dir, device=device)
     if dtype != "fp32":
         pipe.transformer.to(DTYPES[dtype])
@@ -74,9 +78,14 @@ def export_run(run_dir: str | Path, folder: str | Path, *, dtype: str = "fp32", 
         if grid:
             grid_prompts = _sample_grid(pipe, cfg, tmp / "sample_grid.png", progress=progress)
         atomic_write_text(tmp / "README.md", model_card(run_dir, cfg, pipe, dtype=dtype, grid_prompts=grid_prompts))
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        atomic_write_text(tmp / EXPORT_MARKER, json.dumps({"source": str(run_dir.resolve()), "dtype": dtype}) + "\n")
+        if folder.exists():  # a previous export (check_target): moved aside, replaced, then deleted
+            check_target(run_dir, folder, overwrite=overwrite)
+            old = folder.rename(folder.with_name(f".{folder.name}.old-{tmp.name}"))
+            tmp.rename(folder)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(folder)
         folder.chmod(0o755)  # mkdtemp made it owner-only
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -84,6 +93,46 @@ def export_run(run_dir: str | Path, folder: str | Path, *, dtype: str = "fp32", 
     log(f"[export] {run_dir} → {folder} ({dtype}); load with DiffusionPipeline.from_pretrained({str(folder)!r}, "
         f"trust_remote_code=True)")
     return folder
+
+
+def _is_run(folder: Path) -> bool:
+    """A training run folder: config.yaml beside checkpoints, EMA weights or stats (what `microt2i train` writes)."""
+    return (folder / "config.yaml").is_file() and (
+        (folder / "ema").is_dir() or (folder / "stats.jsonl").is_file() or any(folder.glob("training-state-*")))
+
+
+def is_export(folder: Path) -> bool:
+    """A folder `export_run` wrote: its marker, or (exports before the marker) the pipeline index naming ours."""
+    if (folder / EXPORT_MARKER).is_file():
+        return True
+    try:
+        return json.loads((folder / "model_index.json").read_text()).get("_class_name") == ["pipeline",
+                                                                                             "MicroT2IPipeline"]
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_target(run_dir: Path, folder: Path, *, overwrite: bool) -> None:
+    """Refuse an export target that would destroy what export did not create: the run itself or a folder above it,
+    a folder holding runs, or (even with --overwrite) anything but a previous export."""
+    src, dst = run_dir.resolve(), folder.resolve()
+    if dst == src or dst in src.parents:
+        raise FileExistsError(f"export folder {folder} is the run folder {run_dir} or holds it; export to a new "
+                              f"folder, e.g. exports/{run_dir.name}")
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"export folder {folder} is a file; choose a folder name")
+    if not folder.exists() or not any(folder.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{folder} exists and is not empty; pass --overwrite (replaces a previous export only) "
+                              f"or choose another folder")
+    if not is_export(folder):
+        raise FileExistsError(f"{folder} is not a microt2i export (no {EXPORT_MARKER}); --overwrite replaces only a "
+                              f"previous export: choose another folder")
+    runs = [d for d in (folder, *(Path(r) for r, _, _ in os.walk(folder))) if _is_run(d)]
+    if runs:
+        raise FileExistsError(f"{folder} holds the training run {runs[0]}; --overwrite never deletes runs: choose "
+                              f"another folder")
 
 
 def _sample_grid(pipe, cfg: RunConfig, path: Path, progress: bool = False) -> list[str]:

@@ -13,7 +13,7 @@ from .config import RunConfig, check_sampling, load_yaml
 from .data.store import tensor_to_images
 from .diffusion.objectives import build_objective
 from .diffusion.guidance import cfg_denoiser
-from .diffusion.samplers import get_sampler
+from .diffusion.samplers import count_diverged, get_sampler
 from .io import atomic_write_bytes, atomic_write_text
 from .models import from_pretrained
 from .progress import Progress
@@ -69,6 +69,11 @@ def generate(net, cfg: RunConfig, text_tokens, text_mask, null_tokens, null_mask
             gen_seed = int(np.random.SeedSequence([seed, first_index + i, 1]).generate_state(1)[0])
             opts.update(eta=e.eta, generator=torch.Generator().manual_seed(gen_seed))
         x0 = sampler_fn(denoise, noise[sl], sigmas, callback=lambda _, b=b: bar.update(b / n_steps), **opts)
+        bad = count_diverged(x0)
+        if bad:  # a diverged network: refuse rather than write black squares or score them
+            raise FloatingPointError(f"the network produced NaN / Inf (or overflowing) images for {bad} of {b} samples: "
+                                     f"its weights diverged in training. Re-train it with a lower train.lr (it "
+                                     f"resumes from the newest finite checkpoint)")
         images.append(tensor_to_images(codec.decode(x0.float())))
     bar.close()
     return np.concatenate(images)
@@ -104,7 +109,9 @@ def read_prompts(prompts: list[str] | None = None, prompts_file: str | Path | No
         p = Path(prompts_file)
         if not p.is_file():
             raise FileNotFoundError(f"prompts file {str(p)!r} does not exist; pass one prompt per line")
-        lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+        from .data.captions import read_text_utf8
+
+        lines = [ln.strip() for ln in read_text_utf8(p).splitlines() if ln.strip()]
         out += [json.loads(ln)["prompt"] for ln in lines] if p.suffix == ".jsonl" else lines
     if not out:
         raise FileNotFoundError('no prompts: pass --prompt "a red star …" (repeatable) or --prompts-file FILE')

@@ -63,15 +63,34 @@ def _add(out: dict[str, list[str]], key, caption, where: str) -> None:
             out.setdefault(key, []).append(c)
 
 
+BOM = b"\xef\xbb\xbf"
+
+
+def decode_utf8(raw: bytes, where: str, line: int = 1) -> str:
+    """The UTF-8 text of `raw`, the bytes of file `where` from line `line` on (a byte-order mark at the file's start is
+    dropped). Any other encoding is one CaptionFileError naming file:line and the fix: every ingest path (caption
+    files, sidecar captions, WebDataset members, labels and prompt files) reads text through here."""
+    if line == 1 and raw.startswith(BOM):
+        raw = raw[len(BOM):]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        n = line + raw.count(b"\n", 0, e.start)
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise CaptionFileError(f"{where}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column {col}); re-encode the "
+                               f"file, e.g. `iconv -f latin1 -t utf-8`") from None
+
+
+def read_text_utf8(path: str | os.PathLike) -> str:
+    """A whole text file through `decode_utf8`."""
+    return decode_utf8(Path(path).read_bytes(), str(path))
+
+
 def _lines(path: Path):
     """(line number, text) of a UTF-8 text file, split on \\n only; a non-UTF-8 line is one clear error."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
-            try:
-                yield n, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise CaptionFileError(f"{path}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
-                                       f"re-encode the file, e.g. `iconv -f latin1 -t utf-8`") from None
+            yield n, decode_utf8(raw, str(path), n)
 
 
 def _read_tsv(path: Path, out: dict[str, list[str]]) -> None:

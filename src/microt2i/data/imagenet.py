@@ -15,6 +15,7 @@ decompression-bomb limit, ...), and the precompute job counts skipped files per 
 from __future__ import annotations
 
 import csv
+import io
 import re
 import warnings
 from collections import Counter
@@ -76,8 +77,11 @@ def _read_labels(labels_file: Path) -> dict[str, str]:
                                 f"'filename synset' lines or LOC_val_solution.csv>, or use the val/<synset>/ layout")
     synsets = [s for s, _ in imagenet_classes()]
     out: dict[str, str] = {}
-    with open(labels_file, newline="") as f:
-        rows = list(csv.reader(f)) if labels_file.suffix.lower() == ".csv" else [ln.split() for ln in f]
+    from .captions import read_text_utf8
+
+    text = read_text_utf8(labels_file)
+    rows = (list(csv.reader(io.StringIO(text, newline=""))) if labels_file.suffix.lower() == ".csv"
+            else [ln.split() for ln in text.splitlines()])
     for n, row in enumerate(rows, 1):
         row = [c.strip() for c in row if c.strip()]
         label = row[1].split()[0] if len(row) > 1 else ""  # LOC_val_solution: "n01751748 x0 y0 x1 y1 ..."

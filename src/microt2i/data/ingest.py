@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..config import DataConfig
-from .captions import CAPTION_COLUMNS, KEY_COLUMNS
+from .captions import CAPTION_COLUMNS, KEY_COLUMNS, decode_utf8, read_text_utf8
 from .imagenet import IMAGE_SUFFIXES, ImageItem, UnreadableImage, list_folder, resize_center_crop, try_load
 
 INGEST_SOURCES = ("sidecar", "webdataset", "hf")
@@ -86,9 +86,9 @@ def list_sidecar(root: str, caption_column: str = "") -> list[IngestItem]:
     for it in list_folder(root):
         txt, js = it.path.with_suffix(".txt"), it.path.with_suffix(".json")
         if txt.is_file():
-            caps = tuple(c for c in [txt.read_text(encoding="utf-8").strip()] if c)
+            caps = tuple(c for c in [read_text_utf8(txt).strip()] if c)
         elif js.is_file():
-            caps = _json_captions(js.read_text(encoding="utf-8"), caption_column, str(js))
+            caps = _json_captions(read_text_utf8(js), caption_column, str(js))
         else:
             caps = ()
         items.append(IngestItem(it.key, ("file", str(it.path)), caps, it.label, it.name))
@@ -128,30 +128,62 @@ def list_webdataset(root: str, image_column: str = "", caption_column: str = "")
     image_exts = (image_column,) if image_column else _EXTS
     for shard in expand_shards(root):
         samples: dict[str, dict[str, tarfile.TarInfo]] = {}
-        try:
-            with tarfile.open(shard, "r:") as tar:  # "r:" refuses compressed shards: members are read by offset
-                members = [m for m in tar if m.isfile()]
-                for m in members:
-                    key, ext = _split_member(m.name)
-                    samples.setdefault(key, {})[ext] = m
-                texts = {(k, e): tar.extractfile(m).read().decode("utf-8", "replace")
-                         for k, parts in samples.items() for e, m in parts.items() if e in ("txt", "json")}
-        except tarfile.ReadError as e:
-            raise ValueError(f"{shard} is not an uncompressed tar ({e}); img2dataset writes plain .tar shards — "
-                             f"decompress .tar.gz shards first") from None
+        members, cut = _tar_members(shard)
+        for m in members:
+            key, ext = _split_member(m.name)
+            samples.setdefault(key, {})[ext] = m
+        with open(shard, "rb") as f:
+            texts = {}
+            for k, parts in samples.items():
+                for e, m in parts.items():
+                    if e in ("txt", "json"):
+                        f.seek(m.offset_data)
+                        texts[(k, e)] = decode_utf8(f.read(m.size), f"{shard}:{m.name}")
+        if cut:  # what a cut archive lost is unknowable: one "truncated archive" skip names the shard and where
+            items.append(IngestItem(f"{shard.stem}/(truncated: {cut})", ("skip", "truncated archive"), ()))
         for key, parts in samples.items():
             ext = next((e for e in image_exts if e in parts), None)
-            if ext is None:
-                continue  # a caption or metadata file without an image
+            if ext is None:  # a caption or metadata file without an image: counted, never silently dropped
+                items.append(IngestItem(f"{shard.stem}/{key}", ("skip", "no image"), ()))
+                continue
             if ("txt" in parts and not caption_column) or "json" not in parts:
                 caps = tuple(c for c in [texts.get((key, "txt"), "").strip()] if c)
             else:
                 caps = _json_captions(texts[(key, "json")], caption_column, f"{shard}:{key}.json")
             m = parts[ext]
             items.append(IngestItem(f"{shard.stem}/{key}", ("tar", str(shard), m.offset_data, m.size), caps))
-    if not items:
+    if all(it.ref[0] == "skip" for it in items):
         raise FileNotFoundError(f"no images ({', '.join(image_exts)}) in the shards of {root}")
     return items
+
+
+def _tar_members(shard: Path) -> tuple[list[tarfile.TarInfo], str]:
+    """The file members of an uncompressed tar whose data is complete, and "" or where the archive was cut: inside a
+    member, or at a member boundary (no end-of-archive marker: tarfile would just stop, losing the rest silently)."""
+    size, members, cut = shard.stat().st_size, [], ""
+    try:
+        tar = tarfile.open(shard, "r:")  # "r:" refuses compressed shards: members are read by offset
+    except tarfile.ReadError as e:
+        raise ValueError(f"{shard} is not an uncompressed tar ({e}); img2dataset writes plain .tar shards — "
+                         f"decompress .tar.gz shards first") from None
+    with tar:
+        it = iter(tar)
+        while True:
+            try:
+                m = next(it)
+            except StopIteration:
+                break
+            except tarfile.ReadError:  # a header or member data past the end of the file
+                cut = "cut"
+                break
+            if m.isfile():
+                members.append(m)
+        whole = [m for m in members if m.offset_data + m.size <= size]
+        if len(whole) < len(members):
+            cut = "cut"
+        if cut or size < tar.offset + 1024:  # a whole tar ends with two zero blocks
+            cut = f"{cut or 'no end-of-archive marker'} after {whole[-1].name if whole else 'its start'}"
+    return whole, cut
 
 
 _HF_CACHE: dict[tuple, object] = {}
@@ -240,6 +272,8 @@ def _read_ref(ref: tuple):
 def load_item(args: tuple) -> tuple[np.ndarray | None, str | None]:
     """(image, None) or (None, reason) for `(ref, resolution, min_resolution)`: picklable, for a process pool."""
     ref, resolution, min_resolution = args
+    if ref[0] == "skip":  # listed only to be counted (a truncated archive)
+        return None, ref[1]
     try:
         return decode_image(_read_ref(ref), resolution, min_resolution), None
     except UnreadableImage as e:

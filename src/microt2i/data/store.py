@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save
 
 from ..config import ConfigError, DataConfig
 from ..diffusion.guidance import null_text
-from ..io import atomic_write_bytes, atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_text, file_sha256
 
 FORMAT_VERSION = 1
 _NOT_IN_WORLD_KEY = ("cache_dir", "store_dir", "root", "split", "labels_file", "caption_file", "latent_mode",
@@ -88,14 +88,19 @@ def save_store(store: Store, path: str | os.PathLike) -> None:
     tensors = {"latents": store.latents.contiguous(), "text_tokens": store.text_tokens.contiguous(),
                "text_mask": store.text_mask.to(torch.uint8).contiguous(),
                "empty_tokens": store.empty_tokens.contiguous(), "empty_mask": store.empty_mask.to(torch.uint8).contiguous()}
-    atomic_write_text(path.with_suffix(".json"), json.dumps({"meta": store.meta, "captions": store.captions}))
-    atomic_write_bytes(path.with_suffix(".safetensors"), save(tensors))  # written last: its presence marks done
+    data = save(tensors)
+    atomic_write_text(path.with_suffix(".json"), json.dumps({"meta": store.meta, "captions": store.captions,
+                                                             "sha256": hashlib.sha256(data).hexdigest()}))
+    atomic_write_bytes(path.with_suffix(".safetensors"), data)  # written last: its presence marks done
 
 
 def load_store(path: str | os.PathLike) -> Store:
+    """A `save_store` file, its SHA-256 checked (flipped bytes raise ValueError: a cache is then rebuilt)."""
     path = Path(path)
-    t = load_file(str(path.with_suffix(".safetensors")))
     j = json.loads(path.with_suffix(".json").read_text())
+    if j.get("sha256") and file_sha256(path.with_suffix(".safetensors")) != j["sha256"]:
+        raise ValueError(f"{path.with_suffix('.safetensors')}: checksum mismatch (flipped bytes or rewritten)")
+    t = load_file(str(path.with_suffix(".safetensors")))
     return Store(t["latents"], t["text_tokens"], t["text_mask"].bool(), j["captions"], j["meta"],
                  t["empty_tokens"], t["empty_mask"].bool())
 
@@ -319,11 +324,7 @@ def verify_store(store_dir: str | os.PathLike) -> list[str]:
         if not path.is_file():
             problems.append(f"{path.name}: missing")
             continue
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        if h.hexdigest() != s["sha256"]:
+        if file_sha256(path) != s["sha256"]:
             problems.append(f"{path.name}: checksum mismatch (corrupt or rewritten)")
             continue
         problems += _layout_problems(path, s)
@@ -433,6 +434,8 @@ class ShardedStore:
             path = self.dir / f"{shard_name(s)}.safetensors"
             entry = self.manifest["shards"][s]
             problems = _layout_problems(path, entry) if path.is_file() else [f"{path.name}: missing"]
+            if not problems and entry.get("sha256") and file_sha256(path) != entry["sha256"]:  # once per process
+                problems = [f"{path.name}: checksum mismatch (flipped bytes or rewritten)"]
             if problems:  # a damaged shard never reaches training as garbage rows
                 raise StoreDamagedError(
                     f"the store {self.dir} is damaged: {'; '.join(problems)}. Run `microt2i precompute --verify` on it, "

@@ -127,6 +127,13 @@ def dpmpp_2m(denoise, x, sigmas, *, callback=None, clamp: float | None = None):
 SAMPLERS = {"euler": euler, "heun": heun, "ddim": ddim, "dpmpp_2m": dpmpp_2m}
 
 
+def count_diverged(x: torch.Tensor) -> int:
+    """How many samples of a batch of network outputs / sampled latents are unusable: NaN / Inf, or so large that
+    their squared norm (the training loss) overflows float32, which sampling would write as black / white squares."""
+    sq = x.detach().float().flatten(1).square().sum(1)
+    return int((~torch.isfinite(sq)).sum())
+
+
 def get_sampler(name: str):
     """The sampler registered as `name`; an unknown name raises a ValueError listing the valid ones."""
     if name not in SAMPLERS:

@@ -17,6 +17,7 @@ PartiPrompts / DrawBench are read from user-given files (`read_prompts`); none i
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections import Counter
@@ -37,10 +38,11 @@ def read_prompts(path: str | Path) -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {str(path)!r} does not exist (PartiPrompts.tsv, DrawBench .csv, or a .txt "
                                 f"with one prompt per line)")
-    suffix = path.suffix.lower()
+    from ..data.captions import read_text_utf8
+
+    suffix, text = path.suffix.lower(), read_text_utf8(path)  # UTF-8 (BOM dropped), else file:line and the fix
     if suffix in (".tsv", ".csv"):
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+        rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ","))
         names = list(rows[0]) if rows else []
         pc = next((c for c in names if c.strip().lower() in ("prompt", "prompts", "text", "caption")), None)
         if pc is None:
@@ -48,9 +50,9 @@ def read_prompts(path: str | Path) -> tuple[list[str], list[str]]:
         cc = next((c for c in names if c.strip().lower() == "category"), None)
         pairs = [(r[pc].strip(), (r[cc] or "").strip() if cc else "") for r in rows if (r[pc] or "").strip()]
     elif suffix == ".jsonl":
-        pairs = [(r["prompt"], r.get("category", "")) for r in map(json.loads, filter(str.strip, path.open()))]
+        pairs = [(r["prompt"], r.get("category", "")) for r in map(json.loads, filter(str.strip, text.splitlines()))]
     else:
-        pairs = [(ln.strip(), "") for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        pairs = [(ln.strip(), "") for ln in text.splitlines() if ln.strip()]
     if not pairs:
         raise ValueError(f"{path} holds no prompts")
     return [p for p, _ in pairs], [c for _, c in pairs]

@@ -91,5 +91,10 @@ def from_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu")
     cfg = from_dict(ModelConfig, d, "model")
     with torch.device(device):
         model = build(cfg)
-    model.load_state_dict(load_file(weights, device=str(device)), strict=True)
+    try:
+        tensors = load_file(weights, device=str(device))
+    except Exception as e:  # safetensors' own error types: a truncated or overwritten file
+        raise ValueError(f"{weights} is unreadable ({' '.join(str(e).split())[:200]}): damaged or not a safetensors "
+                         f"file; re-run the command that wrote it (`microt2i train` / `microt2i export`)") from None
+    model.load_state_dict(tensors, strict=True)
     return model.eval()

@@ -233,6 +233,9 @@ def save_sharded(path: str | Path, model: nn.Module, optimizer, ema_model: nn.Mo
     barrier()
     if is_main():
         (tmp / "meta.json").write_text(json.dumps(meta))
+        from .state import write_dcp_checksums
+
+        write_dcp_checksums(tmp)  # verified before resume (state.checkpoint_problem)
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
     barrier()

@@ -176,11 +176,17 @@ def init_run(cfg: RunConfig, run_dir: str | Path, log=print) -> str | None:
 
 def finetune(cfg: RunConfig, run_dir: str | Path, *, log=print, **train_kwargs) -> dict:
     """`init_run` (rank 0 writes; the others wait), then the ordinary trainer, which resumes from it."""
-    from .loop import train
+    import contextlib
+    import os
 
-    mode = init_run(cfg, run_dir, log=log) if is_main() else None
-    broadcast_object(mode)
-    return train(cfg, run_dir, log=log, **train_kwargs)
+    from .loop import train
+    from .state import run_lock
+
+    main = int(os.environ.get("RANK", "0")) == 0  # the run-folder lock covers the seeding write too (re-entrant)
+    with run_lock(run_dir, log=log) if main else contextlib.nullcontext():
+        mode = init_run(cfg, run_dir, log=log) if is_main() else None
+        broadcast_object(mode)
+        return train(cfg, run_dir, log=log, **train_kwargs)
 
 
 # --------------------------------------------------------------------------------------------------- before / after

@@ -7,6 +7,7 @@ is a function of nimg, so a run resumed from its folder replays exactly what an 
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from pathlib import Path
@@ -19,11 +20,12 @@ from safetensors.torch import save
 from ..augment.crop import crop_patch_mask, crop_sides, sample_crop
 from ..augment.cutmix import build_cutmix_store, ia_gate, twin_index
 
-from ..config import ConfigError, RunConfig, _plain, save_yaml, to_dict
+from ..config import ConfigError, RunConfig, _plain, check_device, save_yaml, to_dict
 from ..data.loader import make_loader
 from ..data.sampler import ResumableSampler
 from ..data.store import Store, load_or_build
 from ..diffusion.objectives import build_objective
+from ..diffusion.samplers import count_diverged
 from ..io import atomic_write_bytes
 from ..encoders import TextEncoder, codec_of
 from ..progress import Progress, heartbeat
@@ -31,16 +33,17 @@ from ..eval.live import LiveEval
 from ..diffusion.repa import RepaCapture
 from ..models.layers import keep_tokens
 from ..models import build, count_params, sample_keep_mask, sample_route_mask, save_pretrained
-from .ema import EMA
+from .ema import EMA, _local
 from .logger import RunLogger
 from .optim import lr_at, make_optimizer
 from .dist import (all_reduce_mean, barrier, full_state_dict, grad_sync, init_distributed, is_main, is_sharded,
                    load_optimizer, load_sharded, save_sharded, shard, split_batch, wrap_model)
-from .state import (TRAINING_KEYS, checkpoint_path, list_checkpoints, load_latest, prune_checkpoints,
-                    remove_stale_temp, save_checkpoint)
+from .state import (TRAINING_KEYS, checkpoint_path, list_checkpoints, non_finite, prune_checkpoints,
+                    remove_stale_temp, resume_point, run_lock, save_checkpoint)
 
 
 def resolve_device(name: str) -> torch.device:
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -203,9 +206,33 @@ def _check_same_run(saved: dict, cfg: RunConfig, run_dir: Path) -> None:
             )
 
 
-def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, progress: bool = True,
-          log=print, store: Store | None = None, cutmix_store: Store | None = None) -> dict:
-    """Train `cfg` in `run_dir`, resuming from its newest checkpoint. Returns a summary dict.
+@torch.no_grad()
+def _outputs_finite(net, objective, cfg: RunConfig, tokens, mask, device) -> bool:
+    """One denoiser call of `net` at the first sampling σ on fixed noise (the unconditional caption): finite weights
+    can still be far enough off to give NaN / Inf images, which sampling would write as black squares."""
+    m = cfg.model
+    sigma = objective.sampling_sigmas(2, device=device)[0].float()
+    x = torch.randn(1, m.in_channels, m.input_size, m.input_size, device=device,
+                    generator=torch.Generator(device).manual_seed(0)) * sigma
+    was_training = net.training
+    out = objective.denoiser(net.eval())(x, sigma, tokens.float(), mask)
+    net.train(was_training)
+    return bool(all_reduce_mean(torch.tensor([float(count_diverged(out))], device=device)) == 0)
+
+
+def train(cfg: RunConfig, run_dir: str | Path, **kwargs) -> dict:
+    """Train `cfg` in `run_dir` (see `_train`), holding the run-folder lock (rank 0; `state.run_lock`) throughout:
+    a second process on the same folder fails at once, before touching a file."""
+    check_device(cfg.train.device)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _train(cfg, run_dir, **kwargs)
+    with run_lock(run_dir, log=kwargs.get("log", print)):
+        return _train(cfg, run_dir, **kwargs)
+
+
+def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, progress: bool = True,
+           log=print, store: Store | None = None, cutmix_store: Store | None = None) -> dict:
+    """Train `cfg` in `run_dir`, resuming from its newest intact checkpoint. Returns a summary dict.
 
     Under `torchrun` every rank calls this; rank 0 alone writes logs, checkpoints (except sharded ones, which every
     rank writes) and the final weights. `stop_nimg` ends the job early (after a checkpoint) the way EDM2's
@@ -261,13 +288,12 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
     if main:  # temp files of checkpoint writes a kill interrupted: never read, so only disk space
         remove_stale_temp(run_dir)
     ckpts = list_checkpoints(run_dir)
-    latest = ckpts[-1] if ckpts else None
-    payload = None  # a `.pt` checkpoint's payload; a newest `.dcp` folder loads after wrapping (below)
-    if latest is not None and latest.suffix == ".pt":
-        payload = load_latest(run_dir, log=log, require=TRAINING_KEYS)
-        if payload is None:
-            raise RuntimeError(f"no readable checkpoint in {run_dir} ({', '.join(p.name for p in ckpts)} are damaged "
-                               f"or incomplete); move them away to start over, or pass another run folder")
+    # the newest intact checkpoint: a `.pt` payload, or a `.dcp` folder that loads after wrapping (below)
+    latest, payload = resume_point(run_dir, log=log, require=TRAINING_KEYS)
+    if ckpts and latest is None:
+        raise RuntimeError(f"no readable checkpoint in {run_dir} ({', '.join(p.name for p in ckpts)} are damaged "
+                           f"or incomplete); move them away to start over, or pass another run folder")
+    if payload is not None:
         _check_same_run(payload["config"], cfg, run_dir)
         net.load_state_dict(payload["model"])
         ema.load_state_dict(payload["ema"])
@@ -297,7 +323,30 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
         f"({world_size} rank{'s' if world_size > 1 else ''} × {rounds} × {micro}"
         f"{', ' + t.parallel if world_size > 1 or sharded else ''}), {t.total_nimg} images, device {device}")
 
+    def diverged() -> tuple[list[str], bool]:
+        """(this rank's NaN / Inf weight and EMA tensors, whether any rank has one)."""
+        names = non_finite({f"model.{k}": _local(v) for k, v in net.state_dict().items()},
+                           {f"ema.{k}": _local(v) for k, v in ema.state_dict().items()})
+        return names, bool(all_reduce_mean(torch.tensor([float(bool(names))], device=device)) > 0)
+
+    def healthy() -> str:
+        """Why the live state must not be checkpointed ("" = it may): NaN / Inf weights or EMA, or finite weights
+        whose outputs overflow (divergence: the last good checkpoint must survive for "lower the lr and resume")."""
+        names, bad = diverged()
+        if bad:
+            return f"NaN / Inf weights ({', '.join(names[:3]) or 'on another rank'})"
+        for name, m in (("network", net), ("EMA network", ema.model)):
+            if not _outputs_finite(m, objective, cfg, uncond_tokens, uncond_mask, device):
+                return f"the {name}'s denoised images overflow (finite weights, far off)"
+        return ""
+
     def checkpoint():
+        why = healthy()
+        if why:
+            good = [p.name for p in list_checkpoints(run_dir)]
+            log(f"[train] not writing a checkpoint at {nimg} images: {why}; the newest one stays "
+                f"{good[-1] if good else '(none)'}")
+            return
         meta = {"nimg": nimg, "step": step, "elapsed": elapsed, "nan_skips": nan_skips, "config": to_dict(cfg)}
         if sharded:  # every rank writes its shards
             save_sharded(checkpoint_path(run_dir, nimg, sharded=True), model, opt, ema.model, _plain(meta))
@@ -395,6 +444,16 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, 
 
     if not list_checkpoints(run_dir):
         checkpoint()
+    names, bad = diverged()
+    what = f"NaN / Inf in {len(names) or 'some'} weight tensors (e.g. {', '.join(names[:2]) or 'on another rank'})"
+    if not bad and not _outputs_finite(ema.model, objective, cfg, uncond_tokens, uncond_mask, device):
+        what, bad = "the EMA network's denoised images overflow (finite weights, far off)", True
+    if bad:  # divergence is never a success: nothing is exported, the newest (finite) checkpoint stays the resume point
+        good = [p.name for p in list_checkpoints(run_dir)]
+        raise FloatingPointError(
+            f"training diverged at {nimg} images: {what}; nothing was exported. Lower train.lr (now {t.lr:g}), keep "
+            f"train.grad_clip > 0, then re-run: it resumes from "
+            f"{good[-1] + ', the newest finite checkpoint' if good else 'scratch (no finite checkpoint was written)'}")
     finished = nimg >= t.total_nimg
     ema_model = ema.model
     if finished:  # the inference artifacts: consolidated EMA weights + the unconditional caption CFG needs

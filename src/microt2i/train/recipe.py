@@ -30,7 +30,7 @@ from ..progress import Progress
 from .dist import broadcast_object, is_main, load_sharded
 from .loop import train
 from .optim import make_optimizer
-from .state import list_checkpoints, load_latest, save_checkpoint
+from .state import list_checkpoints, resume_point, save_checkpoint
 
 
 def stage_dirs(stages: list[RunConfig], root_dir: str | Path) -> list[Path]:
@@ -50,12 +50,12 @@ def stage_finished(cfg: RunConfig, run_dir: str | Path) -> bool:
 
 def _latest_payload(cfg: RunConfig, run_dir: Path) -> dict | None:
     """The newest checkpoint as a plain payload; a sharded (FSDP2) `.dcp` folder is loaded into a CPU copy."""
-    ckpts = list_checkpoints(run_dir)
-    if not ckpts or ckpts[-1].suffix != ".dcp":
-        return load_latest(run_dir)
+    path, payload = resume_point(run_dir)  # the newest intact checkpoint of either kind
+    if path is None or path.suffix != ".dcp":
+        return payload
     net, ema = build(cfg.model), build(cfg.model)
     opt = make_optimizer(net, cfg.train)
-    meta = load_sharded(ckpts[-1], net, opt, ema)
+    meta = load_sharded(path, net, opt, ema)
     return {**meta, "model": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict()}
 
 
