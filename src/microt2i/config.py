@@ -82,15 +82,13 @@ class DiTIConfig(ModelConfig):
     route_end: int = 0  # blocks up to here (exclusive) are skipped; 0 = depth − 1
 
     def __post_init__(self):
-        check_accelerators(self)
-
-    def __post_init__(self):
         _bounds("model", self, 1, "in_channels", "input_size", "text_dim", "patch_size", "width", "depth", "heads")
         _bounds("model", self, 0, "refiner_depth")
         _bounds("model", self, 0, "mlp_ratio", "pos_interp_scale", strict=True)
         if self.width % self.heads or self.input_size % self.patch_size:
             raise ConfigError(f"model.width={self.width} must be a multiple of model.heads={self.heads} and "
                               f"model.input_size={self.input_size} a multiple of model.patch_size={self.patch_size}")
+        check_accelerators(self)
 
 
 @dataclass(kw_only=True)
