@@ -788,7 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     xp = sub.add_parser("experiment", help="the papers' ablations on the world: arms × seeds at an equal budget, "
                         "bootstrap intervals, HTML report + EXPERIMENTS.md section (finished arms are reused)")
-    xp.add_argument("name", help="captions | image-augmentation | masking | masking-steps | objective | overfitting")
+    xp.add_argument("name", help="captions | image-augmentation | masking | masking-steps | objective | overfitting | "
+                                 "time-to-quality")
     xp.add_argument("overrides", nargs="*", help="dotted overrides for every arm, e.g. train.device=cuda")
     xp.add_argument("--scale", type=_POS_FLOAT, default=1.0, help="× every image count (1 = ≤ 10 min per arm on a CPU)")
     xp.add_argument("--seeds", type=_POS, default=2, help="seeds 0 … N−1")
