@@ -303,7 +303,6 @@ def doc_commands(heading: str) -> list[str]:
     return [ln.split("  #")[0].strip() for ln in block.splitlines() if ln.startswith("microt2i ")]
 
 
-@pytest.mark.slow
 def test_docs_real_reference_commands_run_shrunk(imagenet_run, imagenet, coco, models, tmp_path):
     from test_eval_dpg import CSV
 

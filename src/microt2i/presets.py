@@ -68,7 +68,7 @@ def _world_s() -> RunConfig:
         objective=ObjectiveConfig(kind="flow", sigma_data=0.5, p_mean=-0.8, p_std=1.2),
         data=DataConfig(resolution=32, num_images=4096, captions="long", codec="world-vae", text_encoder="minilm",
                         text_len=64),
-        train=TrainConfig(total_nimg=24_576, batch_size=16, lr=1e-3, warmup_nimg=1024, min_lr_ratio=0.1,
+        train=TrainConfig(total_nimg=49_152, batch_size=16, lr=1e-3, warmup_nimg=1024, min_lr_ratio=0.1,
                           grad_clip=1.0, ema_decay=0.998, ema_start_nimg=4096, log_every_nimg=1024,
                           ckpt_every_nimg=8192),
         eval=EvalConfig(steps=24, cfg_scale=3.0, grid_size=4),
