@@ -58,7 +58,20 @@ def check_accelerators(cfg) -> None:
 
 
 @dataclass(kw_only=True)
-class DiTIConfig(ModelConfig):
+class Accelerators:
+    """Convergence accelerators of the token backbones (DiT-I, MicroDiT); training only (docs/training.md)."""
+
+    # convergence accelerators (training only; docs/training.md "Time to quality")
+    repa_depth: int = 0  # REPA (Yu et al. 2024): align block `repa_depth`'s tokens (1-based) to a frozen teacher; 0 = off
+    repa_dim: int = 0  # the teacher's feature width (data.repa_teacher); the projector maps width → repa_dim
+    repa_hidden: int = 2048  # REPA's 3-layer SiLU projector width (REPA §3.3: 2048)
+    route_ratio: float = 0.0  # TREAD (Krause et al. 2025): share of tokens that skip blocks [route_start, route_end)
+    route_start: int = 0  # first block the routed tokens skip (0-based)
+    route_end: int = 0  # blocks up to here (exclusive) are skipped; 0 = depth − 1
+
+
+@dataclass(kw_only=True)
+class DiTIConfig(Accelerators, ModelConfig):
     """DiT-I: DiT with text by cross-attention (paper 000, App. C / Fig. 6)."""
 
     family: str = "dit-i"
@@ -73,13 +86,6 @@ class DiTIConfig(ModelConfig):
     pos_interp_scale: float = 1.0  # 2-D sin-cos positions computed on a grid scaled by this (2.0 at 512²)
     noise_embed_scale: float = 1000.0  # the noise condition is multiplied by this before the sinusoid
     crop_cond: bool = False  # crop-coordinate token appended to the caption (Crop IA, 000 App. F)
-    # convergence accelerators (training only; docs/training.md "Time to quality")
-    repa_depth: int = 0  # REPA (Yu et al. 2024): align block `repa_depth`'s tokens (1-based) to a frozen teacher; 0 = off
-    repa_dim: int = 0  # the teacher's feature width (data.repa_teacher); the projector maps width → repa_dim
-    repa_hidden: int = 2048  # REPA's 3-layer SiLU projector width (REPA §3.3: 2048)
-    route_ratio: float = 0.0  # TREAD (Krause et al. 2025): share of tokens that skip blocks [route_start, route_end)
-    route_start: int = 0  # first block the routed tokens skip (0-based)
-    route_end: int = 0  # blocks up to here (exclusive) are skipped; 0 = depth − 1
 
     def __post_init__(self):
         _bounds("model", self, 1, "in_channels", "input_size", "text_dim", "patch_size", "width", "depth", "heads")
@@ -92,7 +98,7 @@ class DiTIConfig(ModelConfig):
 
 
 @dataclass(kw_only=True)
-class MicroDiTConfig(ModelConfig):
+class MicroDiTConfig(Accelerators, ModelConfig):
     """MicroDiT (paper 003 §3, App. B–D): patch-mixer + deferred patch masking, layer-wise scaling, expert-choice
     MoE. Defaults are MicroDiT_XL_2 at 256² (4×32×32 SDXL-VAE latents, DFN5B CLIP-H 1024-d caption tokens)."""
 
@@ -120,13 +126,6 @@ class MicroDiTConfig(ModelConfig):
     pos_interp_scale: float = 1.0  # 2-D sin-cos positions on a grid scaled by this (2.0 at 512²)
     noise_embed_scale: float = 1.0  # c_noise is multiplied by this before the sinusoid (1.0 as the reference)
     crop_cond: bool = False  # crop-coordinate token appended to the caption (Crop IA, 000 App. F)
-    # convergence accelerators (training only; docs/training.md "Time to quality")
-    repa_depth: int = 0  # REPA (Yu et al. 2024): align block `repa_depth`'s tokens (1-based) to a frozen teacher; 0 = off
-    repa_dim: int = 0  # the teacher's feature width (data.repa_teacher); the projector maps width → repa_dim
-    repa_hidden: int = 2048  # REPA's 3-layer SiLU projector width (REPA §3.3: 2048)
-    route_ratio: float = 0.0  # TREAD (Krause et al. 2025): share of tokens that skip blocks [route_start, route_end)
-    route_start: int = 0  # first block the routed tokens skip (0-based)
-    route_end: int = 0  # blocks up to here (exclusive) are skipped; 0 = depth − 1
 
     def __post_init__(self):
         check_accelerators(self)

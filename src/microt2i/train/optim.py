@@ -121,15 +121,11 @@ class MuonAdamW(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         self._bind()
 
-    @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for opt in (self._muon, self._adamw):
-            if opt is not None:
-                opt.step()
+        inner = [opt for opt in (self._muon, self._adamw) if opt is not None]
+        loss = inner[0].step(closure)  # the first inner optimizer evaluates the closure, if any
+        for opt in inner[1:]:
+            opt.step()
         return loss
 
 
