@@ -43,23 +43,30 @@ def test_dit_i_forward_flops_equal_the_closed_form():
     assert f.onehot_moe == 0  # no MoE in DiT-I
 
 
-@pytest.mark.parametrize("ratio", [0.75, 0.0])
-def test_meta_count_of_a_masked_microdit_equals_a_real_cpu_count(ratio):
+@pytest.mark.parametrize("ratio,route", [(0.75, False), (0.0, False), (0.75, True), (0.0, True)])
+def test_meta_count_of_a_masked_microdit_equals_a_real_cpu_count(ratio, route):
     """The meta device has no values: `_ShapeOnlyMasks` must give the boolean gathers the same shapes as a real
     keep-mask, so the counted FLOPs equal those of a real forward + backward on CPU (with SDPA's math backend: the
     counter has no formula for the CPU's fused attention kernel; `bench.train_flops_per_image` does the same)."""
     from microt2i.bench import train_flops_per_image
 
     from microt2i.diffusion.objectives import build_objective
-    from microt2i.models import build, sample_keep_mask
+    from microt2i.models import build, sample_keep_mask, sample_route_mask
 
     run = presets.get("world-microdit-tiny")
+    if route:  # TREAD: half of the backbone's tokens skip blocks 1 and 2
+        run = dataclasses.replace(run, model=dataclasses.replace(run.model, route_ratio=0.5, route_start=1,
+                                                                 route_end=3))
     cfg = dataclasses.replace(run.model, mask_ratio=ratio)
     B, L = 2, run.data.text_len
     torch.manual_seed(0)
     net = build(cfg)
     keep = sample_keep_mask(cfg, B, generator=torch.Generator().manual_seed(0))
     kw = {} if keep is None else {"keep_mask": keep}
+    n = (cfg.input_size // cfg.patch_size) ** 2 if keep is None else int(keep[0].sum())
+    routed = sample_route_mask(cfg, B, n, generator=torch.Generator().manual_seed(1))
+    if routed is not None:
+        kw["route_mask"] = routed
     x0, text, mask = torch.randn(B, cfg.in_channels, cfg.input_size, cfg.input_size), torch.randn(B, L, cfg.text_dim), \
         torch.ones(B, L, dtype=torch.bool)
     real = train_flops_per_image(lambda: build_objective(run.objective).loss(net, x0, text, mask, **kw).mean()
@@ -73,7 +80,7 @@ def test_meta_count_of_a_masked_microdit_equals_a_real_cpu_count(ratio):
 
 
 def test_meta_mode_refuses_to_invent_values():
-    with _ShapeOnlyMasks(kept=4), pytest.raises(RuntimeError, match="cannot read"):
+    with _ShapeOnlyMasks({16: 4}), pytest.raises(RuntimeError, match="cannot read"):
         torch.ones(3, device="meta").sum().item()
     with pytest.raises(ConfigError, match="mask_ratio"):
         count_train_flops(presets.get("world-tiny"), mask_ratio=0.5)

@@ -63,12 +63,12 @@ def paper_table6_img_s() -> list[float]:
 
 
 class _ShapeOnlyMasks(TorchDispatchMode):
-    """Lets a masked forward/backward run on `meta` tensors, which hold no values: a boolean gather x[keep_mask]
-    with keep_mask [B, N] returns [B·kept, ...] (every row keeps `kept` tokens), its backward scatter returns the
-    input's shape, and a data-dependent bool (the keep-mask validity checks) reads True. Anything else that needs
-    values fails loudly."""
+    """Lets a masked forward/backward run on `meta` tensors, which hold no values: a boolean gather x[mask] with
+    mask [B, N] returns [B·kept[N], ...] (every row keeps kept[N] of its N tokens: MicroDiT's / Crop's keep-mask,
+    TREAD's route mask), its backward scatter returns the input's shape, and a data-dependent bool (the mask
+    validity checks) reads True. Anything else that needs values fails loudly."""
 
-    def __init__(self, kept: int):
+    def __init__(self, kept: dict[int, int]):
         super().__init__()
         self.kept = kept
 
@@ -87,7 +87,7 @@ class _ShapeOnlyMasks(TorchDispatchMode):
             if mask.ndim != 2 or tuple(x.shape[:2]) != tuple(mask.shape):
                 raise RuntimeError(f"FLOP counting on meta supports x[keep_mask] with keep_mask [B, N] only, got "
                                    f"x {list(x.shape)} and mask {list(mask.shape)}")
-            return torch.empty((mask.shape[0] * self.kept, *x.shape[2:]), dtype=x.dtype, device="meta")
+            return torch.empty((mask.shape[0] * self.kept[mask.shape[1]], *x.shape[2:]), dtype=x.dtype, device="meta")
         if func is aten.index_put.default:
             return torch.empty_like(args[0])
         if func in (aten.index_put_.default, aten._index_put_impl_.default):
@@ -142,7 +142,7 @@ def _count(run: RunConfig, cfg, L: int, batch: int) -> TrainFlops:
     from torch.utils.flop_counter import FlopCounterMode
 
     from .diffusion.objectives import build_objective
-    from .models import build, sample_keep_mask
+    from .models import build, sample_keep_mask, sample_route_mask
     from .models.moe import ExpertChoiceMoE, tokens_per_expert
 
     keep = sample_keep_mask(cfg, 1)  # a real one on CPU: how many tokens a row keeps, whatever the masking kind
@@ -155,6 +155,14 @@ def _count(run: RunConfig, cfg, L: int, batch: int) -> TrainFlops:
         mask = torch.ones(batch, L, dtype=torch.bool)
         keep_mask = sample_keep_mask(cfg, batch, device="meta")
     kwargs = {} if keep_mask is None else {"keep_mask": keep_mask}
+    n_all = (cfg.input_size // cfg.patch_size) ** 2
+    n_tokens = kept or n_all
+    counts = {n_all: kept}
+    route = sample_route_mask(cfg, 1, n_tokens)  # TREAD: a real one on CPU, for how many tokens take the span
+    if route is not None:
+        counts[n_tokens] = int(route.sum())
+        with torch.device("meta"):
+            kwargs["route_mask"] = sample_route_mask(cfg, batch, n_tokens, device="meta")
     onehot = []
 
     def moe_hook(module, args, out):  # the reference's dispatch + combine einsums: 2 × 2·E·k·T·D per sample
@@ -162,7 +170,7 @@ def _count(run: RunConfig, cfg, L: int, batch: int) -> TrainFlops:
         onehot.append(2 * 2 * module.num_experts * tokens_per_expert(T, module.num_experts, module.capacity) * T * D)
 
     hooks = [m.register_forward_hook(moe_hook) for m in net.modules() if isinstance(m, ExpertChoiceMoE)]
-    with _ShapeOnlyMasks(kept):
+    with _ShapeOnlyMasks(counts):
         with FlopCounterMode(display=False) as fwd:
             loss = objective.loss(net, x0, tokens, mask, **kwargs).mean()
         with FlopCounterMode(display=False) as bwd:
