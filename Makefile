@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test test-all install browser bench clean
+.PHONY: demo test test-slow test-all install browser bench clean
 
 $(BIN)/microt2i: pyproject.toml
 	@if $(PY) -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then \
@@ -40,6 +40,9 @@ browser:
 
 test: install browser
 	$(BIN)/python -m pytest -q -m "not slow" tests
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow tests
 
 test-all: install browser
 	$(BIN)/python -m pytest -q tests
