@@ -280,3 +280,33 @@ def test_time_to_quality_reads_first_crossings_and_flops_speedups(tmp_path):
     assert fast[0.5]["images"] == 1000 and fast[0.5]["speedup"] == pytest.approx(base[0.5]["flops"] / 2e12)
     assert fast[0.8]["speedup"] is None  # the baseline never reached it on both seeds: no ratio
     assert "not reached" in ttq_markdown(rows, {})
+
+
+def test_repa_teacher_features_of_a_sharded_imagenet_store(tmp_path):
+    """The real path: a fabricated ImageNet tree (with unreadable files precompute skipped) → a sharded store → a
+    tiny DINOv2's patch features, row i = store sample i; then read back from the store folder, not recomputed."""
+    from _fake_imagenet import make_tree
+    from transformers import Dinov2Config, Dinov2Model
+
+    from microt2i.data.precompute import precompute
+    from microt2i.data.store import open_store, tensor_to_images
+    from microt2i.data.teacher import teacher_features
+
+    make_tree(tmp_path / "in")
+    data = apply_overrides(presets.get("world-tiny"), [
+        "data.source=imagenet", f"data.root={tmp_path / 'in'}", f"data.store_dir={tmp_path / 'store'}",
+        "data.captions=aio", "data.codec=pixel", "data.resolution=16", "data.text_len=8", "data.shard_size=4",
+        "data.store_dtype=float32"]).data
+    precompute(data, log=lambda *_: None)
+    store = open_store(data.store_dir)
+    Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                             patch_size=4, image_size=16)).save_pretrained(tmp_path / "dino")
+    teacher = load_teacher(str(tmp_path / "dino"))
+    logs = []
+    feats = teacher_features(data, store, 2, teacher, log=logs.append)
+    assert feats.shape == (len(store), 4, 16) and len(store) > 4  # several shards
+    images = tensor_to_images(store.batch(np.arange(len(store)))["x0"])  # the pixel codec stores the images
+    assert torch.allclose(feats.float(), teacher(images, 2).float(), atol=2e-2)
+    assert (tmp_path / "store" / f"repa-{teacher.key}-g2.safetensors").is_file()
+    logs.clear()
+    assert torch.equal(teacher_features(data, store, 2, teacher, log=logs.append), feats) and not logs

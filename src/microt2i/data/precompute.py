@@ -174,7 +174,7 @@ def _write_empty(store_dir: Path, enc: _Encoders, data: DataConfig) -> None:
     atomic_write_bytes(store_dir / EMPTY, save({k: v.contiguous() for k, v in out.items()}))
 
 
-def _load_shard_images(data: DataConfig, items: list, table, pool, report: IngestReport):
+def load_shard_images(data: DataConfig, items: list, table, pool, report: IngestReport):
     """(uint8 images [n, R, R, 3], records) of one shard's items; unreadable / uncaptioned ones go to `report`."""
     if data.source == "world":
         from ..world import CLASSES, make_dataset
@@ -285,7 +285,7 @@ def precompute(data: DataConfig, *, augment: dict | None = None, num_shards: int
         nonlocal pool
         if pool is None and workers > 0 and data.source != "world":
             pool = mp.get_context("spawn").Pool(workers)
-        return _load_shard_images(data, items[s * data.shard_size:(s + 1) * data.shard_size], table, pool, report)
+        return load_shard_images(data, items[s * data.shard_size:(s + 1) * data.shard_size], table, pool, report)
 
     try:
         return run_store_job(data, Path(data.store_dir).expanduser(), plan, load_shard, num_shards=num_shards,

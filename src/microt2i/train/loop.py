@@ -28,11 +28,11 @@ from ..diffusion.objectives import build_objective
 from ..diffusion.samplers import count_diverged
 from ..io import atomic_write_bytes
 from ..encoders import TextEncoder, codec_of
+from ..diffusion.repa import RepaCapture
 from ..progress import Progress, heartbeat
 from ..eval.live import LiveEval
-from ..diffusion.repa import RepaCapture
-from ..models.layers import keep_tokens
 from ..models import build, count_params, sample_keep_mask, sample_route_mask, save_pretrained
+from ..models.layers import keep_tokens
 from .ema import EMA, _local
 from .logger import RunLogger
 from .optim import lr_at, make_optimizer
@@ -181,11 +181,10 @@ def micro_batch(cfg: RunConfig, objective, store: Store, cutmix_store: Store | N
             keep = crop_keep if keep is None else crop_patch_mask(crop_keep, cfg.model.mask_ratio, generator=gen)
     if keep is not None:
         net_kwargs["keep_mask"] = keep
-    tokens_in = cfg.model.input_size // cfg.model.patch_size
-    tokens_in = tokens_in * tokens_in if keep is None else int(keep[0].sum())
-    route = sample_route_mask(cfg.model, n, tokens_in, generator=gen, device=device)  # TREAD (None when off)
-    if route is not None:
-        net_kwargs["route_mask"] = route
+    if getattr(cfg.model, "route_ratio", 0.0):  # TREAD: a share of the tokens entering the blocks skips a span
+        grid = cfg.model.input_size // cfg.model.patch_size
+        tokens_in = grid * grid if keep is None else int(keep[0].sum())  # the kept count needs a read: only here
+        net_kwargs["route_mask"] = sample_route_mask(cfg.model, n, tokens_in, generator=gen, device=device)
     repa = None
     if teacher is not None:  # REPA targets: the kept tokens' teacher features; a CutMix composite has none of its own
         target = teacher[torch.as_tensor(np.asarray(idx), dtype=torch.long)].to(device, torch.float32)
