@@ -14,7 +14,7 @@ from microt2i.diffusion.repa import RepaCapture, repa_loss
 from microt2i.encoders.hub import MissingModelError
 from microt2i.encoders.teacher import load_teacher
 from microt2i.models import build, sample_route_mask
-from microt2i.models.layers import keep_tokens, restore_tokens, run_blocks
+from microt2i.models.layers import apply_rope, keep_tokens, restore_tokens, rope_angles, run_blocks
 from microt2i.train import loop
 from microt2i.train.loop import train
 from microt2i.train.optim import MuonAdamW, make_optimizer, muon_params
@@ -137,7 +137,7 @@ def test_routed_tokens_skip_the_span_and_token_order_is_restored():
     blocks = [lambda h, k=k: h + 10 ** k for k in range(4)]  # block k adds 10^k
     h = torch.arange(2 * 6, dtype=torch.float64).view(2, 6, 1)
     route = torch.tensor([[1, 0, 1, 0, 0, 1], [0, 1, 1, 0, 1, 0]], dtype=torch.bool)
-    out = run_blocks(blocks, h, lambda b, x: b(x), route, route_start=1, route_end=3)
+    out = run_blocks(blocks, h, lambda b, x, _: b(x), route, route_start=1, route_end=3)
     # all tokens: blocks 0 and 3 (+1 + 1000); routed tokens also blocks 1, 2 (+10 + 100)
     want = h + 1001 + 110 * route[..., None]
     assert torch.equal(out, want)
@@ -310,3 +310,52 @@ def test_repa_teacher_features_of_a_sharded_imagenet_store(tmp_path):
     assert (tmp_path / "store" / f"repa-{teacher.key}-g2.safetensors").is_file()
     logs.clear()
     assert torch.equal(teacher_features(data, store, 2, teacher, log=logs.append), feats) and not logs
+
+
+# --------------------------------------------------------------------------------------------------------- RoPE
+
+
+def test_rope_logits_depend_only_on_the_offset_between_tokens():
+    grid, dh = 4, 8
+    ang = rope_angles(grid, dh)  # [16, 4]
+    assert ang.shape == (16, 4)
+    q0, k0 = torch.randn(dh, dtype=torch.float64), torch.randn(dh, dtype=torch.float64)
+    q = apply_rope(q0.expand(1, 16, 1, dh), ang[None].double())[0, :, 0]  # the same query at every position
+    k = apply_rope(k0.expand(1, 16, 1, dh), ang[None].double())[0, :, 0]
+    logits = q @ k.T  # [16, 16]
+    rc = [(n // grid, n % grid) for n in range(16)]
+    by_offset = {}
+    for i in range(16):
+        for j in range(16):
+            by_offset.setdefault((rc[j][0] - rc[i][0], rc[j][1] - rc[i][1]), []).append(float(logits[i, j]))
+    assert all(max(v) - min(v) < 1e-5 for v in by_offset.values())  # a function of the offset only
+    assert torch.allclose(logits.diagonal(), (q0 @ k0).expand(16))  # offset 0: the plain dot product
+    assert len({round(v[0], 6) for v in by_offset.values()}) > 20  # and it does depend on the offset
+    # norms are kept: a rotation per channel pair
+    assert torch.allclose(q.norm(dim=1), q0.norm().expand(16))
+
+
+def test_rope_follows_routed_and_masked_tokens():
+    net = _dit(rope=True, route_ratio=0.5, route_start=1, route_end=3)
+    x, t, y, m = _inputs()
+    full = net(x, t, y, m)
+    assert torch.allclose(net(x, t, y, m, route_mask=torch.ones(3, 16, dtype=torch.bool)), full, atol=1e-6)
+    # without RoPE the same weights give another function: the rotation reaches the output
+    plain = _dit(route_ratio=0.5, route_start=1, route_end=3)
+    plain.load_state_dict(net.state_dict())
+    for mod in (net, plain):
+        torch.nn.init.normal_(mod.final_layer.linear.weight)
+    assert not torch.allclose(net(x, t, y, m), plain(x, t, y, m), atol=1e-4)
+    keep = torch.zeros(3, 16, dtype=torch.bool)
+    keep[:, ::2] = True
+    assert net(x, t, y, m, keep_mask=keep).shape == (3, 8, 12)
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["model.rope=true", "model.width=120", "model.heads=4"], "divisible by 4"),
+])
+def test_bad_rope_settings_are_one_clear_error(extra, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(presets.get("world-s"), extra)
+    with pytest.raises(ConfigError, match="DiT-I only"):
+        MicroDiTConfig(rope=True)

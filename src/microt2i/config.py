@@ -68,6 +68,7 @@ class Accelerators:
     route_ratio: float = 0.0  # TREAD (Krause et al. 2025): share of tokens that skip blocks [route_start, route_end)
     route_start: int = 0  # first block the routed tokens skip (0-based)
     route_end: int = 0  # blocks up to here (exclusive) are skipped; 0 = depth − 1
+    rope: bool = False  # 2-D RoPE (axial rotary positions) in the image self-attention, on top of the sin-cos table
 
 
 @dataclass(kw_only=True)
@@ -95,6 +96,9 @@ class DiTIConfig(Accelerators, ModelConfig):
             raise ConfigError(f"model.width={self.width} must be a multiple of model.heads={self.heads} and "
                               f"model.input_size={self.input_size} a multiple of model.patch_size={self.patch_size}")
         check_accelerators(self)
+        if self.rope and (self.width // self.heads) % 4:
+            raise ConfigError(f"model.rope needs a head width (model.width / model.heads = {self.width // self.heads}) "
+                              f"divisible by 4: 2-D RoPE turns channel pairs by row and by column")
 
 
 @dataclass(kw_only=True)
@@ -129,6 +133,9 @@ class MicroDiTConfig(Accelerators, ModelConfig):
 
     def __post_init__(self):
         check_accelerators(self)
+        if self.rope:
+            raise ConfigError("model.rope is built for DiT-I only; MicroDiT keeps its sin-cos positions "
+                              "(set model.rope=false)")
         self.qkv_ratio = tuple(float(r) for r in self.qkv_ratio)
         self.ffn_ratio = tuple(float(r) for r in self.ffn_ratio)
         _choice("model.masking", self.masking, ("deferred", "naive", "block"))

@@ -22,8 +22,13 @@ SD_SCALING_FACTOR = 0.18215  # SD-1.x kl-f8 latents (LDM, DiT); also the `scalin
 SD15_CHANNEL_MEAN = (5.81, 3.25, 0.12, -2.15)  # CAD-I: per-channel mean of SD-1.5 VAE latents
 SD15_CHANNEL_STD = (4.17, 4.62, 3.71, 3.28)  # CAD-I: per-channel std of SD-1.5 VAE latents
 CHANNEL_TARGET_STD = 0.5  # CAD-I scales each channel to std 0.5 (= EDM's sigma_data)
+# The shipped world VAE's raw per-channel stats on held-out renders (`latent_stats`; tests/test_codec.py re-measures
+# them): its channels are uneven (std 0.31 … 2.53), so one scalar leaves channel 2 at a fifth of the others' scale
+WORLD_CHANNEL_MEAN = (0.214, -0.173, 0.118, 0.108)
+WORLD_CHANNEL_STD = (1.526, 1.015, 0.307, 2.532)
 # `data.latent_norm` → DiffusersVAE options; "scaling" keeps the VAE config's scaling_factor / shift_factor
-LATENT_NORMS = {"scaling": {}, "sd15-channel": {"channel_mean": SD15_CHANNEL_MEAN, "channel_std": SD15_CHANNEL_STD}}
+LATENT_NORMS = {"scaling": {}, "sd15-channel": {"channel_mean": SD15_CHANNEL_MEAN, "channel_std": SD15_CHANNEL_STD},
+                "world-channel": {"channel_mean": WORLD_CHANNEL_MEAN, "channel_std": WORLD_CHANNEL_STD}}
 
 
 class Codec(Protocol):

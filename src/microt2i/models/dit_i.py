@@ -44,6 +44,7 @@ from .layers import (
     keep_tokens,
     modulate,
     patchify,
+    rope_angles,
     run_blocks,
     sincos_pos_embed_2d,
     unpatchify,
@@ -71,10 +72,12 @@ class DiTIBlock(nn.Module):
         # adaLN-single (PixArt-α §2.3): this block's learned offset to the shared shift/scale vectors
         self.scale_shift_table = nn.Parameter(torch.randn(6, D) / D**0.5)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor | None, t6: torch.Tensor) -> torch.Tensor:
-        # x [B, N, D] image tokens, y [B, L, D] refined text, y_mask [B, L], t6 [B, 6, D] shared modulation
+    def forward(self, x: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor | None, t6: torch.Tensor,
+                rope: torch.Tensor | None = None) -> torch.Tensor:
+        # x [B, N, D] image tokens, y [B, L, D] refined text, y_mask [B, L], t6 [B, 6, D] shared modulation,
+        # rope [B, N, Dh/2] the tokens' rotary angles (model.rope) or None
         shift1, scale1, shift2, scale2, shift3, scale3 = (self.scale_shift_table[None] + t6).unbind(1)  # [B, D]
-        x = self.ls1(self.attn(modulate(self.norm1(x), shift1, scale1)), x)  # x + γ1·attn, one fused op
+        x = self.ls1(self.attn(modulate(self.norm1(x), shift1, scale1), rope=rope), x)  # x + γ1·attn, one fused op
         x = self.ls2(self.cross_attn(modulate(self.norm2(x), shift2, scale2), y, key_mask=y_mask), x)
         x = self.ls3(self.mlp(modulate(self.norm3(x), shift3, scale3)), x)
         return x
@@ -115,6 +118,9 @@ class DiTI(nn.Module):
         self.x_embedder = nn.Linear(p * p * C, D)
         pos = sincos_pos_embed_2d(D, self.grid, interp_scale=cfg.pos_interp_scale)  # [N, D]
         self.register_buffer("pos_embed", pos[None], persistent=False)  # [1, N, D], rebuilt from the config
+        if cfg.rope:  # + 2-D RoPE in the self-attention (a convergence option, not in ImageNet-T2I)
+            angles = rope_angles(self.grid, D // cfg.heads, interp_scale=cfg.pos_interp_scale)
+            self.register_buffer("rope_angles", angles[None], persistent=False)  # [1, N, Dh/2]
         self.t_embedder = TimestepEmbedder(D, scale=cfg.noise_embed_scale)
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))  # adaLN-single: shared by all blocks
         self.y_embedder = nn.Linear(cfg.text_dim, D)
@@ -183,8 +189,10 @@ class DiTI(nn.Module):
 
         # Image tokens: patch embedding + fixed positions
         h = self.x_embedder(patchify(x, p)) + self.pos_embed  # [B, N, D]
+        rope = self.rope_angles.expand(B, -1, -1) if cfg.rope else None  # [B, N, Dh/2]
         if keep_mask is not None:  # Crop / patch masking: positions stay those of the whole image
             h = keep_tokens(h, keep_mask)  # [B, N_keep, D]
+            rope = None if rope is None else keep_tokens(rope, keep_mask)
 
         # Conditioning: noise level → t [B, D] and the shared modulation t6 [B, 6, D]; caption → refined y [B, L, D]
         t = self.t_embedder(noise_cond)
@@ -194,8 +202,8 @@ class DiTI(nn.Module):
             y, text_mask = append_crop_token(self.crop_embedder, y, text_mask, crop_tokens)
         y = self.text_refiner(y, text_mask)
 
-        h = run_blocks(self.blocks, h, lambda block, h: block(h, y, text_mask, t6), route_mask, cfg.route_start,
-                       cfg.route_end)
+        h = run_blocks(self.blocks, h, lambda block, h, rope: block(h, y, text_mask, t6, rope), route_mask,
+                       cfg.route_start, cfg.route_end, rope)
         out = self.final_layer(h, t)  # [B, N | N_keep, p²C]
         if keep_mask is not None:
             return out

@@ -64,17 +64,43 @@ def restore_tokens(full: torch.Tensor, kept: torch.Tensor, keep_mask: torch.Tens
 
 
 def run_blocks(blocks, h: torch.Tensor, call, route_mask: torch.Tensor | None = None, route_start: int = 0,
-               route_end: int = 0) -> torch.Tensor:
-    """h = call(block, h) for each block; with a TREAD `route_mask` [B, N] (True = the token takes the routed span)
-    only those tokens go through blocks route_start … route_end − 1, the others skip them unchanged (TREAD §3)."""
-    full = None
+               route_end: int = 0, rope: torch.Tensor | None = None) -> torch.Tensor:
+    """h = call(block, h, rope) for each block; with a TREAD `route_mask` [B, N] (True = the token takes the routed
+    span) only those tokens go through blocks route_start … route_end − 1, the others skip them unchanged (TREAD §3).
+    rope [B, N, Dh/2] (the tokens' rotary angles, `rope_angles`) or None follows its tokens into the span."""
+    full = full_rope = None
     for i, block in enumerate(blocks):
         if route_mask is not None and i == route_start:
             full, h = h, keep_tokens(h, route_mask)  # [B, N_route, D]
-        h = call(block, h)
+            if rope is not None:
+                full_rope, rope = rope, keep_tokens(rope, route_mask)  # [B, N_route, Dh/2]
+        h = call(block, h, rope)
         if full is not None and i == route_end - 1:
             h, full = restore_tokens(full, h, route_mask), None  # [B, N, D], token order restored
+            rope = full_rope
     return h
+
+
+def rope_angles(grid: int, head_dim: int, *, theta: float = 100.0, interp_scale: float = 1.0) -> torch.Tensor:
+    """Axial 2-D rotary position angles [N, head_dim/2] of a grid × grid token map, row-major (RoPE, Su et al. 2021;
+    the axial 2-D form of FiT / Lumina-Next / FLUX): the first head_dim/4 channel pairs turn with the token's row,
+    the rest with its column, pair j of an axis at frequency theta^(−j/(head_dim/4)). Positions are in base-grid
+    units (divided by interp_scale), like `sincos_pos_embed_2d`."""
+    if head_dim % 4:
+        raise ValueError(f"2-D RoPE needs a head width divisible by 4, got {head_dim}")
+    q = head_dim // 4
+    freqs = theta ** (-torch.arange(q, dtype=torch.float64) / q)  # [Dh/4]
+    pos = torch.arange(grid, dtype=torch.float64) / interp_scale
+    rows, cols = pos.repeat_interleave(grid), pos.repeat(grid)  # [N] each, row-major
+    return torch.cat([rows[:, None] * freqs, cols[:, None] * freqs], dim=1).float()  # [N, Dh/2]
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (2j, 2j+1) of x [B, N, H, Dh] by angles [B, N, Dh/2] (RoPE): relative positions then
+    enter the attention logits q·k as a function of the two tokens' offset only."""
+    cos, sin = angles.cos()[:, :, None], angles.sin()[:, :, None]  # [B, N, 1, Dh/2]
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # [B, N, H, Dh/2] each
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).to(x.dtype)
 
 
 class RepaHead(nn.Module):
@@ -244,7 +270,8 @@ class Attention(nn.Module):
         self.proj = nn.Linear(inner, dim, bias=bias)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, key_mask: torch.Tensor | None = None
+        self, x: torch.Tensor, context: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
+        rope: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, N, _ = x.shape
         H, Dh = self.heads, self.head_dim
@@ -263,6 +290,8 @@ class Attention(nn.Module):
             k = rms_norm(k, None, self.k_norm.eps)
         else:
             q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:  # self-attention only: rotary positions on the normalised queries and keys
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, N|L, Dh]
 
         attn_mask = has_key = None
