@@ -216,6 +216,8 @@ class ObjectiveConfig:
     cond_drop: float = 0.1  # caption dropout for classifier-free guidance
     uncond: str = "zero"  # unconditional text: "zero" embedding (MicroDiT) or "empty" string encoding (CAD-I)
     repa_weight: float = 0.0  # REPA's λ (Yu et al. 2024 Eq. 8: 0.5): loss += λ·(−cos(projected tokens, teacher))
+    # min-SNR-γ loss weighting (Hang et al. 2023; γ = 5 there) for vp and flow (diffusion/noise.py); None = off
+    snr_gamma: float | None = None
 
     def __post_init__(self):
         _choice("objective.kind", self.kind, ("edm", "vp", "flow"))
@@ -231,6 +233,12 @@ class ObjectiveConfig:
             raise ConfigError(f"objective.cond_drop={self.cond_drop} must be in [0, 1)")
         if self.repa_weight < 0:
             raise ConfigError(f"objective.repa_weight={self.repa_weight} must be >= 0 (0 = REPA off)")
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            raise ConfigError(f"objective.snr_gamma={self.snr_gamma} must be > 0 (min-SNR-γ; Hang et al. use 5), or "
+                              f"null for no weighting")
+        if self.snr_gamma is not None and self.kind == "edm":
+            raise ConfigError("objective.snr_gamma weights the vp and flow losses; EDM's λ(σ) already balances its "
+                              "loss over σ (EDM §5): use objective.kind=vp or flow, or objective.snr_gamma=null")
 
 
 @dataclass(kw_only=True)
