@@ -44,12 +44,13 @@ def expand_braces(spec: str) -> list[str]:
 
 
 def shard_stem(name: str) -> str:
-    """`.../00012.tar.gz` → `00012` (the part of the sample keys that names the shard)."""
+    """`.../00012.tar.gz` → `00012` (the part of the sample keys that names the shard); in a `pipe:` command the last
+    word naming a tar (`pipe:aws s3 cp s3://b/00012.tar -` → `00012`)."""
+    found = re.findall(r"([^/\s?]+?)(?:\.tar\.gz|\.tgz|\.tar)(?=$|[\s?])", name)
+    if found:
+        return found[-1]
     base = name.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
-    for suffix in (".tar.gz", ".tgz", ".tar"):
-        if base.endswith(suffix):
-            return base[: -len(suffix)]
-    return base
+    return re.sub(r"[^\w.\-]+", "_", base) or hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
 def _filesystem(url: str):
