@@ -36,6 +36,7 @@ def test_file_memory_gzip_and_pipe_sources_list_like_local_shards(tmp_path):
         # the refs point at a local copy whose bytes are the member's, as for local shards
         assert load_item((items[5].ref, 8, 0))[0] is not None
     assert not is_remote(str(tmp_path)) and shard_stem("s3://b/x/00012.tar.gz?v=1") == "00012"
+    assert shard_stem("pipe:aws s3 cp s3://b/cc/00003.tar -") == "00003"
 
 
 def test_a_shard_cut_in_transit_is_counted_as_a_truncated_archive(tmp_path):
