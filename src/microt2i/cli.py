@@ -116,9 +116,14 @@ def cmd_sample(args) -> int:
 
 def cmd_export(args) -> int:
     from .export import export_run
+    from .hub import check_push, push_to_hub
 
+    if args.push_to_hub is not None:  # offline or a malformed repo id fails before the export's work
+        check_push(args.push_to_hub)
     export_run(args.run_dir, args.folder, dtype=args.dtype, grid=not args.no_grid, overwrite=args.overwrite,
                device=args.device, progress=not args.no_progress)
+    if args.push_to_hub is not None:
+        push_to_hub(args.folder, args.push_to_hub, license=args.license, private=args.private)
     return 0
 
 
@@ -574,8 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", choices=["dit-i", "cad-i", "microdit"],
                    help="a world preset's network (world-s → world-cad-s)")
     t.add_argument("--objective", choices=["edm", "vp", "flow"], help="shorthand for objective.kind=…")
-    t.add_argument("--init", default=None, help="fine-tune from a run folder or an exported model folder (sets "
-                                                "train.init; see train.init_mode, train.freeze)")
+    t.add_argument("--init", default=None, help="fine-tune from a run folder, an exported model folder or a Hugging "
+                                                "Face Hub id owner/name (sets train.init; see train.init_mode, "
+                                                "train.freeze)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(fn=cmd_train)
 
@@ -610,6 +616,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-grid", action="store_true", help="skip the sample grid of the model card")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
     ex.add_argument("--device", default="cpu", help="where the grid is sampled")
+    ex.add_argument("--push-to-hub", metavar="REPO", default=None, help="then upload the folder to this Hugging Face "
+                    "Hub model repo (owner/name; created if missing; needs the network and `hf auth login`)")
+    ex.add_argument("--license", default="other", help="the model card's license with --push-to-hub (e.g. apache-2.0)")
+    ex.add_argument("--private", action="store_true", help="create the Hub repo private")
     ex.add_argument("--no-progress", action="store_true")
     ex.set_defaults(fn=cmd_export)
 

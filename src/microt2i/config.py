@@ -223,6 +223,8 @@ class ObjectiveConfig:
     cond_drop: float = 0.1  # caption dropout for classifier-free guidance
     uncond: str = "zero"  # unconditional text: "zero" embedding (MicroDiT) or "empty" string encoding (CAD-I)
     repa_weight: float = 0.0  # REPA's λ (Yu et al. 2024 Eq. 8: 0.5): loss += λ·(−cos(projected tokens, teacher))
+    # min-SNR-γ loss weighting (Hang et al. 2023; γ = 5 there) for vp and flow (diffusion/noise.py); None = off
+    snr_gamma: float | None = None
 
     def __post_init__(self):
         _choice("objective.kind", self.kind, ("edm", "vp", "flow"))
@@ -238,6 +240,12 @@ class ObjectiveConfig:
             raise ConfigError(f"objective.cond_drop={self.cond_drop} must be in [0, 1)")
         if self.repa_weight < 0:
             raise ConfigError(f"objective.repa_weight={self.repa_weight} must be >= 0 (0 = REPA off)")
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            raise ConfigError(f"objective.snr_gamma={self.snr_gamma} must be > 0 (min-SNR-γ; Hang et al. use 5), or "
+                              f"null for no weighting")
+        if self.snr_gamma is not None and self.kind == "edm":
+            raise ConfigError("objective.snr_gamma weights the vp and flow losses; EDM's λ(σ) already balances its "
+                              "loss over σ (EDM §5): use objective.kind=vp or flow, or objective.snr_gamma=null")
 
 
 @dataclass(kw_only=True)
@@ -285,6 +293,7 @@ class DataConfig:
     caption_column: str = ""  # hf column / .json sidecar key of the caption ("" = caption, captions, text, …)
     mix: tuple[MixSource, ...] = ()  # train on finished stores mixed by weight: [{store_dir: a, weight: 0.7}, …]
     repa_teacher: str = ""  # REPA teacher, features precomputed next to the store: effnet-lite0 | a DINOv2 id or folder
+    val_fraction: float = 0.0  # held out of training (data/holdout.py) for train.val_every_nimg's loss; 0 = none
 
     def __post_init__(self):
         _choice("data.source", self.source, ("world", "imagenet", "folder", "sidecar", "webdataset", "hf"))
@@ -307,6 +316,8 @@ class DataConfig:
         if not 8 <= self.resolution <= 1024:
             raise ConfigError(f"data.resolution={self.resolution} must be in [8, 1024]")
         _bounds("data", self, 1, "num_images", "text_len", "max_objects")
+        if not 0.0 <= self.val_fraction <= 0.5:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} must be in [0, 0.5] (the held-out share; 0 = none)")
 
     def require_dataset(self) -> None:
         """A real source needs its folder and a store folder. Checked where data is read, not when the config is
@@ -395,6 +406,8 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     dist_timeout_s: float = 1800.0  # bound on every collective (NCCL / gloo), so a dead rank ends the job
     nan_abort_streak: int = 100  # abort after this many consecutive non-finite steps (0 = never); single ones are skipped
+    val_every_nimg: int = 0  # loss on the held-out split (data.val_fraction) at fixed σ and noise; 0 = off
+    val_n: int = 64  # held-out samples scored (the first of the split), each at every fixed noise level
     # logs (train/logger.py): stats.jsonl always; these mirror it when their package is installed
     tensorboard: bool = False  # TensorBoard events in <run>/tensorboard (scalars + eval grids)
     wandb: str = ""  # W&B project name; "" = off (WANDB_MODE=offline logs without a server)
@@ -427,6 +440,8 @@ class TrainConfig:
             raise ConfigError(f"train.total_nimg={self.total_nimg} must be positive")
         _bounds("train", self, 1, "log_every_nimg", "ckpt_every_nimg", hint=" (images between reports / checkpoints)")
         _bounds("train", self, 0, "threads", hint=" (0 = leave torch's default)")
+        _bounds("train", self, 0, "val_every_nimg", hint=" (images between held-out losses; 0 = off)")
+        _bounds("train", self, 1, "val_n", hint=" (held-out samples scored)")
         _bounds("train", self, 0, "lr", "micro_batch", "warmup_nimg", "weight_decay", "grad_clip", "ema_start_nimg",
                 "loader_workers", "min_lr_ratio", "expert_lr_scale")
         _bounds("train", self, 0, "eps", strict=True)
@@ -462,6 +477,9 @@ class EvalConfig:
     fd_n: int = 128  # samples for the in-training FD (0 = skip it); only compare FDs at equal N
     geneval_per_tag: int = 8  # world-GenEval prompts per tag in training, one image each (0 = skip it)
     class_n: int = 0  # world: class / colour accuracy of this many single-object grid prompts in training (0 = off)
+    # the grid's prompts (data/prompts.py): a list, or a prompts file (one per line, or .jsonl "prompt" fields);
+    # () = the world grid on world data, else captions of the data set (held-out ones with data.val_fraction)
+    prompts: tuple[str, ...] | str = ()
 
     @property
     def grid_scale(self) -> float:
@@ -541,7 +559,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value is None else _coerce(value, args[0], where)
+        if value is None:
+            return None
+        for a in args[1:]:  # e.g. `tuple[str, ...] | str`: the first type that takes the value
+            try:
+                return _coerce(value, a, where)
+            except ConfigError:
+                pass
+        return _coerce(value, args[0], where)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is bool:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .config import ConfigError
 from .io import atomic_write_bytes, atomic_write_text
 
 
@@ -169,6 +170,10 @@ def _curves(stats: list[dict]) -> str:
     train = [s for s in stats if s.get("loss") is not None]
     evals = [s for s in stats if any(k.startswith("eval/") for k in s)]
     charts = [svg_curve([(s["nimg"], s["loss"]) for s in train], title="training loss", log_y=True)]
+    val = [s for s in stats if s.get("val_loss") is not None]  # train.val_every_nimg (train/validation.py)
+    if val:
+        charts.append(svg_curve([(s["nimg"], s["val_loss"]) for s in val], title="held-out loss (fixed σ and noise)",
+                                log_y=True))
     for key, log_y in (("grad_norm", True), ("lr", False), ("img_per_s", False)):
         if any(key in s for s in train):
             charts.append(svg_curve([(s["nimg"], s[key]) for s in train if s.get(key) is not None], title=key, log_y=log_y))
@@ -219,13 +224,15 @@ def _geneval_tables(run_dir: Path) -> str:
 def final_grid(run_dir: str | Path, *, device="cpu", progress: bool = False) -> Path:
     """`<run>/grid.png`: the run's fixed-prompt, fixed-seed grid with its final EMA weights (the demo's grid; the
     prompts are listed in the run report)."""
-    from .demo import grid_prompts  # demo and sample import this module: imported here to avoid a cycle
-    from .sample import Source
+    from .data.prompts import grid_nrow, grid_prompts  # eval.prompts, the world grid or the data's captions
+    from .sample import Source  # demo and sample import this module: imported here to avoid a cycle
 
     src = Source(run=run_dir, device=device)
     e = src.cfg.eval
-    images, _ = src([s["prompt"] for s in grid_prompts(e.grid_size ** 2, e.seed)], seed=e.seed, progress=progress)
-    return save_grid(images, Path(run_dir) / "grid.png", nrow=e.grid_size, upscale=max(1, 128 // images.shape[1]))
+    prompts, _ = grid_prompts(src.cfg)
+    images, _ = src(prompts, seed=e.seed, progress=progress)
+    return save_grid(images, Path(run_dir) / "grid.png", nrow=grid_nrow(len(prompts), e.grid_size),
+                     upscale=max(1, 128 // images.shape[1]))
 
 
 def run_report(run_dir: str | Path, out: str | Path | None = None, *, title: str | None = None) -> Path:
@@ -247,10 +254,13 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, *, title: str
         grids.append(("final", "grid.png"))
     prompts = ""
     if cfg is not None:
-        from .demo import grid_prompts
+        from .data.prompts import grid_prompts
 
-        prompts = "<ol>" + "".join(f"<li>{html.escape(s['prompt'])}</li>" for s in
-                                   grid_prompts(cfg.eval.grid_size ** 2, cfg.eval.seed)) + "</ol>"
+        try:
+            listed = grid_prompts(cfg)[0]
+        except (ConfigError, OSError) as e:  # a prompts file or store moved since training: the page still renders
+            listed = [f"(prompts unavailable: {e})"]
+        prompts = "<ol>" + "".join(f"<li>{html.escape(p)}</li>" for p in listed) + "</ol>"
     figs = "".join(_figure(data_uri(run_dir / p), f"EMA samples at {n} images" if n != "final" else "final EMA samples")
                    for n, p in grids)
     parts.append(f"<h2>Sample grids per evaluation</h2>{figs or '<p>(none yet: a finished run gets its final grid; set eval.every_nimg for grids during training)</p>'}"

@@ -6,7 +6,9 @@ Sources (`data.source`, `data.root`), beside `world`, `imagenet` and `folder` (d
   img2dataset's `files` output and of most scraped sets; a caption file (`data.caption_file`) may replace them.
 - `webdataset`: uncompressed tar shards as img2dataset writes them (`00000.tar` holding `000000001.jpg`,
   `000000001.txt`, `000000001.json`, …): `data.root` is a folder (every `*.tar`), a glob or a brace range
-  `shards/{00000..00099}.tar`. Members are read by offset, so loader workers need no tar index.
+  `shards/{00000..00099}.tar`. Members are read by offset, so loader workers need no tar index. Any fsspec URL
+  (`s3://`, `https://`, `file://`, …, gzip-compressed too) or `pipe:<command>` is fetched once into the data
+  cache and then read the same way (data/remote.py).
 - `hf`: a `datasets` dataset with an image and a text column: a `save_to_disk` folder or a hub id (`data.split`),
   columns `data.image_column` / `data.caption_column` or the usual names.
 
@@ -61,7 +63,9 @@ def list_ingest(data: DataConfig) -> list[IngestItem]:
     if data.source == "sidecar":
         return list_sidecar(data.root, data.caption_column)
     if data.source == "webdataset":
-        return list_webdataset(data.root, data.image_column, data.caption_column)
+        from .store import cache_root
+
+        return list_webdataset(data.root, data.image_column, data.caption_column, cache=cache_root(data))
     if data.source == "hf":
         return list_hf(data.root, data.split, data.image_column, data.caption_column)
     raise ValueError(f"data.source={data.source!r} is not an ingest source ({', '.join(INGEST_SOURCES)})")
@@ -122,11 +126,20 @@ def _split_member(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def list_webdataset(root: str, image_column: str = "", caption_column: str = "") -> list[IngestItem]:
-    """Every sample of every shard; a sample is the members sharing a key. Key = `<shard stem>/<sample key>`."""
+def list_webdataset(root: str, image_column: str = "", caption_column: str = "", cache=None) -> list[IngestItem]:
+    """Every sample of every shard; a sample is the members sharing a key. Key = `<shard stem>/<sample key>`.
+    A URL or `pipe:` root is fetched into `cache` first (data/remote.py), then read like local shards."""
+    from .remote import fetch_shards, is_remote
+
     items = []
     image_exts = (image_column,) if image_column else _EXTS
-    for shard in expand_shards(root):
+    if is_remote(root):
+        from .store import cache_root
+
+        shards = fetch_shards(root, Path(cache) if cache else cache_root())
+    else:
+        shards = expand_shards(root)
+    for shard in shards:
         samples: dict[str, dict[str, tarfile.TarInfo]] = {}
         members, cut = _tar_members(shard)
         for m in members:
@@ -165,7 +178,8 @@ def _tar_members(shard: Path) -> tuple[list[tarfile.TarInfo], str]:
         tar = tarfile.open(shard, "r:")  # "r:" refuses compressed shards: members are read by offset
     except tarfile.ReadError as e:
         raise ValueError(f"{shard} is not an uncompressed tar ({e}); img2dataset writes plain .tar shards — "
-                         f"decompress .tar.gz shards first") from None
+                         f"decompress .tar.gz shards first, or pass them as a file:// URL (gunzipped into the data "
+                         f"cache)") from None
     with tar:
         it = iter(tar)
         while True:

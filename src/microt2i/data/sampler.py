@@ -11,7 +11,10 @@ import numpy as np
 
 
 class ResumableSampler:
-    def __init__(self, n: int, *, seed: int = 0, shuffle: bool = True):
+    def __init__(self, n: int, *, seed: int = 0, shuffle: bool = True, subset=None):
+        """`subset`: the sample indices to draw from (e.g. the training split, data/holdout.py); None = all n."""
+        self.subset = None if subset is None else np.asarray(subset, dtype=np.int64)
+        n = n if self.subset is None else len(self.subset)
         if n <= 0:
             raise ValueError(f"the dataset is empty (n={n}); build or point to a dataset with at least one sample")
         self.n, self.seed, self.shuffle = n, seed, shuffle
@@ -32,7 +35,7 @@ class ResumableSampler:
         for epoch in np.unique(pos // self.n):
             sel = pos // self.n == epoch
             out[sel] = self._perm(int(epoch))[pos[sel] % self.n]
-        return out
+        return out if self.subset is None else self.subset[out]
 
     def rank_indices(self, start: int, global_batch: int, rank: int, world_size: int) -> np.ndarray:
         """This rank's contiguous slice of the global batch that starts at `start`."""

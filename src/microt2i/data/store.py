@@ -33,7 +33,7 @@ from ..io import atomic_write_bytes, atomic_write_text, file_sha256
 FORMAT_VERSION = 1
 _NOT_IN_WORLD_KEY = ("cache_dir", "store_dir", "root", "split", "labels_file", "caption_file", "latent_mode",
                      "text_store", "store_dtype", "shard_size", "min_resolution", "clean_captions", "image_column",
-                     "caption_column", "mix", "repa_teacher")
+                     "caption_column", "mix", "repa_teacher", "val_fraction")
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import backbone
-from .noise import per_sample_mse, training_draws
+from .noise import min_snr_weight, per_sample_mse, training_draws
 
 
 class FlowDenoiser(nn.Module):
@@ -40,8 +40,10 @@ class FlowDenoiser(nn.Module):
 class FlowObjective:
     """Rectified flow behind the objective interface (see `objectives.py`)."""
 
-    def __init__(self, logit_mean: float = 0.0, logit_std: float = 1.0, sigma_max: float = 80.0):
+    def __init__(self, logit_mean: float = 0.0, logit_std: float = 1.0, sigma_max: float = 80.0,
+                 snr_gamma: float | None = None):
         self.logit_mean, self.logit_std, self.sigma_max = logit_mean, logit_std, sigma_max
+        self.snr_gamma = snr_gamma
 
     def sample_sigma(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """Training noise levels [n]: ln σ = logit(t) ~ N(logit_mean, logit_std²), drawn on the generator's device."""
@@ -57,6 +59,8 @@ class FlowObjective:
         v = backbone.for_loss(net, generator)(x_t, t.flatten(), text_tokens, text_mask, **net_kwargs)
         target = backbone.kept(net, noise - x0, net_kwargs.get("keep_mask"))
         loss = per_sample_mse(v, target)
+        if self.snr_gamma:  # min-SNR-γ: × min(SNR, γ)·t² (Hang et al. 2023 §3.4 in x0 space; noise.min_snr_weight)
+            loss = loss * min_snr_weight(sigma, self.snr_gamma, "flow")
         return (loss, sigma) if return_sigma else loss
 
     def denoiser(self, net: nn.Module) -> FlowDenoiser:

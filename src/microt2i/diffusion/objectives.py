@@ -30,7 +30,8 @@ def build_objective(cfg: ObjectiveConfig):
                             sigma_max=cfg.sigma_max)
     if cfg.kind == "vp":
         return VPObjective(cfg.schedule, tau=cfg.schedule_tau, sigmoid_start=cfg.sigmoid_start,
-                           sigmoid_end=cfg.sigmoid_end, sigma_max=cfg.sigma_max)
+                           sigmoid_end=cfg.sigmoid_end, sigma_max=cfg.sigma_max, snr_gamma=cfg.snr_gamma)
     if cfg.kind == "flow":
-        return FlowObjective(logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, sigma_max=cfg.sigma_max)
+        return FlowObjective(logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, sigma_max=cfg.sigma_max,
+                             snr_gamma=cfg.snr_gamma)
     raise ValueError(f"objective.kind={cfg.kind!r} has no implementation; valid: edm, vp, flow")

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import backbone
-from .noise import per_sample_mse, training_draws
+from .noise import min_snr_weight, per_sample_mse, training_draws
 
 GAMMA_MIN = 1e-9  # CAD's clip_min: σ ≤ √((1 − 1e-9)/1e-9) ≈ 31 623
 
@@ -104,9 +104,9 @@ class VPObjective:
     """VP ε-prediction behind the objective interface (see `objectives.py`)."""
 
     def __init__(self, schedule: str = "linear", *, tau: float = 1.0, sigmoid_start: float = -3.0,
-                 sigmoid_end: float = 3.0, sigma_max: float = 80.0):
+                 sigmoid_end: float = 3.0, sigma_max: float = 80.0, snr_gamma: float | None = None):
         self.schedule = VPSchedule(schedule, tau=tau, start=sigmoid_start, end=sigmoid_end)
-        self.sigma_max = sigma_max
+        self.sigma_max, self.snr_gamma = sigma_max, snr_gamma
 
     def sample_sigma(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """Training noise levels [n] (float32): t ~ U(0, 1) on the generator's device, σ = σ(t)."""
@@ -125,6 +125,8 @@ class VPObjective:
         eps = backbone.for_loss(net, generator)(x_t, gamma.flatten(), text_tokens, text_mask, **net_kwargs)
         target = backbone.kept(net, noise, net_kwargs.get("keep_mask"))
         loss = per_sample_mse(eps, target)
+        if self.snr_gamma:  # min-SNR-γ: × min(SNR, γ)/SNR (Hang et al. 2023 §3.4; noise.min_snr_weight)
+            loss = loss * min_snr_weight(sigma, self.snr_gamma, "eps")
         return (loss, sigma) if return_sigma else loss
 
     def denoiser(self, net: nn.Module) -> VPDenoiser:

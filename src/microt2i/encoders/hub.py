@@ -81,3 +81,26 @@ def _from_hub(repo_id: str, *, what: str, subfolder: str | None) -> Path:
         raise MissingModelError(
             f"{what} '{repo_id}' could not be downloaded ({type(e).__name__}: {cause}). {fix}"
         ) from None
+
+
+def resolve_init_hub(repo_id: str) -> Path:
+    """`train.init=<owner/name>`: the Hub model repo's snapshot in the HF cache (downloaded unless offline), holding a
+    `microt2i export` folder or a saved model (model.safetensors + config.json). One error naming the fix otherwise."""
+    if _looks_like_path(repo_id) or not repo_id.strip():
+        raise MissingModelError(f"train.init={repo_id!r} is neither a local folder nor a Hugging Face Hub id "
+                                f"(owner/name); pass a run folder, an export folder or a Hub model id")
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached (or an invalid id, reported below)
+        pass
+    if _offline():
+        raise MissingModelError(f"train.init={repo_id!r} is not a local folder and not in the Hugging Face cache, and "
+                                f"HF_HUB_OFFLINE=1 is set: unset HF_HUB_OFFLINE to download it, or pass a local folder")
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.yaml",
+                                                                               "*.txt", "*.model", "*.py", "*.md"]))
+    except Exception as e:  # network, auth, unknown repo
+        cause = (str(e).strip().splitlines() or [""])[0]
+        raise MissingModelError(f"train.init={repo_id!r} could not be downloaded from the Hub ({type(e).__name__}: "
+                                f"{cause}); check the id and `hf auth login` (private repos), or pass a local "
+                                f"folder") from None

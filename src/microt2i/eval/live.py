@@ -1,6 +1,7 @@
 """In-training evaluation every `eval.every_nimg` images (`reference/evaluation.md` §7, §8.4).
 
-With the EMA weights: the fixed-prompt, fixed-seed grid (the demo's, saved as PNG), a mini world-GenEval (the
+With the EMA weights: the fixed-prompt, fixed-seed grid (saved as PNG; its prompts: `eval.prompts`, else the world
+grid or the data's own captions, data/prompts.py), and on world data a mini world-GenEval (the
 first `eval.geneval_per_tag` world prompts of each tag, one image each, the world detector) and FD-EffNetLite0 of
 `eval.fd_n` samples against the cached features of as many held-out world renders. One JSON line per evaluation
 is appended to the run's stats.jsonl (and TensorBoard when it is installed).
@@ -38,9 +39,16 @@ def isolated_rng():
 class LiveEval:
     """`due(nimg, batch_size)` says when; `__call__(net, nimg, null_tokens, null_mask)` returns the stats line."""
 
-    def __init__(self, cfg, run_dir: str | Path, device, log=print):
+    def __init__(self, cfg, run_dir: str | Path, device, log=print, captions=None):
+        """`captions`: the training data's captions (or a callable giving them), the grid's prompts on non-world
+        data without `eval.prompts` (data/prompts.py)."""
+        from ..data.prompts import read_prompts_spec
+
         self.cfg, self.run_dir, self.device, self.log = cfg, Path(run_dir), device, log
+        self.captions = captions
         self._parts = None  # TensorBoard / W&B mirroring of these stats: train/logger.py
+        if cfg.eval.prompts:  # a missing / empty prompts file fails before training, not at the first evaluation
+            read_prompts_spec(cfg.eval.prompts)
 
     def due(self, nimg: int, batch_size: int) -> bool:
         every = self.cfg.eval.every_nimg
@@ -49,6 +57,7 @@ class LiveEval:
 
     def _setup(self) -> dict:
         """Text encoder, codec, prompts and reference features, built on the first evaluation only."""
+        from ..data.prompts import grid_nrow, grid_prompts as run_grid_prompts
         from ..encoders import TextEncoder, codec_of
         from ..world.grid import grid_prompts
         from .detectors import WorldDetector
@@ -57,14 +66,20 @@ class LiveEval:
 
         e, d = self.cfg.eval, self.cfg.data
         text = TextEncoder(d.text_encoder, max_length=d.text_len, device=self.device)
+        grid, where = run_grid_prompts(self.cfg, self.captions)
         parts = {"sampler": RunSampler(None, self.cfg, text, codec_of(d, device=self.device), None, None,
                                        self.device),
-                 "grid": [s["prompt"] for s in grid_prompts(e.grid_size ** 2, e.seed)],
+                 "grid": grid, "nrow": grid_nrow(len(grid), e.grid_size),
                  "records": world_geneval_records(n=e.geneval_per_tag, per_tag=e.geneval_per_tag),
                  "detector": WorldDetector()}
-        if e.class_n:  # the time-to-quality curve: class / colour accuracy of class_n single-object prompts
+        world = d.source == "world"  # the world detector and world references score world prompts only
+        parts["world"] = world
+        if not world and (e.class_n or e.geneval_per_tag or e.fd_n):
+            self.log(f"[eval] data.source={d.source!r}: grid of {len(grid)} prompts ({where}); world GenEval, class "
+                     f"accuracy and world-reference FD are skipped (they score world prompts only)")
+        if e.class_n and world:  # the time-to-quality curve: class / colour accuracy of class_n single-object prompts
             parts["class_specs"] = grid_prompts(e.class_n, e.seed)
-        if e.fd_n:
+        if e.fd_n and world:
             parts["extractor"] = get_extractor("effnet-lite0", device=self.device)
             parts["real"], parts["captions"] = reference_features(self.cfg, e.fd_n, parts["extractor"])
         return parts
@@ -86,20 +101,20 @@ class LiveEval:
             grid = dataclasses.replace(sample, cfg_scale=e.grid_scale)(p["grid"], seed=e.seed)  # qualitative: grid CFG
             path = self.run_dir / "eval" / f"grid-{nimg:012d}.png"
             if is_main():  # every rank samples (a sharded EMA needs them all); one writes
-                save_grid(grid, path, nrow=e.grid_size, upscale=max(1, 128 // grid.shape[1]))
+                save_grid(grid, path, nrow=p["nrow"], upscale=max(1, 128 // grid.shape[1]))
             stats["eval/grid"] = str(path.relative_to(self.run_dir))
-            if e.class_n:
+            if e.class_n and p["world"]:
                 from ..world.grid import score_samples
 
                 specs = p["class_specs"]
                 metrics, _ = score_samples(sample([s["prompt"] for s in specs], seed=e.seed), specs)
                 stats["eval/class_accuracy"] = metrics["class_accuracy"]
                 stats["eval/color_accuracy"] = metrics["color_accuracy"]
-            if e.geneval_per_tag:
+            if e.geneval_per_tag and p["world"]:
                 summary, _, _ = run_geneval(sample, p["records"], p["detector"], images_per_prompt=1, seed=e.seed)
                 stats["eval/geneval"] = summary["overall"]
                 stats.update({f"eval/geneval/{tag}": s["score"] for tag, s in summary["tags"].items()})
-            if e.fd_n:
+            if e.fd_n and p["world"]:
                 fake = p["extractor"](sample(p["captions"], seed=e.seed))
                 stats[f"eval/{p['extractor'].metric_name}"] = frechet_distance(p["real"], fake)
                 stats["eval/fd_n"] = e.fd_n

@@ -57,11 +57,17 @@ def resolve_init(init: str | Path) -> tuple[str, Path]:
     """("run", folder) for a run folder with checkpoints, ("export", folder) for a saved model (model.safetensors +
     config.json, e.g. a run's ema/ or `microt2i export` output)."""
     p = Path(init).expanduser()
+    if not p.exists():  # a Hugging Face Hub id (owner/name): downloaded into the HF cache, then read like a folder
+        from ..encoders.hub import resolve_init_hub
+
+        p = resolve_init_hub(str(init))
     if list_checkpoints(p) and (p / "config.yaml").is_file():
         return "run", p
     for folder in (p, p / "ema"):
         if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
             return "export", folder
+    if (p / "transformer" / _DIFFUSERS_WEIGHTS).is_file() and (p / "transformer" / "config.json").is_file():
+        return "export", p / "transformer"  # a `microt2i export` (diffusers) folder, e.g. one pushed to the Hub
     raise FileNotFoundError(f"train.init={str(init)!r} is neither a run folder (training-state-*.pt + config.yaml) nor "
                             f"an exported model folder (model.safetensors + config.json)")
 
@@ -70,8 +76,16 @@ def _export_weights(folder: Path) -> tuple[dict, ModelConfig]:
     from safetensors.torch import load_file
 
     d = json.loads((folder / "config.json").read_text())
+    if (folder / _DIFFUSERS_WEIGHTS).is_file() and isinstance(d.get("model"), dict):  # MicroT2ITransformer's layout
+        d = dict(d["model"])
+        d.pop("format_version", None)
+        weights = load_file(str(folder / _DIFFUSERS_WEIGHTS))
+        return {k[4:]: v for k, v in weights.items() if k.startswith("net.")}, from_dict(ModelConfig, d, "model")
     d.pop("format_version", None)
     return load_file(str(folder / "model.safetensors")), from_dict(ModelConfig, d, "model")
+
+
+_DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"  # the transformer/ weights of a `microt2i export`
 
 
 def interpolate_positions(table: torch.Tensor, n_new: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ from ..augment.cutmix import build_cutmix_store, ia_gate, twin_index
 
 from ..config import ConfigError, RunConfig, _plain, check_device, save_yaml, to_dict
 from ..data.loader import make_loader
-from ..data.sampler import ResumableSampler
+from ..data.holdout import train_sampler
 from ..data.store import Store, load_or_build
 from ..diffusion.objectives import build_objective
 from ..diffusion.samplers import count_diverged
@@ -38,6 +38,7 @@ from .logger import RunLogger
 from .optim import lr_at, make_optimizer
 from .dist import (all_reduce_mean, barrier, full_state_dict, grad_sync, init_distributed, is_main, is_sharded,
                    load_optimizer, load_sharded, save_sharded, shard, split_batch, wrap_model)
+from .validation import HeldOutLoss, check_validation
 from .state import (TRAINING_KEYS, checkpoint_path, list_checkpoints, non_finite, prune_checkpoints,
                     remove_stale_temp, resume_point, run_lock, save_checkpoint)
 
@@ -240,6 +241,7 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
     """
     run_dir = Path(run_dir)
     t = cfg.train
+    check_validation(cfg)  # train.val_every_nimg needs data.val_fraction (train/validation.py)
     if t.threads:
         torch.set_num_threads(t.threads)
     env = init_distributed(t.device, timeout_s=t.dist_timeout_s, need_group=t.parallel == "fsdp")
@@ -282,7 +284,7 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
     ema = EMA(net, t.ema_decay, t.ema_start_nimg)
     repa = RepaCapture(net, cfg.model.repa_depth) if repa_w else None  # REPA reads the aligned block's tokens
     objective = build_objective(cfg.objective)
-    sampler = ResumableSampler(len(store), seed=t.seed)
+    sampler = train_sampler(cfg, len(store))  # the training split only (data.val_fraction, data/holdout.py)
     uncond_tokens, uncond_mask = (v.to(device) for v in store.null_text(cfg.objective.uncond))
     if main:  # temp files of checkpoint writes a kill interrupted: never read, so only disk space
         remove_stale_temp(run_dir)
@@ -317,7 +319,8 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
         save_yaml(cfg, run_dir / "config.yaml")
     stats_log = RunLogger(run_dir, nimg, tensorboard=t.tensorboard, wandb=t.wandb,
                           config=_plain(to_dict(cfg))) if main else None  # JSONL (+ TensorBoard / W&B)
-    live_eval = LiveEval(cfg, run_dir, device, log=log) if cfg.eval.every_nimg else None
+    live_eval = LiveEval(cfg, run_dir, device, log=log, captions=lambda: store.captions) if cfg.eval.every_nimg else None
+    held_out = HeldOutLoss(cfg, store, objective, device) if t.val_every_nimg else None
     log(f"[train] {cfg.name}: {count_params(net) / 1e6:.2f}M params, {len(store)} samples, batch {t.batch_size} "
         f"({world_size} rank{'s' if world_size > 1 else ''} × {rounds} × {micro}"
         f"{', ' + t.parallel if world_size > 1 or sharded else ''}), {t.total_nimg} images, device {device}")
@@ -433,6 +436,10 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
             t_report, nimg_report = now, nimg
         if live_eval is not None and live_eval.due(nimg, t.batch_size):  # every rank samples (a sharded EMA needs
             ev = live_eval(ema.model, nimg, uncond_tokens, uncond_mask)  # all), so none waits in a collective
+            if main:
+                stats_log.append(ev)
+        if held_out is not None and held_out.due(nimg, t.batch_size):  # fixed σ and noise (train/validation.py)
+            ev = held_out(model, nimg)
             if main:
                 stats_log.append(ev)
         if nimg // t.ckpt_every_nimg != (nimg - t.batch_size) // t.ckpt_every_nimg or done:
