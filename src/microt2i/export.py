@@ -74,6 +74,9 @@ def export_run(run_dir: str | Path, folder: str | Path, *, dtype: str = "fp32", 
         atomic_write_text(tmp / "model_index.json", json.dumps(index, indent=2, sort_keys=True) + "\n")
         atomic_write_text(tmp / "pipeline.py", PIPELINE_SHIM)
         shutil.copyfile(run_dir / "config.yaml", tmp / "training_config.yaml")
+        if (run_dir / "ema" / "adapter.safetensors").is_file():  # a LoRA run: transformer/ is merged, adapter shipped
+            (tmp / "lora").mkdir()
+            shutil.copyfile(run_dir / "ema" / "adapter.safetensors", tmp / "lora" / "adapter.safetensors")
         grid_prompts = []
         if grid:
             grid_prompts = _sample_grid(pipe, cfg, tmp / "sample_grid.png", progress=progress)
