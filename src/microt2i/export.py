@@ -39,6 +39,7 @@ def build_pipeline(run_dir: str | Path, *, device="cpu"):
     from .encoders.codec import DiffusersVAE
     from .pipeline import SAMPLING_KEYS, MicroT2IPipeline, MicroT2ITransformer
     from .sample import load_run
+    from .schedulers import make_scheduler
 
     cfg, net, null_tokens, null_mask = load_run(run_dir, device=device)
     text = TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device, log=None)
@@ -48,7 +49,8 @@ def build_pipeline(run_dir: str | Path, *, device="cpu"):
         vae = codec.vae
         codec_cfg = {"kind": "vae", "source": cfg.data.codec, "shift": codec.shift.tolist(), "scale": codec.scale.tolist()}
     pipe = MicroT2IPipeline(MicroT2ITransformer.from_network(net, null_tokens, null_mask).to(device), text.tokenizer,
-                            text.model, vae, objective=dataclasses.asdict(cfg.objective),
+                            text.model, vae, make_scheduler(dataclasses.asdict(cfg.objective), cfg.eval.sampler,
+                                                            strict=False), objective=dataclasses.asdict(cfg.objective),
                             sampling={k: getattr(cfg.eval, k) for k in SAMPLING_KEYS} | {"cfg_scale": cfg.eval.grid_scale},
                             codec=codec_cfg,
                             text_len=text.max_length)
