@@ -340,6 +340,19 @@ def sincos_pos_embed_2d(
     return torch.cat([emb_x, emb_y], dim=1).float()  # [G², dim]
 
 
+def sincos_pos_embed_hw(dim: int, grid_h: int, grid_w: int, *, step: float = 1.0) -> torch.Tensor:
+    """`sincos_pos_embed_2d` on a grid_h × grid_w grid (an aspect-ratio bucket, data/buckets.py) → [gh·gw, dim],
+    coordinates arange · step. With the square model's step, (base_size / grid) / interp_scale, a bucket's positions
+    are the square grid's extended along one axis and cut along the other; gh = gw = grid gives
+    `sincos_pos_embed_2d(dim, grid, interp_scale=…, base_size=…)` exactly."""
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos embedding width {dim} must be divisible by 4")
+    ys, xs = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64) * step,
+                            torch.arange(grid_w, dtype=torch.float64) * step, indexing="ij")
+    return torch.cat([sincos_pos_embed_1d(dim // 2, xs.reshape(-1)), sincos_pos_embed_1d(dim // 2, ys.reshape(-1))],
+                     dim=1).float()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Plain pre-LN transformer block and the text refiner
 
