@@ -13,10 +13,10 @@ export TOKENIZERS_PARALLELISM ?= false
 $(BIN)/microt2i: pyproject.toml
 	@if $(PY) -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then \
 	  echo "[setup] CUDA torch found: reusing it"; \
-	  $(PY) -m venv --system-site-packages $(VENV) && $(BIN)/pip install -q -e ".[eval,dev,data]"; \
+	  $(PY) -m venv --system-site-packages $(VENV) && $(BIN)/pip install -q -e ".[eval,dev,data,lora]"; \
 	else \
 	  echo "[setup] CPU machine: pinning torch==2.13.0 (CPU build)"; \
-	  $(PY) -m venv $(VENV) && $(BIN)/pip install -q "torch==2.13.0" -e ".[eval,dev,data]"; \
+	  $(PY) -m venv $(VENV) && $(BIN)/pip install -q "torch==2.13.0" -e ".[eval,dev,data,lora]"; \
 	fi
 	@touch $@
 

@@ -415,6 +415,10 @@ class TrainConfig:
     init: str = ""  # a run folder or an exported model folder (model.safetensors + config.json); "" = from scratch
     init_mode: str = "weights"  # "weights": its EMA weights, fresh optimizer | "state": weights, EMA, AdamW moments
     freeze: tuple[str, ...] = ()  # parameter-name prefixes not trained (requires_grad off), e.g. [t_embedder, blocks.0.]
+    # LoRA (models/lora.py, peft): only adapters on these projections train; ema/ holds the merged weights
+    lora_rank: int = 0  # 0 = off; r of W + (alpha/r)·B·A
+    lora_alpha: float = 0.0  # 0 = the rank (scale 1)
+    lora_targets: str = "both"  # "attention" (q/k/v/out projections), "mlp" (fc1/fc2), or "both"
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -428,6 +432,7 @@ class TrainConfig:
         _choice("train.precision", self.precision, ("fp32", "bf16"))
         _choice("train.parallel", self.parallel, ("ddp", "fsdp"))
         _choice("train.init_mode", self.init_mode, ("weights", "state"))
+        _check_lora(self)
         if self.dist_timeout_s <= 0 or self.nan_abort_streak < 0:
             raise ConfigError(f"train.dist_timeout_s={self.dist_timeout_s} must be > 0 and train.nan_abort_streak="
                               f"{self.nan_abort_streak} >= 0 (0 = never abort)")
@@ -447,6 +452,19 @@ class TrainConfig:
         _bounds("train", self, 0, "eps", strict=True)
         if not 0.0 <= self.ema_decay < 1.0 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"train.ema_decay={self.ema_decay} and train.betas={list(self.betas)} must be in [0, 1)")
+
+
+def _check_lora(t) -> None:
+    """LoRA settings: one error line each (models/lora.py holds the rest; peft is imported only when used)."""
+    if isinstance(t.lora_rank, bool) or not isinstance(t.lora_rank, int) or t.lora_rank < 0:
+        raise ConfigError(f"train.lora_rank={t.lora_rank!r} must be a positive integer (0 = no LoRA)")
+    _choice("train.lora_targets", t.lora_targets, ("attention", "mlp", "both"))
+    if t.lora_alpha < 0:
+        raise ConfigError(f"train.lora_alpha={t.lora_alpha} must be > 0 (0 = the rank, i.e. scale 1)")
+    if t.lora_rank and t.init_mode == "state":
+        raise ConfigError("train.lora_rank > 0 starts fresh adapters: use train.init_mode=weights")
+    if t.lora_rank and t.parallel == "fsdp":
+        raise ConfigError("train.lora_rank > 0 runs replicated: use train.parallel=ddp (the adapters are small)")
 
 
 @dataclass(kw_only=True)

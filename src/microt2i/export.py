@@ -39,6 +39,7 @@ def build_pipeline(run_dir: str | Path, *, device="cpu"):
     from .encoders.codec import DiffusersVAE
     from .pipeline import SAMPLING_KEYS, MicroT2IPipeline, MicroT2ITransformer
     from .sample import load_run
+    from .schedulers import make_scheduler
 
     cfg, net, null_tokens, null_mask = load_run(run_dir, device=device)
     text = TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device, log=None)
@@ -48,7 +49,8 @@ def build_pipeline(run_dir: str | Path, *, device="cpu"):
         vae = codec.vae
         codec_cfg = {"kind": "vae", "source": cfg.data.codec, "shift": codec.shift.tolist(), "scale": codec.scale.tolist()}
     pipe = MicroT2IPipeline(MicroT2ITransformer.from_network(net, null_tokens, null_mask).to(device), text.tokenizer,
-                            text.model, vae, objective=dataclasses.asdict(cfg.objective),
+                            text.model, vae, make_scheduler(dataclasses.asdict(cfg.objective), cfg.eval.sampler,
+                                                            strict=False), objective=dataclasses.asdict(cfg.objective),
                             sampling={k: getattr(cfg.eval, k) for k in SAMPLING_KEYS} | {"cfg_scale": cfg.eval.grid_scale},
                             codec=codec_cfg,
                             text_len=text.max_length)
@@ -74,6 +76,9 @@ def export_run(run_dir: str | Path, folder: str | Path, *, dtype: str = "fp32", 
         atomic_write_text(tmp / "model_index.json", json.dumps(index, indent=2, sort_keys=True) + "\n")
         atomic_write_text(tmp / "pipeline.py", PIPELINE_SHIM)
         shutil.copyfile(run_dir / "config.yaml", tmp / "training_config.yaml")
+        if (run_dir / "ema" / "adapter.safetensors").is_file():  # a LoRA run: transformer/ is merged, adapter shipped
+            (tmp / "lora").mkdir()
+            shutil.copyfile(run_dir / "ema" / "adapter.safetensors", tmp / "lora" / "adapter.safetensors")
         grid_prompts = []
         if grid:
             grid_prompts = _sample_grid(pipe, cfg, tmp / "sample_grid.png", progress=progress)

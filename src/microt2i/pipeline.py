@@ -106,13 +106,15 @@ class MicroT2IPipeline(DiffusionPipeline):
     ({"kind": "pixel"} or {"kind": "vae", "shift": [...], "scale": [...]}), `text_len` tokens per caption."""
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
-    _optional_components = ["vae"]
+    _optional_components = ["vae", "scheduler"]
 
-    def __init__(self, transformer: MicroT2ITransformer, tokenizer, text_encoder, vae=None, *,
+    def __init__(self, transformer: MicroT2ITransformer, tokenizer, text_encoder, vae=None, scheduler=None, *,
                  objective: dict | None = None, sampling: dict | None = None, codec: dict | None = None,
                  text_len: int = 64):
         super().__init__()
-        self.register_modules(transformer=transformer, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae)
+        self.register_modules(transformer=transformer, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                              scheduler=scheduler)
+        self._own_scheduler = scheduler  # the export's: our sampler runs (bit-exact); another one set later runs itself
         codec = dict(codec or {"kind": "pixel"})
         if (codec["kind"] == "vae") != (vae is not None):
             raise ConfigError(f"codec {codec['kind']!r} and vae={type(vae).__name__}: a 'vae' codec needs the VAE "
@@ -137,7 +139,7 @@ class MicroT2IPipeline(DiffusionPipeline):
         index = json.loads((folder / "model_index.json").read_text())
         libraries = {"transformers": transformers, "diffusers": diffusers}
         parts = {}
-        for name in ("tokenizer", "text_encoder", "vae"):
+        for name in ("tokenizer", "text_encoder", "vae", "scheduler"):
             library, class_name = index.get(name) or (None, None)
             if library is None:
                 parts[name] = None
@@ -145,14 +147,15 @@ class MicroT2IPipeline(DiffusionPipeline):
             if library not in libraries:
                 raise ConfigError(f"{folder}/model_index.json: {name} comes from {library!r}; only transformers and "
                                   f"diffusers components load without trust_remote_code")
-            kw = {} if name == "tokenizer" or dtype is None else {"dtype": dtype}
+            kw = {} if name in ("tokenizer", "scheduler") or dtype is None else {"dtype": dtype}
             if name == "vae":
                 kw["low_cpu_mem_usage"] = False  # load directly (no accelerate needed)
             parts[name] = getattr(libraries[library], class_name).from_pretrained(folder / name, **kw)
         kw = {"low_cpu_mem_usage": False} | ({} if dtype is None else {"dtype": dtype})
         transformer = MicroT2ITransformer.from_pretrained(folder / "transformer", **kw)
         settings = {k: index[k] for k in ("objective", "sampling", "codec", "text_len") if k in index}
-        return cls(transformer, parts["tokenizer"], parts["text_encoder"], parts["vae"], **settings).to(device)
+        return cls(transformer, parts["tokenizer"], parts["text_encoder"], parts["vae"], parts["scheduler"],
+                   **settings).to(device)
 
     def run_config(self) -> RunConfig:
         """The `RunConfig` `sample.generate` needs: the transformer's model, the objective and sampling settings."""
@@ -170,6 +173,20 @@ class MicroT2IPipeline(DiffusionPipeline):
     def encode_prompt(self, prompts: list[str]):
         """Token states [B, L, D] and mask [B, L] of the prompts (TextEncoder.encode on the loaded components)."""
         return _LoadedTextEncoder(self.text_encoder, self.tokenizer, self.config.text_len).encode(prompts)
+
+    def _scheduler_fn(self, sampler: str | None):
+        """A sampler function running `pipe.scheduler` when the user replaced the export's one (and asked for no
+        sampler by name); None = our sampler (schedulers.py: the equivalences and the refusals)."""
+        scheduler = getattr(self, "scheduler", None)
+        if sampler is not None or scheduler is None or scheduler is self._own_scheduler:
+            return None
+        import copy
+
+        from .diffusion.samplers import _clamped
+        from .schedulers import run_scheduler
+
+        return lambda denoise, x, sigmas, callback=None, clamp=None: run_scheduler(
+            copy.deepcopy(scheduler), _clamped(denoise, clamp), x, sigmas, callback=callback)
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], *, num_images_per_prompt: int = 1,
@@ -196,7 +213,7 @@ class MicroT2IPipeline(DiffusionPipeline):
             images = generate(t.net, self.run_config(), emb.tokens, emb.mask, t.null_tokens.float(), t.null_mask,
                               codec=self.codec(), sampler=sampler, steps=num_inference_steps,
                               cfg_scale=guidance_scale, seed=seed, batch_size=batch_size, device=device,
-                              progress=progress)
+                              progress=progress, sampler_fn=self._scheduler_fn(sampler))
         if output_type == "pil":
             from PIL import Image
 

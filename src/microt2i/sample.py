@@ -32,7 +32,7 @@ def initial_noise(n: int, shape: tuple[int, ...], sigma_max: float, seed: int, d
 def generate(net, cfg: RunConfig, text_tokens, text_mask, null_tokens, null_mask, *, codec, sampler: str | None = None,
              steps: int | None = None, cfg_scale: float | None = None, seed: int | None = None,
              batch_size: int = 64, device="cpu", progress: bool = False, first_index: int = 0,
-             desc: str = "sample", work: str = "") -> np.ndarray:
+             desc: str = "sample", work: str = "", sampler_fn=None) -> np.ndarray:
     """Sample one image per caption embedding; returns uint8 [N, H, W, 3].
 
     `eval.clamp` clips x̂0 in every step; `eval.eta` > 0 (ddim only) draws its fresh noise from a generator seeded by
@@ -41,7 +41,7 @@ def generate(net, cfg: RunConfig, text_tokens, text_mask, null_tokens, null_mask
     of (seed, first_index + k), so one image of a larger call can be drawn alone (serve.py)."""
     e = cfg.eval
     name = sampler or e.sampler
-    sampler_fn = get_sampler(name)
+    sampler_fn = sampler_fn or get_sampler(name)  # sampler_fn: a diffusers scheduler run by the pipeline
     if e.eta and name != "ddim":
         raise ValueError(f"eval.eta={e.eta} applies to the ddim sampler only, not {name!r}; set eval.eta=0")
     steps = e.steps if steps is None else steps

@@ -47,6 +47,7 @@ from .layers import (
     rope_angles,
     run_blocks,
     sincos_pos_embed_2d,
+    sincos_pos_embed_hw,
     unpatchify,
 )
 
@@ -180,16 +181,23 @@ class DiTI(nn.Module):
         cfg = self.config
         B, C, H, W = x.shape
         p = cfg.patch_size
-        if (C, H, W) != (cfg.in_channels, cfg.input_size, cfg.input_size):
+        if C != cfg.in_channels or H % p or W % p or H * W > cfg.input_size ** 2:  # an aspect bucket fits the budget
             raise ValueError(
-                f"DiT-I built for inputs [B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}], "
-                f"got {list(x.shape)}"
+                f"DiT-I built for inputs [B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}] (or an aspect "
+                f"bucket of at most {cfg.input_size}² in multiples of {p}), got {list(x.shape)}"
             )
         noise_cond = torch.as_tensor(noise_cond, device=x.device).expand(B)  # [B]
 
-        # Image tokens: patch embedding + fixed positions
-        h = self.x_embedder(patchify(x, p)) + self.pos_embed  # [B, N, D]
-        rope = self.rope_angles.expand(B, -1, -1) if cfg.rope else None  # [B, N, Dh/2]
+        # Image tokens: patch embedding + fixed positions (a bucket's grid: the square's spacing, data/buckets.py)
+        square = H == W == cfg.input_size
+        pos = self.pos_embed if square else sincos_pos_embed_hw(
+            self.pos_embed.shape[-1], H // p, W // p, step=1.0 / cfg.pos_interp_scale).to(x.device)[None]
+        h = self.x_embedder(patchify(x, p)) + pos  # [B, N, D]
+        rope = None
+        if cfg.rope:  # [B, N, Dh/2]
+            rope = (self.rope_angles if square else rope_angles(
+                H // p, cfg.width // cfg.heads, cols=W // p, interp_scale=cfg.pos_interp_scale).to(x.device)[None])
+            rope = rope.expand(B, -1, -1)
         if keep_mask is not None:  # Crop / patch masking: positions stay those of the whole image
             h = keep_tokens(h, keep_mask)  # [B, N_keep, D]
             rope = None if rope is None else keep_tokens(rope, keep_mask)

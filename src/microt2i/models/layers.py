@@ -81,8 +81,10 @@ def run_blocks(blocks, h: torch.Tensor, call, route_mask: torch.Tensor | None = 
     return h
 
 
-def rope_angles(grid: int, head_dim: int, *, theta: float = 100.0, interp_scale: float = 1.0) -> torch.Tensor:
-    """Axial 2-D rotary position angles [N, head_dim/2] of a grid × grid token map, row-major (RoPE, Su et al. 2021;
+def rope_angles(grid: int, head_dim: int, *, cols: int | None = None, theta: float = 100.0,
+                interp_scale: float = 1.0) -> torch.Tensor:
+    """Axial 2-D rotary position angles [N, head_dim/2] of a grid × cols (default square) token map, row-major
+    (RoPE, Su et al. 2021;
     the axial 2-D form of FiT / Lumina-Next / FLUX): the first head_dim/4 channel pairs turn with the token's row,
     the rest with its column, pair j of an axis at frequency theta^(−j/(head_dim/4)). Positions are in base-grid
     units (divided by interp_scale), like `sincos_pos_embed_2d`."""
@@ -90,9 +92,10 @@ def rope_angles(grid: int, head_dim: int, *, theta: float = 100.0, interp_scale:
         raise ValueError(f"2-D RoPE needs a head width divisible by 4, got {head_dim}")
     q = head_dim // 4
     freqs = theta ** (-torch.arange(q, dtype=torch.float64) / q)  # [Dh/4]
-    pos = torch.arange(grid, dtype=torch.float64) / interp_scale
-    rows, cols = pos.repeat_interleave(grid), pos.repeat(grid)  # [N] each, row-major
-    return torch.cat([rows[:, None] * freqs, cols[:, None] * freqs], dim=1).float()  # [N, Dh/2]
+    cols = grid if cols is None else cols
+    r = torch.arange(grid, dtype=torch.float64).repeat_interleave(cols) / interp_scale  # [N] rows, row-major
+    c = torch.arange(cols, dtype=torch.float64).repeat(grid) / interp_scale  # [N] columns
+    return torch.cat([r[:, None] * freqs, c[:, None] * freqs], dim=1).float()  # [N, Dh/2]
 
 
 def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
@@ -367,6 +370,19 @@ def sincos_pos_embed_2d(
     emb_x = sincos_pos_embed_1d(dim // 2, xs.reshape(-1))  # [G², dim/2]
     emb_y = sincos_pos_embed_1d(dim // 2, ys.reshape(-1))  # [G², dim/2]
     return torch.cat([emb_x, emb_y], dim=1).float()  # [G², dim]
+
+
+def sincos_pos_embed_hw(dim: int, grid_h: int, grid_w: int, *, step: float = 1.0) -> torch.Tensor:
+    """`sincos_pos_embed_2d` on a grid_h × grid_w grid (an aspect-ratio bucket, data/buckets.py) → [gh·gw, dim],
+    coordinates arange · step. With the square model's step, (base_size / grid) / interp_scale, a bucket's positions
+    are the square grid's extended along one axis and cut along the other; gh = gw = grid gives
+    `sincos_pos_embed_2d(dim, grid, interp_scale=…, base_size=…)` exactly."""
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos embedding width {dim} must be divisible by 4")
+    ys, xs = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64) * step,
+                            torch.arange(grid_w, dtype=torch.float64) * step, indexing="ij")
+    return torch.cat([sincos_pos_embed_1d(dim // 2, xs.reshape(-1)), sincos_pos_embed_1d(dim // 2, ys.reshape(-1))],
+                     dim=1).float()
 
 
 # ---------------------------------------------------------------------------------------------------------------

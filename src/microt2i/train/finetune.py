@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, ModelConfig, RunConfig, from_dict, load_yaml, to_dict
 from ..io import atomic_write_text
 from ..models import build
+from ..models.lora import apply_lora
 from .dist import broadcast_object, is_main
 from .optim import make_optimizer, param_groups
 from .recipe import _latest_payload
@@ -159,6 +160,8 @@ def init_run(cfg: RunConfig, run_dir: str | Path, log=print) -> str | None:
         if payload is None:
             raise FileNotFoundError(f"no readable checkpoint in {src}")
         src_model, weights, ema = src_cfg.model, payload["ema"], payload["ema"]
+        if src_cfg.train.lora_rank:  # its checkpoints hold adapters beside the base; ema/ holds them merged
+            raise ConfigError(f"train.init={src} is a LoRA run: start from its merged weights, train.init={src}/ema")
         if t.init_mode == "state":
             weights = payload["model"]
     else:
@@ -169,6 +172,8 @@ def init_run(cfg: RunConfig, run_dir: str | Path, log=print) -> str | None:
                           f"(set model.* to the source's)")
     weights, moved = adapt_weights(weights, net)
     ema, _ = adapt_weights(ema, net)
+    if t.lora_rank:  # the optimizer holds the adapters only; the trainer loads these base weights under them
+        net = apply_lora(net, t.lora_rank, t.lora_alpha, t.lora_targets)
     groups = make_optimizer(net, t).state_dict()["param_groups"]  # the new run's lr, betas, decay, frozen params
     state = {}
     if t.init_mode == "state":  # moments by parameter name, from the source's order to this run's

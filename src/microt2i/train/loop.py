@@ -32,6 +32,7 @@ from ..diffusion.repa import RepaCapture
 from ..progress import Progress, heartbeat
 from ..eval.live import LiveEval
 from ..models import build, count_params, sample_keep_mask, sample_route_mask, save_pretrained
+from ..models.lora import apply_lora, load_weights, save_lora_pretrained
 from ..models.layers import keep_tokens
 from .ema import EMA, _local
 from .logger import RunLogger
@@ -281,6 +282,8 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
         from .finetune import freeze
 
         freeze(net, t.freeze, log=log)
+    if t.lora_rank:  # LoRA: adapters on the attention / MLP projections train, nothing else (models/lora.py)
+        net = apply_lora(net, t.lora_rank, t.lora_alpha, t.lora_targets)
     ema = EMA(net, t.ema_decay, t.ema_start_nimg)
     repa = RepaCapture(net, cfg.model.repa_depth) if repa_w else None  # REPA reads the aligned block's tokens
     objective = build_objective(cfg.objective)
@@ -296,8 +299,8 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
                            f"or incomplete); move them away to start over, or pass another run folder")
     if payload is not None:
         _check_same_run(payload["config"], cfg, run_dir)
-        net.load_state_dict(payload["model"])
-        ema.load_state_dict(payload["ema"])
+        load_weights(net, payload["model"])  # a LoRA run's first checkpoint (--init) holds base weights only
+        load_weights(ema.model, payload["ema"])
     model = wrap_model(net, parallel=t.parallel, precision=t.precision, compile=t.compile,
                        activation_checkpointing=t.activation_checkpointing, env=env)
     if t.parallel == "fsdp":
@@ -468,7 +471,7 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
             ema_model = build(cfg.model)
             ema_model.load_state_dict(weights)
         if main:
-            save_pretrained(ema_model, run_dir / "ema")
+            (save_lora_pretrained if t.lora_rank else save_pretrained)(ema_model, run_dir / "ema")
             atomic_write_bytes(run_dir / "null_text.safetensors", save({
                 "tokens": uncond_tokens.cpu().contiguous(), "mask": uncond_mask.cpu().to(torch.uint8)}))
         barrier()
