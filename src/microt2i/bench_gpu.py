@@ -187,13 +187,15 @@ def gpu_proof(*, smoke: bool = False, device: str = "auto", budget_s: float = 45
             for _ in range(warmup):
                 step()
             _sync(dev)
+            failed = ""
         except Exception as e:  # a compile failure is a finding, not the end of the proof: eager figures stand
-            row["note"] = (row["note"] + "; " if row["note"] else "") + f"compile failed: {type(e).__name__}: {e}"[:200]
-            del step, net
-            continue
-        row["compile_s"] = time.perf_counter() - t0
-        row["img_s_compiled"] = _img_s(step, B, steps, repeats, dev)
-        row["mfu_compiled"] = row["train_flops_per_img"] * row["img_s_compiled"] / peak if peak else None
+            failed = f"compile failed: {type(e).__name__}: {e}"[:200]
+        if failed:
+            row["note"] = (row["note"] + "; " if row["note"] else "") + failed
+        else:
+            row["compile_s"] = time.perf_counter() - t0
+            row["img_s_compiled"] = _img_s(step, B, steps, repeats, dev)
+            row["mfu_compiled"] = row["train_flops_per_img"] * row["img_s_compiled"] / peak if peak else None
         del step, net
     record["bf16_vs_fp32"] = loss_agreement(presets.get("world-microdit-tiny" if smoke else "microdit-xl-2"),
                                             4 if smoke else 32, dev,
