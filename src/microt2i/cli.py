@@ -319,6 +319,10 @@ def cmd_bench(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.what == "gpu":  # the one-shot GPU proof (bench_gpu.py)
+        from .bench_gpu import run_cli
+
+        return run_cli(args)
     if args.what in ("all", "sample", "loader"):  # the one report (issue 11), or one of its parts
         from .bench import bench_all, bench_loader, bench_sample, report_rows, write_report_md
 
@@ -714,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks; `bench` alone runs the one report (presets, PixArt, sampler, "
                                      "loader) and appends it to BENCHMARKS.md")
-    b.add_argument("what", nargs="?", default="all", choices=["all", "train", "microdit", "sample", "loader"],
+    b.add_argument("what", nargs="?", default="all", choices=["all", "train", "microdit", "sample", "loader", "gpu"],
                    help="all (default): the one report; train: DiT-I vs PixArt; microdit: masked vs unmasked and "
                         "MoE vs dense MicroDiT; sample: Heun 30 steps + CFG img/s; loader: samples/s")
     b.add_argument("--preset", default=None, help="default: world-s (train, sample), world-microdit-s (microdit); "
@@ -732,6 +736,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="train, microdit; default fp32")
     b.add_argument("--out", default="BENCHMARKS.md")
     b.add_argument("--no-write", action="store_true")
+    b.add_argument("--smoke", action="store_true", help="gpu: the same code path on tiny presets, CPU, seconds (CI)")
+    b.add_argument("--json", default=None, help="gpu: also write the full record to this JSON file")
+    b.add_argument("--budget-s", type=float, default=450.0, help="gpu: skip parts that would overrun (8 min cap)")
     b.set_defaults(fn=cmd_bench)
 
     r = sub.add_parser("recipe", help="train a multi-stage recipe (e.g. microdit-xl-2: Table 3's four stages)")

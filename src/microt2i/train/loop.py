@@ -36,6 +36,7 @@ from ..models.lora import apply_lora, load_weights, save_lora_pretrained
 from ..models.layers import keep_tokens
 from .ema import EMA, _local
 from .logger import RunLogger
+from .nan_guard import NanGuard
 from .optim import lr_at, make_optimizer
 from .dist import (all_reduce_mean, barrier, full_state_dict, grad_sync, init_distributed, is_main, is_sharded,
                    load_optimizer, load_sharded, save_sharded, shard, split_batch, wrap_model)
@@ -346,6 +347,8 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
         return ""
 
     def checkpoint():
+        guard.sync()  # a streak that reached train.nan_abort_streak aborts before anything is written
+        nan_skips = guard.nan_skips
         why = healthy()
         if why:
             good = [p.name for p in list_checkpoints(run_dir)]
@@ -368,7 +371,10 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
                    work=f"{-(-(end_nimg - nimg) // t.batch_size)} steps of {t.batch_size}"
                         + (f", stopping at {end_nimg} of {t.total_nimg}" if end_nimg < t.total_nimg else ""))
     acc = torch.zeros(4, device=device, dtype=torch.float64)  # Σ loss, Σ grad norm, steps, Σ REPA: on device
-    t_report, nimg_report, nan_streak = time.perf_counter(), nimg, 0
+    t_report, nimg_report = time.perf_counter(), nimg
+    # non-finite steps are skipped on the device (fused AdamW's found_inf): no host sync per step (nan_guard.py)
+    guard = NanGuard(opt, device, nan_skips=nan_skips, abort_streak=t.nan_abort_streak, resume_hint=str(run_dir),
+                     log=log)
     model.train()
     reader = None  # loader workers read a sharded store's next micro-batches, in the loop's order (data/loader.py)
     if t.loader_workers and hasattr(store, "read"):
@@ -404,15 +410,7 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
             loss_sum += loss.detach() / rounds
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        if torch.isfinite(grad_norm):  # the one host sync per step: skip non-finite updates (NaN guard)
-            opt.step()
-            nan_streak = 0
-        else:
-            nan_skips, nan_streak = nan_skips + 1, nan_streak + 1
-            log(f"[train] non-finite gradient at {nimg} images: step skipped ({nan_skips} so far)")
-            if t.nan_abort_streak and nan_streak >= t.nan_abort_streak:
-                raise FloatingPointError(f"{nan_streak} consecutive non-finite steps at {nimg} images; lower train.lr, "
-                                         f"raise train.grad_clip or use train.precision=fp32, then resume from {run_dir}")
+        guard.step(grad_norm, nimg)  # opt.step() unless the gradient is non-finite, decided on the device
         nimg += t.batch_size
         step += 1
         ema.update(model, nimg)
@@ -425,6 +423,8 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
         done = nimg >= end_nimg
         if nimg // t.log_every_nimg != (nimg - t.batch_size) // t.log_every_nimg or done:
             now = time.perf_counter()
+            guard.sync()
+            nan_skips = guard.nan_skips
             loss_sum_, gn_sum, n, repa_sum_ = all_reduce_mean(acc).tolist()
             stats = {"nimg": nimg, "step": step, "loss": loss_sum_ / n if n else None,
                      "grad_norm": gn_sum / n if n else None, "lr": lr,
