@@ -19,6 +19,7 @@ from microt2i import presets
 from microt2i.config import apply_overrides
 from microt2i.encoders import TextEncoder, codec_of
 from microt2i.models import build
+from microt2i.report import save_grid
 from microt2i.sample import generate
 from microt2i.train.loop import train
 from microt2i.train.state import load_latest
@@ -42,6 +43,7 @@ def main(name: str, total: int, chunk: int, overrides: list[str], root: Path = P
         with torch.no_grad():
             images = generate(net, cfg, emb.tokens, emb.mask, null_tokens, null_mask, codec=codec)
         metrics, _ = score_samples(images, specs)
+        save_grid(images, run / f"grid-{nimg:06d}.png", nrow=8)  # to look at
         row = {"name": name, "nimg": nimg, "elapsed_s": r["elapsed_s"], "wall": round(time.time() - t0),
                "class": metrics["class_accuracy"], "color": metrics["color_accuracy"]}
         print(json.dumps(row), flush=True)
