@@ -248,8 +248,11 @@ def cmd_precompute(args) -> int:
         print("\n".join(problems) or f"[precompute] {store_dir}: every shard checks out")
         return 1 if problems else 0
     cfg = _resolve_config(args.config, args.overrides)
+    from .data.buckets import run_buckets
+
     out = precompute(cfg.data, num_shards=args.num_shards, shard_index=args.shard_index, workers=args.workers,
-                     device=args.device, batch_size=args.batch_size, progress=not args.no_progress)
+                     device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
+                     buckets=run_buckets(cfg))  # data.buckets: the model's bucket list (None without)
     rep = out["report"]
     first = {}
     for key, reason in rep["examples"]:
