@@ -136,6 +136,17 @@ def test_cli_precompute_and_train_with_buckets(store, photos, t5, tmp_path, caps
     assert main(["train", "world-tiny", "--run-dir", str(tmp_path / "run"), *common, "train.total_nimg=8",
                  "train.batch_size=4", "train.threads=1", "eval.every_nimg=0", "--no-progress"]) == 0
     assert (tmp_path / "run" / "ema" / "model.safetensors").is_file()
+    # sampling at a bucket's size (DiT-I): a wide image, 32 × 8 pixels; a size off the grid is one line
+    out = tmp_path / "wide"
+    assert main(["sample", "--run", str(tmp_path / "run"), "--prompt", "An image of wide", "--width", "32",
+                 "--height", "8", "--steps", "2", "--out-dir", str(out), "--no-progress"]) == 0
+    assert Image.open(out / "0000.png").size == (32, 8)
+    assert json.loads((out / "samples.jsonl").read_text().splitlines()[0])["size"] == [8, 32]
+    capsys.readouterr()
+    assert main(["sample", "--run", str(tmp_path / "run"), "--prompt", "x", "--width", "30", "--height", "8",
+                 "--out-dir", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--width 30" in err and "multiple of 4" in err and "\n" not in err
 
 
 @pytest.mark.parametrize("overrides, needle", [
