@@ -200,3 +200,33 @@ def test_ingest_sources_write_per_bucket_shapes(source, t5, tmp_path):
     if source == "webdataset":  # sample i shows colour(i)
         idx = [int(k.rsplit("/", 1)[-1]) for k in st.keys]
         assert np.abs(mean_colour(x0.numpy()) - np.array([colour(i) for i in idx])).max() < 3.0  # JPEG
+
+
+def test_the_documented_commands_run(photos, tmp_path, monkeypatch, capsys):
+    """docs/data.md's bucket commands, verbatim, in a folder holding `photos/` (sidecar captions added), with short
+    training settings appended: world-s, its shipped VAE and MiniLM, offline."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from microt2i.cli import main
+
+    doc = (Path(__file__).parents[1] / "docs" / "data.md").read_text()
+    section = doc[doc.index("## Aspect-ratio buckets"):]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1).replace("\\\n", " ")
+    commands = [shlex.split(line)[1:] for line in block.splitlines() if line.strip()]
+    assert [c[0] for c in commands] == ["precompute", "train", "sample"]
+    for kind in SIZES:
+        for p in (photos / kind).glob("*.png"):
+            (tmp_path / "photos").mkdir(exist_ok=True)
+            (tmp_path / "photos" / f"{kind}-{p.name}").write_bytes(p.read_bytes())
+            (tmp_path / "photos" / f"{kind}-{p.stem}.txt").write_text(f"a {kind} photo\n")
+    monkeypatch.chdir(tmp_path)
+    short = ["train.total_nimg=8", "train.batch_size=4", "train.threads=1", "train.log_every_nimg=4"]
+    assert main([*commands[0], "--no-progress"]) == 0
+    st = open_store("st/photos")
+    assert {tuple(b) for b in st.latent_buckets} >= {(16, 4), (4, 16), (8, 8)}  # world VAE: pixels / 4
+    assert main([*commands[1], *short, "--no-progress"]) == 0
+    assert main([*commands[2], "--steps", "2", "--out-dir", "wide", "--no-progress"]) == 0
+    w, h = (int(commands[2][commands[2].index(f"--{k}") + 1]) for k in ("width", "height"))
+    assert Image.open(tmp_path / "wide" / "0000.png").size == (w, h)
