@@ -99,6 +99,12 @@ def test_every_batch_is_one_bucket_and_resume_is_bit_exact(store, tmp_path):
     assert len(seen) == 3  # wide, tall and square batches; the 2 landscape images never fill a batch of 4
     with pytest.raises(ValueError, match="cross a batch"):
         pos.indices(2, 4)
+    from microt2i.data.loader import make_loader  # the loader-worker path reads the same single-bucket batches
+
+    loader = make_loader(st, pos, start=8, end=24, micro=2, workers=0, pin_memory=False)
+    for p, rows in zip(loader.sampler.positions(), loader):
+        x0 = st.to_batch(rows)["x0"]
+        assert tuple(x0.shape[-2:]) == st.latent_buckets[bucket_of[pos.indices(p, 2)[0]]]
 
     shapes = []
     real = st.to_batch
