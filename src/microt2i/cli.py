@@ -92,6 +92,8 @@ def cmd_sample(args) -> int:
         raise ConfigError("sample: pass a run folder (--run / positional) or --model EXPORT, not both")
     check_source(run=run if not args.model else None, model=args.model)
     prompts = originals = read_prompts(args.prompt, args.prompts_file)
+    if (args.width is None) != (args.height is None):
+        raise ConfigError("sample: pass both --width and --height (an aspect bucket's size), or neither")
     try:
         if args.extend:  # the prompt extender (encoders/extender.py): short prompt → training-style long caption
             from .encoders.extender import make_extender
@@ -102,7 +104,8 @@ def cmd_sample(args) -> int:
         images, settings = sample_prompts(prompts, run=None if args.model else run, model=args.model, n=args.n,
                                           sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
                                           seed=args.seed, batch_size=args.batch_size, device=args.device,
-                                          progress=not args.no_progress)
+                                          progress=not args.no_progress,
+                                          size=None if args.width is None else (args.height, args.width))
     except ValueError as e:  # a prompt the extender cannot read, a bad sampler name or option value: one line
         print(f"microt2i sample: error: {e}", file=sys.stderr)
         return 2
@@ -248,8 +251,11 @@ def cmd_precompute(args) -> int:
         print("\n".join(problems) or f"[precompute] {store_dir}: every shard checks out")
         return 1 if problems else 0
     cfg = _resolve_config(args.config, args.overrides)
+    from .data.buckets import run_buckets
+
     out = precompute(cfg.data, num_shards=args.num_shards, shard_index=args.shard_index, workers=args.workers,
-                     device=args.device, batch_size=args.batch_size, progress=not args.no_progress)
+                     device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
+                     buckets=run_buckets(cfg))  # data.buckets: the model's bucket list (None without)
     rep = out["report"]
     first = {}
     for key, reason in rep["examples"]:
@@ -609,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nrow", type=_POS, default=8, help="grid columns")
     s.add_argument("--upscale", type=_POS, default=4, help="grid nearest-neighbour upscale")
     s.add_argument("--batch-size", type=_POS, default=64)
+    s.add_argument("--width", type=_POS, default=None, help="DiT-I: sample at this width × --height pixels (an aspect "
+                   "bucket: multiples of VAE factor × patch, width·height <= resolution²); default: the square")
+    s.add_argument("--height", type=_POS, default=None, help="see --width")
     s.add_argument("--device", default="cpu")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=cmd_sample)

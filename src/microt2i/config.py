@@ -282,7 +282,7 @@ class DataConfig:
     store_dir: str = ""  # sharded store written by `microt2i precompute` (required for imagenet / folder)
     latent_mode: str = "mean_std"  # store the posterior mean+std, re-sampled every step (CAD-I) | "sample" (MicroDiT)
     # VAE latent normalisation (encoders/codec.py): "scaling" = the VAE config's scaling_factor (SD kl-f8: 0.18215,
-    # std ≈ 1) | "sd15-channel" = CAD-I's per-channel SD-1.5 statistics to std 0.5 (anchors §3.4). In the store key.
+    # std ≈ 1) | "sd15-channel" = CAD-I's per-channel SD-1.5 statistics to std 0.5 (anchors §3.4). | "world-channel" = the world VAE's per-channel statistics to std 0.5. In the store key.
     latent_norm: str = "scaling"
     text_store: str = "embeddings"  # store text-encoder states, or token "ids" encoded on the fly at train time
     store_dtype: str = "float16"  # latents / text states in the sharded store
@@ -294,6 +294,10 @@ class DataConfig:
     mix: tuple[MixSource, ...] = ()  # train on finished stores mixed by weight: [{store_dir: a, weight: 0.7}, …]
     repa_teacher: str = ""  # REPA teacher, features precomputed next to the store: effnet-lite0 | a DINOv2 id or folder
     val_fraction: float = 0.0  # held out of training (data/holdout.py) for train.val_every_nimg's loss; 0 = none
+    # aspect-ratio buckets (data/buckets.py): precompute resizes each image to the bucket nearest its aspect ratio,
+    # the trainer draws every batch from one bucket; bucket_pixels = the pixel budget (0 = resolution²)
+    buckets: bool = False
+    bucket_pixels: int = 0
 
     def __post_init__(self):
         _choice("data.source", self.source, ("world", "imagenet", "folder", "sidecar", "webdataset", "hf"))
@@ -318,6 +322,7 @@ class DataConfig:
         _bounds("data", self, 1, "num_images", "text_len", "max_objects")
         if not 0.0 <= self.val_fraction <= 0.5:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be in [0, 0.5] (the held-out share; 0 = none)")
+        _check_buckets(self)
 
     def require_dataset(self) -> None:
         """A real source needs its folder and a store folder. Checked where data is read, not when the config is
@@ -328,7 +333,7 @@ class DataConfig:
                               f"world")
 
 
-LATENT_NORMS = ("scaling", "sd15-channel")
+LATENT_NORMS = ("scaling", "sd15-channel", "world-channel")
 CUTMIX_SETTINGS = ("all", "1/2", "1/4", "1/9", "1/16")
 
 
@@ -452,6 +457,26 @@ class TrainConfig:
         _bounds("train", self, 0, "eps", strict=True)
         if not 0.0 <= self.ema_decay < 1.0 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"train.ema_decay={self.ema_decay} and train.betas={list(self.betas)} must be in [0, 1)")
+
+
+def _check_buckets(d: DataConfig) -> None:
+    """data.buckets / data.bucket_pixels: the settings that need no model (data/buckets.py checks the rest)."""
+    if not 0 <= d.bucket_pixels <= d.resolution ** 2:
+        raise ConfigError(f"data.bucket_pixels={d.bucket_pixels} must be in [0, data.resolution² = "
+                          f"{d.resolution ** 2}] (0 = resolution²; the model's token budget is its square grid)")
+    if not d.buckets:
+        return
+    if d.source == "imagenet":  # ImageNet-T2I §2 / MicroDiT §4 train on centre crops: the presets keep them
+        raise ConfigError("data.buckets=true is for your own data (folder, sidecar, webdataset, hf); ImageNet "
+                          "keeps the papers' centre crop (ImageNet-T2I and MicroDiT train on it): set data.buckets=false")
+    if d.source == "world":
+        raise ConfigError("data.buckets=true needs images of mixed aspect ratios; the embedded world renders squares: "
+                          "set data.source=folder|sidecar|webdataset|hf, or data.buckets=false")
+    if d.mix:
+        raise ConfigError("data.buckets=true reads one bucketed data.store_dir; data.mix mixes square stores: drop one")
+    if d.val_fraction:
+        raise ConfigError("data.buckets=true does not take data.val_fraction yet (held-out batches would mix buckets): "
+                          "set data.val_fraction=0")
 
 
 def _check_lora(t) -> None:

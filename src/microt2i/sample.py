@@ -28,17 +28,36 @@ def initial_noise(n: int, shape: tuple[int, ...], sigma_max: float, seed: int, d
     return torch.stack(out).to(device, torch.float64) * sigma_max
 
 
+def latent_size(cfg: RunConfig, size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The latent (h, w) of pixel `size` = (height, width): the model's square when None; else DiT-I only, each side
+    a multiple of the VAE factor × patch and height·width within data.resolution² (an aspect bucket, data/buckets.py)."""
+    m, res = cfg.model, cfg.data.resolution
+    if size is None:
+        return m.input_size, m.input_size
+    h, w = size
+    f = res // m.input_size
+    mult = f * m.patch_size
+    if m.family != "dit-i":
+        raise ValueError(f"--width/--height sample DiT-I only (model.family={m.family!r} samples its {res}² square)")
+    if h <= 0 or w <= 0 or h % mult or w % mult or h * w > res * res:
+        raise ValueError(f"--height {h} --width {w}: each must be a multiple of {mult} (VAE factor {f} × patch "
+                         f"{m.patch_size}) with height·width <= {res}² (e.g. the run's buckets: `microt2i sample "
+                         f"--height {res // 2 // mult * mult or mult} --width {res * 2 // mult * mult}`)")
+    return h // f, w // f
+
+
 @torch.no_grad()
 def generate(net, cfg: RunConfig, text_tokens, text_mask, null_tokens, null_mask, *, codec, sampler: str | None = None,
              steps: int | None = None, cfg_scale: float | None = None, seed: int | None = None,
              batch_size: int = 64, device="cpu", progress: bool = False, first_index: int = 0,
-             desc: str = "sample", work: str = "", sampler_fn=None) -> np.ndarray:
+             desc: str = "sample", work: str = "", sampler_fn=None, size: tuple[int, int] | None = None) -> np.ndarray:
     """Sample one image per caption embedding; returns uint8 [N, H, W, 3].
 
     `eval.clamp` clips x̂0 in every step; `eval.eta` > 0 (ddim only) draws its fresh noise from a generator seeded by
     (seed, first image of the batch), so those samples also depend on `batch_size`. `progress` reports every sampler step
     (progress.py: a bar with images/s and ETA on a terminal, status lines in a log). Image k of the call uses the noise
-    of (seed, first_index + k), so one image of a larger call can be drawn alone (serve.py)."""
+    of (seed, first_index + k), so one image of a larger call can be drawn alone (serve.py). `size` = (height, width)
+    in pixels samples DiT-I at an aspect bucket's size (`latent_size`); None = the model's square."""
     e = cfg.eval
     name = sampler or e.sampler
     sampler_fn = sampler_fn or get_sampler(name)  # sampler_fn: a diffusers scheduler run by the pipeline
@@ -53,7 +72,7 @@ def generate(net, cfg: RunConfig, text_tokens, text_mask, null_tokens, null_mask
     net = net.to(device).eval()
     sigmas = objective.sampling_sigmas(steps, device=device)
     n = text_tokens.shape[0]
-    noise = initial_noise(n, (m.in_channels, m.input_size, m.input_size), float(sigmas[0]), seed, device, first_index)
+    noise = initial_noise(n, (m.in_channels, *latent_size(cfg, size)), float(sigmas[0]), seed, device, first_index)
     images = []
     bar = Progress(n, desc=desc, unit="img", enabled=progress, decimals=1,
                    work=work or f"{name} {steps} steps, CFG {scale:g}, batches of {min(batch_size, n)}")
@@ -139,11 +158,15 @@ class Source:
 
     def __call__(self, prompts: list[str], *, n: int = 1, sampler: str | None = None, steps: int | None = None,
                  cfg_scale: float | None = None, seed: int | None = None, batch_size: int = 64,
-                 progress: bool = False, first_index: int = 0):
+                 progress: bool = False, first_index: int = 0, size: tuple[int, int] | None = None):
         """(uint8 images [len(prompts)·n, H, W, 3], settings): `n` images per prompt, prompt-major; image k uses the
-        noise of (seed, first_index + k)."""
+        noise of (seed, first_index + k). `size` = (height, width): DiT-I at an aspect bucket (`latent_size`)."""
         if n < 1:
             raise ValueError(f"--n {n}: images per prompt must be >= 1")
+        if size is not None and self.is_export:
+            raise ValueError("--width/--height sample a run folder (--run); an export samples its square size")
+        if size is not None:
+            latent_size(self.cfg, size)  # a bad size fails before sampling
         repeated = [p for p in prompts for _ in range(n)]
         e = self.cfg.eval
         cfg_scale = e.grid_scale if cfg_scale is None else cfg_scale  # qualitative images: eval.grid_cfg_scale
@@ -159,15 +182,18 @@ class Source:
             images = generate(self.net, self.cfg, emb.tokens, emb.mask, self.null_tokens, self.null_mask,
                               codec=self.codec, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed,
                               batch_size=batch_size, device=self.device, progress=progress, first_index=first_index,
-                              work=work)
+                              work=work, size=size)
         settings = {"source": str(self.path), "sampler": sampler or e.sampler, "steps": steps or e.steps,
                     "cfg_scale": cfg_scale, "seed": e.seed if seed is None else seed, "images_per_prompt": n}
+        if size is not None:
+            settings["size"] = list(size)
         return images, settings
 
 
 def sample_prompts(prompts: list[str], *, run: str | Path | None = None, model: str | Path | None = None,
                    n: int = 1, sampler: str | None = None, steps: int | None = None, cfg_scale: float | None = None,
-                   seed: int | None = None, batch_size: int = 64, device="cpu", progress: bool = False):
+                   seed: int | None = None, batch_size: int = 64, device="cpu", progress: bool = False,
+                   size: tuple[int, int] | None = None):
     """`n` images per prompt (prompt-major: image k is prompt k // n) from a run folder's EMA weights (`run`) or an
     export folder (`model`, `microt2i export`), which give the same images at the same settings. Returns (uint8
     images [N, H, W, 3], the settings used)."""
@@ -175,7 +201,7 @@ def sample_prompts(prompts: list[str], *, run: str | Path | None = None, model: 
         raise ValueError(f"--n {n}: images per prompt must be >= 1")
     return Source(run=run, model=model, device=device)(prompts, n=n, sampler=sampler, steps=steps,
                                                        cfg_scale=cfg_scale, seed=seed, batch_size=batch_size,
-                                                       progress=progress)
+                                                       progress=progress, size=size)
 
 
 def clean_samples(out_dir: Path) -> int:

@@ -11,6 +11,13 @@ and a resumable batch order whose every batch comes from one bucket.
 - `BucketBatchSampler`: batch k of epoch e is a pure function of (seed, e, k): per epoch each bucket's items are
   permuted and cut into full batches (a bucket's last partial batch waits for the next epoch's permutation), and
   the batches are shuffled together. Position = batches served, so resume needs only that integer (`state_dict`).
+- `run_buckets(cfg)`: the bucket list of a run config with `data.buckets=true` (None without): base
+  `data.resolution`, multiple = VAE factor (`data.resolution / model.input_size`) × `model.patch_size`, budget
+  `data.bucket_pixels` (0 = resolution²); refuses, in one line each, the models and augmentations that assume a
+  square grid. Precompute writes the store with it; the trainer checks the store against it (store key).
+- `BucketPositions`: the trainer's sampler for a bucketed store. Global image position p lies in batch
+  k = p div batch_size of a `BucketBatchSampler`, so the trainer's micro-batches and ranks slice one bucket's
+  batch, and resume at nimg (a multiple of the batch size) is exact; its state goes into the training checkpoint.
 """
 
 from __future__ import annotations
@@ -117,3 +124,85 @@ class BucketBatchSampler:
             if state[k] != mine[k]:
                 raise ValueError(f"bucket sampler state has {k}={state[k]}, this run {mine[k]}: not the same data order")
         self.position = int(state["position"])
+
+
+# square-grid assumptions that bucketing cannot serve yet, each with its reason (one line to the user)
+_SQUARE_ONLY = {
+    "microdit": "MicroDiT's patch masking (mask_block) and its crop code assume a square patch grid",
+    "cad-i": "CAD-I's learned data-position table is one square grid",
+}
+
+
+def run_buckets(cfg) -> list[tuple[int, int]] | None:
+    """The pixel (h, w) buckets of run config `cfg` (see module doc), or None when `data.buckets` is off."""
+    d, m = cfg.data, cfg.model
+    if not d.buckets:
+        return None
+    if m.family in _SQUARE_ONLY:
+        raise ConfigError(f"data.buckets=true trains DiT-I only: {_SQUARE_ONLY[m.family]} (model.family="
+                          f"{m.family!r}); use a dit-i preset or data.buckets=false")
+    for on, what in ((cfg.augment.crop.enabled, "augment.crop.enabled"),
+                     (cfg.augment.cutmix.enabled, "augment.cutmix.enabled"),
+                     (getattr(m, "route_ratio", 0.0), "model.route_ratio"),
+                     (cfg.objective.repa_weight, "objective.repa_weight")):
+        if on:
+            raise ConfigError(f"data.buckets=true does not take {what} (it assumes the square {m.input_size}² latent "
+                              f"grid): switch one of them off")
+    if d.resolution % m.input_size:
+        raise ConfigError(f"data.resolution={d.resolution} must be a multiple of model.input_size={m.input_size} "
+                          f"(the VAE factor) for data.buckets=true")
+    multiple = d.resolution // m.input_size * m.patch_size
+    return bucket_sizes(d.resolution, multiple, d.bucket_pixels or None)
+
+
+class BucketPositions:
+    """`ResumableSampler`'s interface (`indices(start, count)`, `rank_indices`) over single-bucket batches:
+    positions [k·B, (k+1)·B) are batch k of `BucketBatchSampler(bucket_of[subset], B, seed)`. A request must lie in
+    one batch (the trainer's micro-batches do)."""
+
+    def __init__(self, bucket_of, batch_size: int, *, seed: int = 0, subset=None):
+        bucket_of = np.asarray(bucket_of, dtype=np.int64)
+        self.subset = None if subset is None else np.asarray(subset, dtype=np.int64)
+        if self.subset is not None:
+            bucket_of = bucket_of[self.subset]
+        try:
+            self.batches = BucketBatchSampler(bucket_of, batch_size, seed=seed)
+        except ValueError as e:
+            raise ConfigError(f"train.batch_size={batch_size} with data.buckets=true: {e}") from None
+        self.n, self.batch_size = len(bucket_of), batch_size
+
+    def indices(self, start: int, count: int) -> np.ndarray:
+        k, j = divmod(start, self.batch_size)
+        if j + count > self.batch_size:
+            raise ValueError(f"positions [{start}, {start + count}) cross a batch of {self.batch_size}: a bucketed "
+                             f"run reads whole batches from one bucket")
+        out = self.batches.batch(k)[j:j + count]
+        return out if self.subset is None else self.subset[out]
+
+    def rank_indices(self, start: int, global_batch: int, rank: int, world_size: int) -> np.ndarray:
+        if global_batch % world_size:
+            raise ValueError(f"global batch {global_batch} is not divisible by world size {world_size}")
+        per = global_batch // world_size
+        return self.indices(start + rank * per, per)
+
+    def seek(self, nimg: int) -> None:
+        """Position the batch sampler at image `nimg` (a whole number of batches)."""
+        self.batches.position = nimg // self.batch_size
+
+    def state_dict(self) -> dict:
+        return self.batches.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches.load_state_dict(state)
+
+
+def check_bucket_store(cfg, store) -> None:
+    """A bucketed store's latent buckets must be the model's: each pixel bucket / (data.resolution / input_size)."""
+    factor = cfg.data.resolution // cfg.model.input_size
+    want = [(h // factor, w // factor) for h, w in run_buckets(cfg)]
+    got = [tuple(b) for b in store.latent_buckets]
+    if got != want or store.latents.shape[1] != cfg.model.in_channels:
+        raise ValueError(f"the bucketed store {store.dir} holds latents of {store.latents.shape[1]} channels in the "
+                         f"buckets {got[:3]}… but the model takes {cfg.model.in_channels} channels in {want[:3]}… "
+                         f"(data.resolution={cfg.data.resolution}, model.input_size={cfg.model.input_size}: the VAE "
+                         f"factor); set them to the codec's, or precompute again")

@@ -242,9 +242,10 @@ def list_hf(source: str, split: str = "train", image_column: str = "", caption_c
 # --------------------------------------------------------------------------------------------------- decoding
 
 
-def decode_image(src, resolution: int, min_resolution: int = 0) -> np.ndarray:
+def decode_image(src, resolution: int, min_resolution: int = 0, buckets=None) -> np.ndarray:
     """uint8 [resolution, resolution, 3] from encoded bytes or a PIL image, or `UnreadableImage` with the reason;
-    an image whose short side is below `min_resolution` is skipped before it is decoded."""
+    an image whose short side is below `min_resolution` is skipped before it is decoded. With `buckets` [(h, w), …]
+    (data.buckets) the image goes to the bucket nearest its aspect ratio instead: uint8 [h, w, 3] (data/buckets.py)."""
     if isinstance(src, (bytes, bytearray)) and not src:
         raise UnreadableImage("empty file")
     try:
@@ -256,6 +257,11 @@ def decode_image(src, resolution: int, min_resolution: int = 0) -> np.ndarray:
             img.load()
             if img.mode != "RGB":
                 img = img.convert("RGBA").convert("RGB") if "transparency" in img.info else img.convert("RGB")
+            if buckets:
+                from .buckets import assign_bucket, resize_to_bucket
+
+                h, w = buckets[assign_bucket(img.size[1], img.size[0], buckets)]
+                return np.asarray(resize_to_bucket(img, h, w), dtype=np.uint8)
             return np.asarray(resize_center_crop(img, resolution), dtype=np.uint8)
     except UnidentifiedImageError:
         raise UnreadableImage("not an image") from None
@@ -284,25 +290,27 @@ def _read_ref(ref: tuple):
 
 
 def load_item(args: tuple) -> tuple[np.ndarray | None, str | None]:
-    """(image, None) or (None, reason) for `(ref, resolution, min_resolution)`: picklable, for a process pool."""
-    ref, resolution, min_resolution = args
+    """(image, None) or (None, reason) for `(ref, resolution, min_resolution[, buckets])`: picklable, for a process
+    pool."""
+    ref, resolution, min_resolution, *buckets = args
     if ref[0] == "skip":  # listed only to be counted (a truncated archive)
         return None, ref[1]
     try:
-        return decode_image(_read_ref(ref), resolution, min_resolution), None
+        return decode_image(_read_ref(ref), resolution, min_resolution, *buckets), None
     except UnreadableImage as e:
         return None, str(e)
     except FileNotFoundError:
         return None, "missing"
 
 
-def item_loader(data: DataConfig, items: list) -> tuple:
+def item_loader(data: DataConfig, items: list, buckets=None) -> tuple:
     """(function, picklable args) that load `items` for precompute: `try_load` for plain ImageNet / folder files
-    (unchanged behaviour), `load_item` for ingest items and whenever `data.min_resolution` is set."""
-    if items and isinstance(items[0], ImageItem) and not data.min_resolution:
+    (unchanged behaviour), `load_item` for ingest items and whenever `data.min_resolution` or `buckets` is set."""
+    if items and isinstance(items[0], ImageItem) and not data.min_resolution and not buckets:
         return try_load, [(str(it.path), data.resolution) for it in items]
     refs = [it.ref if isinstance(it, IngestItem) else ("file", str(it.path)) for it in items]
-    return load_item, [(r, data.resolution, data.min_resolution) for r in refs]
+    extra = (tuple(tuple(b) for b in buckets),) if buckets else ()
+    return load_item, [(r, data.resolution, data.min_resolution, *extra) for r in refs]
 
 
 def item_caption(item, seed: int) -> str | None:

@@ -82,15 +82,16 @@ def _match_captions(table: dict[str, list[str]], keys: list[str], data: DataConf
             f"{len(keys) - captioned} of {len(keys)} images have no caption (skipped)")
 
 
-def plan_store(data: DataConfig, items: list, augment: dict | None = None) -> dict:
-    """The plan (cache key, item count, shard layout) of `data`; written once, then every job must agree."""
+def plan_store(data: DataConfig, items: list, augment: dict | None = None, buckets: list | None = None) -> dict:
+    """The plan (cache key, item count, shard layout) of `data`; written once, then every job must agree.
+    `buckets`: the pixel bucket list of a `data.buckets` run (data/buckets.py `run_buckets`), in the key."""
     keys = [world_key(data.seed, i) if isinstance(i, int) else i.key for i in items]
     content = {}
     if data.caption_file:
         content["captions_sha"] = _file_sha(data.caption_file)
     if data.source in INGEST_SOURCES or data.min_resolution or data.clean_captions:
         content["ingest"] = ingest_content(data, items)
-    return make_plan(store_key(data, augment), keys, content, data.shard_size)
+    return make_plan(store_key(data, augment, buckets), keys, content, data.shard_size)
 
 
 def make_plan(fields: dict, keys: list[str], content: dict, shard_size: int) -> dict:
@@ -174,8 +175,9 @@ def _write_empty(store_dir: Path, enc: _Encoders, data: DataConfig) -> None:
     atomic_write_bytes(store_dir / EMPTY, save({k: v.contiguous() for k, v in out.items()}))
 
 
-def load_shard_images(data: DataConfig, items: list, table, pool, report: IngestReport):
-    """(uint8 images [n, R, R, 3], records) of one shard's items; unreadable / uncaptioned ones go to `report`."""
+def load_shard_images(data: DataConfig, items: list, table, pool, report: IngestReport, buckets=None):
+    """(uint8 images [n, R, R, 3], records) of one shard's items; unreadable / uncaptioned ones go to `report`.
+    With `buckets` (data.buckets) the images are a list of uint8 [h, w, 3], each in its aspect bucket."""
     if data.source == "world":
         from ..world import CLASSES, make_dataset
 
@@ -189,7 +191,7 @@ def load_shard_images(data: DataConfig, items: list, table, pool, report: Ingest
         report.total += len(items)
         report.kept += len(kept)
         return images[keep][kept], [records[j] for j in kept]
-    load, args = item_loader(data, items)  # try_load for plain files; ingest items, min_resolution: load_item
+    load, args = item_loader(data, items, buckets)  # try_load for plain files; else load_item
     loaded = pool.imap(load, args, chunksize=4) if pool is not None else map(load, args)
     images, records = [], []
     for it, (img, reason) in zip(items, loaded):
@@ -206,6 +208,8 @@ def load_shard_images(data: DataConfig, items: list, table, pool, report: Ingest
         images.append(img)
         records.append(record)
     res = data.resolution
+    if buckets:
+        return images, records
     return (np.stack(images) if images else np.zeros((0, res, res, 3), np.uint8)), records
 
 
@@ -239,8 +243,12 @@ def bytes_per_sample(data: DataConfig, latent_shape: tuple[int, ...], text_dim: 
 
 @torch.no_grad()
 def _encode_shard(enc: _Encoders, data: DataConfig, index: int, images: np.ndarray, records: list[dict],
-                  batch_size: int) -> dict[str, torch.Tensor]:
-    dtype = _DTYPES[data.store_dtype]
+                  batch_size: int, buckets: list | None = None) -> dict[str, torch.Tensor]:
+    if buckets:  # aspect buckets: encode each bucket's images together, store them flattened
+        mean, std = _encode_buckets(enc, images, buckets, batch_size)
+        index_of = [tuple(b) for b in buckets]
+        bucket = torch.tensor([index_of.index(img.shape[:2]) for img in images], dtype=torch.int64)
+        return _finish_shard(enc, data, index, mean, std, records) | {"bucket": bucket}
     means, stds = [], []
     for i in range(0, len(images), batch_size):
         m, s = enc.codec.encode_moments(images_to_tensor(images[i:i + batch_size]))
@@ -249,7 +257,12 @@ def _encode_shard(enc: _Encoders, data: DataConfig, index: int, images: np.ndarr
     if not records:  # an all-skipped shard still needs well-formed tensors
         c, f = enc.codec.channels, enc.codec.factor
         means = stds = [torch.zeros(0, c, data.resolution // f, data.resolution // f)]
-    mean, std = torch.cat(means), torch.cat(stds)
+    return _finish_shard(enc, data, index, torch.cat(means), torch.cat(stds), records)
+
+
+def _finish_shard(enc: _Encoders, data: DataConfig, index: int, mean: torch.Tensor, std: torch.Tensor,
+                  records: list[dict]) -> dict[str, torch.Tensor]:
+    dtype = _DTYPES[data.store_dtype]
     if data.latent_mode == "sample":  # MicroDiT stores one posterior sample; its noise is a function of (seed, shard)
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([data.seed, index]).generate_state(1)[0]))
         tensors = {"latents": (mean + std * torch.randn(mean.shape, generator=gen)).to(dtype)}
@@ -260,23 +273,52 @@ def _encode_shard(enc: _Encoders, data: DataConfig, index: int, images: np.ndarr
     return tensors
 
 
+def _latent_buckets(buckets: list, factor: int) -> list[list[int]]:
+    """The latent (h, w) of each pixel bucket."""
+    return [[h // factor, w // factor] for h, w in buckets]
+
+
+@torch.no_grad()
+def _encode_buckets(enc: _Encoders, images: list[np.ndarray], buckets: list, batch_size: int):
+    """(mean, std) [n, C, P] of bucket-shaped images: each latent [C, h, w] flattened to h·w and zero-padded to P =
+    the largest bucket's h·w (the layout `ShardedStore` reshapes back)."""
+    c, f = enc.codec.channels, enc.codec.factor
+    P = max(h * w for h, w in _latent_buckets(buckets, f))
+    mean, std = torch.zeros(len(images), c, P), torch.zeros(len(images), c, P)
+    shapes = [img.shape[:2] for img in images]
+    for shape in sorted(set(shapes)):
+        sel = [i for i, s in enumerate(shapes) if s == shape]
+        for j in range(0, len(sel), batch_size):
+            part = sel[j:j + batch_size]
+            m, s = enc.codec.encode_moments(images_to_tensor(np.stack([images[i] for i in part])))
+            hw = m.shape[-2] * m.shape[-1]
+            mean[part, :, :hw] = m.float().cpu().flatten(2)
+            std[part, :, :hw] = s.float().cpu().flatten(2)
+    return mean, std
+
+
 def precompute(data: DataConfig, *, augment: dict | None = None, num_shards: int = 1, shard_index: int = 0,
                workers: int = 0, device: str = "cpu", batch_size: int = 64, codec=None, text_encoder=None,
-               log=print, on_shard=None, progress: bool = False) -> dict:
+               log=print, on_shard=None, progress: bool = False, buckets: list | None = None) -> dict:
     """Fill `data.store_dir` with this job's shards (see the module docstring) and return a summary:
     {"done": shards written now, "skipped_shards": already finished, "report": ingest counts, "manifest": bool}.
+    With `data.buckets`, `buckets` is the run's pixel bucket list (`data.buckets.run_buckets(run_cfg)`): each image
+    goes to the bucket nearest its aspect ratio, and its record holds the bucket's latent shape.
 
     `on_shard(index)` runs after each written shard (progress hooks; tests inject failures there); `progress` reports
     images per second and the ETA (progress.py)."""
     if not data.store_dir:
         raise FileNotFoundError("precompute needs data.store_dir=<folder for the sharded store>")
     data.require_dataset()
+    if data.buckets and not buckets:
+        raise ValueError("data.buckets=true: pass the run's bucket list, precompute(data, buckets=run_buckets(run_cfg))")
+    buckets = [tuple(b) for b in buckets] if data.buckets else None
     check_shard_args(num_shards, shard_index)
     table = caption_table(data)
     items = list_items(data)
     if table is not None:
         _match_captions(table, [world_key(data.seed, i) if isinstance(i, int) else i.key for i in items], data, log)
-    plan = plan_store(data, items, augment)
+    plan = plan_store(data, items, augment, buckets)
     log(f"[precompute] {len(items)} items → {plan['num_shards']} shards of {data.shard_size} in {data.store_dir} "
         f"(key {plan['key']})")
     pool = None
@@ -285,7 +327,8 @@ def precompute(data: DataConfig, *, augment: dict | None = None, num_shards: int
         nonlocal pool
         if pool is None and workers > 0 and data.source != "world":
             pool = mp.get_context("spawn").Pool(workers)
-        return load_shard_images(data, items[s * data.shard_size:(s + 1) * data.shard_size], table, pool, report)
+        return load_shard_images(data, items[s * data.shard_size:(s + 1) * data.shard_size], table, pool, report,
+                                 buckets)
 
     try:
         return run_store_job(data, Path(data.store_dir).expanduser(), plan, load_shard, num_shards=num_shards,
@@ -320,6 +363,7 @@ def run_store_job(data: DataConfig, store_dir: Path, plan: dict, load_shard, *, 
     log(f"[{tag}] this job: {len(mine)} of {plan['num_shards']} shards, {len(mine) - len(todo)} already done")
     enc = _Encoders(data, device, codec, text_encoder)
     report = IngestReport()
+    buckets = plan["fields"].get("buckets")  # a bucketed store (data.buckets): the pixel (h, w) list
     bar = Progress(len(todo) * data.shard_size, desc=tag, unit="img", enabled=progress,
                    work=f"{len(todo)} shard{'s' if len(todo) != 1 else ''} of ≤ {data.shard_size}, device {device}")
     try:
@@ -329,9 +373,13 @@ def run_store_job(data: DataConfig, store_dir: Path, plan: dict, load_shard, *, 
             t0 = time.perf_counter()
             shard_report = IngestReport()
             images, records = load_shard(s, shard_report)
-            tensors = _encode_shard(enc, data, s, images, records, batch_size)
+            tensors = _encode_shard(enc, data, s, images, records, batch_size, buckets)
             extra = {"skipped": dict(shard_report.skipped), "skipped_examples": shard_report.examples,
                      "text_dim": enc.text.dim}
+            if "bucket" in tensors:  # aspect buckets: each record names its latent shape, the manifest the list
+                extra["latent_buckets"] = _latent_buckets(buckets, enc.codec.factor)
+                for r, b in zip(records, tensors["bucket"].tolist()):
+                    r["bucket"] = extra["latent_buckets"][b]
             write_shard(store_dir, s, tensors, records, extra)
             report.total += shard_report.total
             report.kept += shard_report.kept

@@ -33,7 +33,7 @@ from ..io import atomic_write_bytes, atomic_write_text, file_sha256
 FORMAT_VERSION = 1
 _NOT_IN_WORLD_KEY = ("cache_dir", "store_dir", "root", "split", "labels_file", "caption_file", "latent_mode",
                      "text_store", "store_dtype", "shard_size", "min_resolution", "clean_captions", "image_column",
-                     "caption_column", "mix", "repa_teacher", "val_fraction")
+                     "caption_column", "mix", "repa_teacher", "val_fraction", "buckets", "bucket_pixels")
 
 
 @dataclass
@@ -163,7 +163,7 @@ PLAN, MANIFEST, EMPTY = "plan.json", "manifest.json", "empty.safetensors"
 # the cache-key fields a training config must agree on with the store it reads (the rest describe the content)
 CONFIG_KEY_FIELDS = ("source", "split", "resolution", "captions", "num_images", "max_objects", "codec",
                      "latent_norm", "codec_revision", "text_encoder", "text_revision", "text_len", "text_store",
-                     "latent_mode", "store_dtype", "seed", "augment", "format_version")
+                     "latent_mode", "store_dtype", "seed", "augment", "format_version", "buckets")
 _NP_DTYPES = {"F16": np.float16, "F32": np.float32, "I32": np.int32, "I64": np.int64, "U8": np.uint8}
 
 
@@ -207,10 +207,18 @@ def model_revision(spec: str, what: str) -> str:
     return h.hexdigest()[:12]
 
 
-def store_key(data_cfg: DataConfig, augment: dict | None = None) -> dict:
-    """The config-derived cache-key fields of a sharded store (`CONFIG_KEY_FIELDS`)."""
+def store_key(data_cfg: DataConfig, augment: dict | None = None, buckets: list | None = None) -> dict:
+    """The config-derived cache-key fields of a sharded store (`CONFIG_KEY_FIELDS`); with `data.buckets`, `buckets`
+    is the run's pixel bucket list (`data.buckets.run_buckets`), keyed as [[h, w], …] (absent otherwise, so square
+    stores keep their key)."""
     d = dataclasses.asdict(data_cfg)
     key = {k: d[k] for k in CONFIG_KEY_FIELDS if k in d}
+    key.pop("buckets", None)
+    if data_cfg.buckets:
+        if buckets is None:
+            raise ValueError("a bucketed store's key needs the run's bucket list: store_key(data, buckets="
+                             "run_buckets(run_cfg))")
+        key["buckets"] = [[int(h), int(w)] for h, w in buckets]
     if data_cfg.source != "world":  # world-only settings do not change a real dataset's tensors
         key.pop("num_images"), key.pop("max_objects")
     if key.get("latent_norm") == "scaling":  # the default before the field existed: earlier stores keep their key
@@ -281,6 +289,8 @@ def finalize_store(store_dir: str | os.PathLike) -> dict | None:
             skipped[reason] = skipped.get(reason, 0) + n
     manifest = {**plan, "count": sum(s["count"] for s in shards), "text_dim": infos[0]["text_dim"], "shards": shards,
                 "skipped": skipped}
+    if "latent_buckets" in infos[0]:  # a bucketed store (data.buckets): the latent (h, w) of each bucket index
+        manifest["latent_buckets"] = infos[0]["latent_buckets"]
     atomic_write_text(store_dir / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
@@ -406,7 +416,14 @@ class ShardedStore:
             raise ValueError(f"the store {self.dir} holds no samples (every image was skipped?); see the skipped "
                              f"counts in its shard sidecars")
         n = len(self)
-        self.latents = _Column((n, *first["latents"]["shape"][1:]), torch.float32,
+        # a bucketed store (data.buckets) keeps each latent [C, h, w] flattened into [C, P] (P = the largest bucket's
+        # h·w, zero-padded), `bucket` its index in latent_buckets; to_batch reshapes a single-bucket batch
+        self.latent_buckets = [tuple(b) for b in self.manifest.get("latent_buckets", [])] or None
+        shape = first["latents"]["shape"][1:]
+        if self.latent_buckets:
+            h, w = max(self.latent_buckets, key=lambda b: (b[0] * b[1], b[0] == b[1]))
+            shape = [shape[0], h, w]  # the shape of the largest (the square) bucket
+        self.latents = _Column((n, *shape), torch.float32, (lambda i: self.batch(i)["x0"]) if self.latent_buckets else
                                lambda i: torch.from_numpy(self.read(i, ("latents",))["latents"]).float())
         self.text_mask = _Column((n, *first["text_mask"]["shape"][1:]), torch.bool,
                                  lambda i: torch.from_numpy(self.read(i, ("text_mask",))["text_mask"]).bool())
@@ -419,6 +436,13 @@ class ShardedStore:
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    @property
+    def bucket_of(self) -> np.ndarray | None:
+        """Each sample's bucket index into `latent_buckets` (int64 [N]); None for a square store."""
+        if not self.latent_buckets:
+            return None
+        return self.read(np.arange(len(self)), ("bucket",))["bucket"].astype(np.int64)
 
     def __getstate__(self):  # loader workers (spawn) reopen the memory maps themselves
         state = dict(self.__dict__)
@@ -469,6 +493,8 @@ class ShardedStore:
         and a generator is given (CAD-I re-samples every step), else the stored latents."""
         # stored dtype over the bus (fp16: half the bytes), asynchronously from a loader's pinned rows; cast on device
         t = {k: _to_device(torch.as_tensor(v), device) for k, v in rows.items()}
+        if self.latent_buckets:
+            t = self._unflatten(t)
         x0 = t["latents"].float()
         if "latents_std" in t and generator is not None:
             eps = torch.randn(x0.shape, generator=generator, device=generator.device).to(device)
@@ -486,6 +512,20 @@ class ShardedStore:
 
     def batch(self, idx, device="cpu", *, generator: torch.Generator | None = None) -> dict:
         return self.to_batch(self.read(idx), device, generator)
+
+    def _unflatten(self, t: dict) -> dict:
+        """Bucketed rows → latents [n, C, h, w] of their one bucket (a mixed batch is refused: never padded)."""
+        b = t.pop("bucket").cpu()
+        if len(b) == 0:
+            return t
+        if not bool((b == b[0]).all()):
+            raise ValueError(f"a batch from the bucketed store {self.dir} mixes buckets {sorted(set(b.tolist()))}: "
+                             f"draw batches with data.buckets.BucketPositions (train with data.buckets=true)")
+        h, w = self.latent_buckets[int(b[0])]
+        for k in ("latents", "latents_std"):
+            if k in t:
+                t[k] = t[k][:, :, :h * w].reshape(*t[k].shape[:2], h, w)
+        return t
 
     def null_text(self, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The unconditional caption [1, L, D], [1, L] ("zero" or "empty", as `Store.null_text`)."""

@@ -23,6 +23,7 @@ from ..augment.cutmix import build_cutmix_store, ia_gate, twin_index
 from ..config import ConfigError, RunConfig, _plain, check_device, save_yaml, to_dict
 from ..data.loader import make_loader
 from ..data.holdout import train_sampler
+from ..data.buckets import BucketPositions, check_bucket_store, run_buckets
 from ..data.store import Store, load_or_build
 from ..diffusion.objectives import build_objective
 from ..diffusion.samplers import count_diverged
@@ -75,7 +76,7 @@ def prepare_data(cfg: RunConfig, device: torch.device, log=print) -> Store:
     if cfg.data.store_dir:
         from ..data.store import open_store, store_key
 
-        sharded = open_store(cfg.data.store_dir, store_key(cfg.data))
+        sharded = open_store(cfg.data.store_dir, store_key(cfg.data, buckets=run_buckets(cfg)))
         if sharded.text_mode == "ids":  # token ids are encoded on the fly by the store's own text encoder
             sharded.attach_text_encoder(TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device))
         log(f"[data] sharded store {cfg.data.store_dir}: {len(sharded)} samples ({sharded.latent_mode} latents, "
@@ -268,7 +269,9 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
         raise ValueError(f"model.text_dim={cfg.model.text_dim} but the text encoder gives {store.text_tokens.shape[-1]}; "
                          f"set model.text_dim={store.text_tokens.shape[-1]}")
     m, latent = cfg.model, tuple(store.latents.shape[1:])
-    if latent != (m.in_channels, m.input_size, m.input_size):
+    if cfg.data.buckets:  # aspect buckets (data/buckets.py): latents of several shapes, one per batch
+        check_bucket_store(cfg, store)
+    elif latent != (m.in_channels, m.input_size, m.input_size):
         raise ValueError(f"the data's latents are {list(latent)} (data.resolution={cfg.data.resolution}, data.codec="
                          f"{cfg.data.codec!r}) but the model takes [{m.in_channels}, {m.input_size}, {m.input_size}]; "
                          f"set model.in_channels={latent[0]} model.input_size={latent[-1]} or change data.resolution")
@@ -289,6 +292,8 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
     repa = RepaCapture(net, cfg.model.repa_depth) if repa_w else None  # REPA reads the aligned block's tokens
     objective = build_objective(cfg.objective)
     sampler = train_sampler(cfg, len(store))  # the training split only (data.val_fraction, data/holdout.py)
+    if cfg.data.buckets:  # every batch from one aspect bucket, in a resumable order (data/buckets.py)
+        sampler = BucketPositions(store.bucket_of, t.batch_size, seed=t.seed)
     uncond_tokens, uncond_mask = (v.to(device) for v in store.null_text(cfg.objective.uncond))
     if main:  # temp files of checkpoint writes a kill interrupted: never read, so only disk space
         remove_stale_temp(run_dir)
@@ -317,6 +322,8 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
         _check_same_run(meta["config"], cfg, run_dir)
     if latest is not None:
         nimg, step, elapsed, nan_skips = meta["nimg"], meta["step"], meta["elapsed"], meta["nan_skips"]
+        if cfg.data.buckets:  # the bucket sampler's state (seed, batch, data size checked; its position = nimg)
+            sampler.load_state_dict(meta["bucket_sampler"])
         log(f"[resume] {run_dir} at {nimg} images (step {step})")
     sharded = is_sharded(model)
     if main:
@@ -356,6 +363,9 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
                 f"{good[-1] if good else '(none)'}")
             return
         meta = {"nimg": nimg, "step": step, "elapsed": elapsed, "nan_skips": nan_skips, "config": to_dict(cfg)}
+        if cfg.data.buckets:
+            sampler.seek(nimg)
+            meta["bucket_sampler"] = sampler.state_dict()
         if sharded:  # every rank writes its shards
             save_sharded(checkpoint_path(run_dir, nimg, sharded=True), model, opt, ema.model, _plain(meta))
             if main:
