@@ -218,6 +218,6 @@ def test_in_training_grid_uses_the_grid_scale(tmp_path):
     cfg = apply_overrides(presets.get("world-tiny"), ["eval.cfg_scale=1.5", "eval.grid_cfg_scale=5",
                                                       "eval.geneval_per_tag=0", "eval.fd_n=0"])
     live = LiveEval(cfg, tmp_path, "cpu", log=lambda *_: None)
-    live._parts = {"sampler": Recording(None, cfg, None, None, None, None), "grid": ["a red star"] * 4}
+    live._parts = {"sampler": Recording(None, cfg, None, None, None, None), "grid": ["a red star"] * 4, "nrow": 2}
     stats = live(None, 16, None, None)
     assert seen == [5.0] and (tmp_path / stats["eval/grid"]).exists()

@@ -282,7 +282,8 @@ class DataConfig:
     store_dir: str = ""  # sharded store written by `microt2i precompute` (required for imagenet / folder)
     latent_mode: str = "mean_std"  # store the posterior mean+std, re-sampled every step (CAD-I) | "sample" (MicroDiT)
     # VAE latent normalisation (encoders/codec.py): "scaling" = the VAE config's scaling_factor (SD kl-f8: 0.18215,
-    # std ≈ 1) | "sd15-channel" = CAD-I's per-channel SD-1.5 statistics to std 0.5 (anchors §3.4). | "world-channel" = the world VAE's per-channel statistics to std 0.5. In the store key.
+    # std ≈ 1) | "sd15-channel" = CAD-I's per-channel SD-1.5 statistics to std 0.5 (anchors §3.4) | "world-channel" =
+    # the shipped world VAE's per-channel statistics to std 0.5. In the store key.
     latent_norm: str = "scaling"
     text_store: str = "embeddings"  # store text-encoder states, or token "ids" encoded on the fly at train time
     store_dtype: str = "float16"  # latents / text states in the sharded store
