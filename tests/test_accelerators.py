@@ -359,3 +359,44 @@ def test_bad_rope_settings_are_one_clear_error(extra, match):
         apply_overrides(presets.get("world-s"), extra)
     with pytest.raises(ConfigError, match="DiT-I only"):
         MicroDiTConfig(rope=True)
+    with pytest.raises(ConfigError, match="DiT-I only"):
+        MicroDiTConfig(mix_ffn=True)
+
+
+# --------------------------------------------------------------------------------------------------------- Mix-FFN
+
+
+def test_mix_ffn_is_a_depthwise_conv_over_the_token_grid_with_missing_tokens_as_zeros():
+    from microt2i.models.layers import MixFFN, TokenLayout
+
+    torch.manual_seed(0)
+    ffn = MixFFN(4, 6).double()
+    B, R, C = 2, 3, 4
+    x = torch.randn(B, R * C, 4, dtype=torch.float64)
+    ids = torch.arange(R * C).expand(B, -1)
+    out = ffn(x, TokenLayout(ids, R, C))
+    # reference: the conv written out with explicit neighbours on the zero-padded grid
+    h = ffn.fc1(x).view(B, R, C, 6)
+    pad = F.pad(h.permute(0, 3, 1, 2), (1, 1, 1, 1))  # [B, 6, R+2, C+2]
+    w = ffn.dw.weight[:, 0]  # [6, 3, 3]
+    conv = sum(pad[:, :, i:i + R, j:j + C] * w[:, i, j][None, :, None, None] for i in range(3) for j in range(3))
+    conv = conv + ffn.dw.bias[None, :, None, None]
+    want = ffn.fc2(F.gelu(conv.flatten(2).transpose(1, 2), approximate="tanh"))
+    assert torch.allclose(out, want, atol=1e-10)
+    # a kept subset: the same as zeroing the dropped tokens' fc1 outputs on the full grid, then keeping
+    keep = torch.tensor([[1, 0, 1, 1, 0, 0, 1, 1, 1, 0, 1, 0]] * B, dtype=torch.bool)
+    sub = ffn(keep_tokens(x, keep), TokenLayout(ids, R, C).keep(keep))
+    h_full = ffn.fc1(x) * keep[..., None]
+    grid = ffn.dw(h_full.transpose(1, 2).reshape(B, 6, R, C)).flatten(2).transpose(1, 2)
+    assert torch.allclose(sub, keep_tokens(ffn.fc2(F.gelu(grid, approximate="tanh")), keep), atol=1e-10)
+
+
+def test_mix_ffn_dit_runs_masked_and_routed():
+    net = _dit(mix_ffn=True, rope=True, route_ratio=0.5, route_start=1, route_end=3)
+    x, t, y, m = _inputs()
+    full = net(x, t, y, m)
+    assert torch.allclose(net(x, t, y, m, route_mask=torch.ones(3, 16, dtype=torch.bool)), full, atol=1e-6)
+    keep = torch.zeros(3, 16, dtype=torch.bool)
+    keep[:, 1::2] = True
+    route = sample_route_mask(net.config, 3, 8, generator=torch.Generator().manual_seed(0))
+    assert net(x, t, y, m, keep_mask=keep, route_mask=route).shape == (3, 8, 12)

@@ -69,6 +69,7 @@ class Accelerators:
     route_start: int = 0  # first block the routed tokens skip (0-based)
     route_end: int = 0  # blocks up to here (exclusive) are skipped; 0 = depth − 1
     rope: bool = False  # 2-D RoPE (axial rotary positions) in the image self-attention, on top of the sin-cos table
+    mix_ffn: bool = False  # Sana's Mix-FFN: a depthwise 3×3 conv over the token grid inside every MLP (DiT-I)
 
 
 @dataclass(kw_only=True)
@@ -133,9 +134,9 @@ class MicroDiTConfig(Accelerators, ModelConfig):
 
     def __post_init__(self):
         check_accelerators(self)
-        if self.rope:
-            raise ConfigError("model.rope is built for DiT-I only; MicroDiT keeps its sin-cos positions "
-                              "(set model.rope=false)")
+        if self.rope or self.mix_ffn:
+            raise ConfigError("model.rope and model.mix_ffn are built for DiT-I only; MicroDiT keeps its sin-cos "
+                              "positions and SwiGLU / MoE FFNs (set them to false)")
         self.qkv_ratio = tuple(float(r) for r in self.qkv_ratio)
         self.ffn_ratio = tuple(float(r) for r in self.ffn_ratio)
         _choice("model.masking", self.masking, ("deferred", "naive", "block"))

@@ -37,10 +37,12 @@ from ..config import DiTIConfig
 from .layers import (
     Attention,
     LayerScale,
+    MixFFN,
     Mlp,
     RepaHead,
     TextRefiner,
     TimestepEmbedder,
+    TokenLayout,
     keep_tokens,
     modulate,
     patchify,
@@ -68,19 +70,21 @@ class DiTIBlock(nn.Module):
         self.cross_attn = Attention(D, cfg.heads, context_dim=D, qk_norm=qk_norm)
         self.ls2 = LayerScale(D, cfg.layerscale_init)
         self.norm3 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(D, int(D * cfg.mlp_ratio))
+        self.mlp = MixFFN(D, int(D * cfg.mlp_ratio)) if cfg.mix_ffn else Mlp(D, int(D * cfg.mlp_ratio))
         self.ls3 = LayerScale(D, cfg.layerscale_init)
         # adaLN-single (PixArt-α §2.3): this block's learned offset to the shared shift/scale vectors
         self.scale_shift_table = nn.Parameter(torch.randn(6, D) / D**0.5)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor | None, t6: torch.Tensor,
-                rope: torch.Tensor | None = None) -> torch.Tensor:
+                layout: TokenLayout | None = None) -> torch.Tensor:
         # x [B, N, D] image tokens, y [B, L, D] refined text, y_mask [B, L], t6 [B, 6, D] shared modulation,
-        # rope [B, N, Dh/2] the tokens' rotary angles (model.rope) or None
+        # layout: the tokens' grid positions (needed by model.rope / model.mix_ffn, else None)
         shift1, scale1, shift2, scale2, shift3, scale3 = (self.scale_shift_table[None] + t6).unbind(1)  # [B, D]
+        rope = None if layout is None else layout.rope
         x = self.ls1(self.attn(modulate(self.norm1(x), shift1, scale1), rope=rope), x)  # x + γ1·attn, one fused op
         x = self.ls2(self.cross_attn(modulate(self.norm2(x), shift2, scale2), y, key_mask=y_mask), x)
-        x = self.ls3(self.mlp(modulate(self.norm3(x), shift3, scale3)), x)
+        h = modulate(self.norm3(x), shift3, scale3)
+        x = self.ls3(self.mlp(h, layout) if isinstance(self.mlp, MixFFN) else self.mlp(h), x)
         return x
 
 
@@ -193,14 +197,18 @@ class DiTI(nn.Module):
         pos = self.pos_embed if square else sincos_pos_embed_hw(
             self.pos_embed.shape[-1], H // p, W // p, step=1.0 / cfg.pos_interp_scale).to(x.device)[None]
         h = self.x_embedder(patchify(x, p)) + pos  # [B, N, D]
-        rope = None
-        if cfg.rope:  # [B, N, Dh/2]
-            rope = (self.rope_angles if square else rope_angles(
-                H // p, cfg.width // cfg.heads, cols=W // p, interp_scale=cfg.pos_interp_scale).to(x.device)[None])
-            rope = rope.expand(B, -1, -1)
+        layout = None
+        if cfg.rope or cfg.mix_ffn:  # the tokens' places on the grid, kept in step with masking and routing
+            rope = None
+            if cfg.rope:  # [B, N, Dh/2]
+                rope = (self.rope_angles if square else rope_angles(
+                    H // p, cfg.width // cfg.heads, cols=W // p, interp_scale=cfg.pos_interp_scale).to(x.device)[None])
+                rope = rope.expand(B, -1, -1)
+            ids = torch.arange(h.shape[1], device=x.device).expand(B, -1)  # [B, N]
+            layout = TokenLayout(ids, H // p, W // p, rope)
         if keep_mask is not None:  # Crop / patch masking: positions stay those of the whole image
             h = keep_tokens(h, keep_mask)  # [B, N_keep, D]
-            rope = None if rope is None else keep_tokens(rope, keep_mask)
+            layout = None if layout is None else layout.keep(keep_mask)
 
         # Conditioning: noise level → t [B, D] and the shared modulation t6 [B, 6, D]; caption → refined y [B, L, D]
         t = self.t_embedder(noise_cond)
@@ -210,8 +218,8 @@ class DiTI(nn.Module):
             y, text_mask = append_crop_token(self.crop_embedder, y, text_mask, crop_tokens)
         y = self.text_refiner(y, text_mask)
 
-        h = run_blocks(self.blocks, h, lambda block, h, rope: block(h, y, text_mask, t6, rope), route_mask,
-                       cfg.route_start, cfg.route_end, rope)
+        h = run_blocks(self.blocks, h, lambda block, h, layout: block(h, y, text_mask, t6, layout), route_mask,
+                       cfg.route_start, cfg.route_end, layout)
         out = self.final_layer(h, t)  # [B, N | N_keep, p²C]
         if keep_mask is not None:
             return out

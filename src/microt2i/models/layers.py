@@ -15,6 +15,7 @@ Pure architecture: no optimizer, logging, distributed code or environment reads 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -63,21 +64,36 @@ def restore_tokens(full: torch.Tensor, kept: torch.Tensor, keep_mask: torch.Tens
     return full.masked_scatter(keep_mask[..., None].expand_as(full), kept.to(full.dtype))
 
 
+@dataclass
+class TokenLayout:
+    """Where the tokens a block sees sit on the image's token grid: ids [B, N'] (row-major index of each token on the
+    rows × cols grid) and, with RoPE, their rotary angles [B, N', Dh/2]. Masking and routing keep both in step."""
+
+    ids: torch.Tensor
+    rows: int
+    cols: int
+    rope: torch.Tensor | None = None
+
+    def keep(self, mask: torch.Tensor) -> "TokenLayout":
+        rope = None if self.rope is None else keep_tokens(self.rope, mask)
+        return TokenLayout(keep_tokens(self.ids, mask), self.rows, self.cols, rope)
+
+
 def run_blocks(blocks, h: torch.Tensor, call, route_mask: torch.Tensor | None = None, route_start: int = 0,
-               route_end: int = 0, rope: torch.Tensor | None = None) -> torch.Tensor:
-    """h = call(block, h, rope) for each block; with a TREAD `route_mask` [B, N] (True = the token takes the routed
+               route_end: int = 0, layout: TokenLayout | None = None) -> torch.Tensor:
+    """h = call(block, h, layout) for each block; with a TREAD `route_mask` [B, N] (True = the token takes the routed
     span) only those tokens go through blocks route_start … route_end − 1, the others skip them unchanged (TREAD §3).
-    rope [B, N, Dh/2] (the tokens' rotary angles, `rope_angles`) or None follows its tokens into the span."""
-    full = full_rope = None
+    `layout` (the tokens' grid positions, or None) follows its tokens into the span."""
+    full = full_layout = None
     for i, block in enumerate(blocks):
         if route_mask is not None and i == route_start:
             full, h = h, keep_tokens(h, route_mask)  # [B, N_route, D]
-            if rope is not None:
-                full_rope, rope = rope, keep_tokens(rope, route_mask)  # [B, N_route, Dh/2]
-        h = call(block, h, rope)
+            if layout is not None:
+                full_layout, layout = layout, layout.keep(route_mask)
+        h = call(block, h, layout)
         if full is not None and i == route_end - 1:
             h, full = restore_tokens(full, h, route_mask), None  # [B, N, D], token order restored
-            rope = full_rope
+            layout = full_layout
     return h
 
 
@@ -218,6 +234,28 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.norm(F.gelu(self.fc1(x), approximate="tanh")))
+
+
+class MixFFN(nn.Module):
+    """Linear → depthwise 3×3 conv over the token grid → GELU(tanh) → Linear: Sana's Mix-FFN (Xie et al. 2024, §2.3,
+    after SegFormer), a local inductive bias for the transformer at the cost of 9 multiply-adds per hidden channel.
+    Tokens missing from the grid (masked or routed away, `TokenLayout`) read as zeros."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        h = self.fc1(x)  # [B, N', Dh]
+        B, N, C = h.shape
+        R, Cg = layout.rows, layout.cols
+        full = N == R * Cg  # every token present, in row-major order
+        grid = h if full else h.new_zeros(B, R * Cg, C).scatter(1, layout.ids[..., None].expand(-1, -1, C), h)
+        grid = self.dw(grid.transpose(1, 2).reshape(B, C, R, Cg)).flatten(2).transpose(1, 2)  # [B, R·Cg, C]
+        h = grid if full else grid.gather(1, layout.ids[..., None].expand(-1, -1, C))  # [B, N', C]
+        return self.fc2(F.gelu(h, approximate="tanh"))
 
 
 class SwiGLU(nn.Module):

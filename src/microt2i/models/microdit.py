@@ -370,7 +370,7 @@ class MicroDiT(nn.Module):
             h = keep_tokens(h, inner)  # [B, N_keep, Dm]
         h = self.mixer_out(h)  # [B, N | N_keep, D]; mapped after masking to save compute (reference)
 
-        h = run_blocks(self.blocks, h, lambda block, h, _: block(h, y, text_mask, c), route_mask, cfg.route_start,
+        h = run_blocks(self.blocks, h, lambda block, h, _layout: block(h, y, text_mask, c), route_mask, cfg.route_start,
                        cfg.route_end)
         out = self.final_layer(h, c)  # [B, N | N_keep, p²C]
         return out if keep_mask is not None else unpatchify(out, p, C, H, W)
