@@ -145,3 +145,21 @@ def test_cli_cost_recipe(capsys):
     assert "| world-tiny |" in out and "**total**" in out
     assert main(["cost", "recipe", "world-microdit-tiny", "--img-s", "fast"]) == 2
     assert "--img-s" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("groups", [1, 4, 8])
+def test_conv_backward_counts_twice_the_forward_for_any_groups(groups):
+    # grad_input and grad_weight are each one conv of the forward's size (torch's own formula counts a grouped
+    # conv's weight gradient `groups`× too high; Mix-FFN's depthwise conv is the case that matters)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from microt2i.cost import conv_backward_flops
+
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=groups)
+    x = torch.randn(2, 8, 5, 5, requires_grad=True)
+    with FlopCounterMode(display=False) as fwd:
+        y = conv(x)
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops}) as bwd:
+        y.sum().backward()
+    assert fwd.get_total_flops() == 2 * 2 * 25 * 8 * (8 // groups) * 9  # 2·B·H·W·C_out·(C_in/groups)·k²
+    assert bwd.get_total_flops() == 2 * fwd.get_total_flops()

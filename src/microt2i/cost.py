@@ -138,9 +138,28 @@ def count_train_flops(run: RunConfig, *, mask_ratio: float | None = None, text_l
 _FLOPS_CACHE: dict[tuple, TrainFlops] = {}
 
 
+def conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, groups, output_mask, out_shape=None, **kwargs) -> int:
+    """FLOPs of aten.convolution_backward with groups honoured: torch's formula (torch 2.13) counts the weight
+    gradient of a grouped conv as if it were dense, `groups`× too many for Mix-FFN's depthwise conv."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    def t(shape):
+        return [shape[1], shape[0], *shape[2:]]
+
+    flops = 0
+    if output_mask[0]:  # grad_input: a (transposed) conv of grad_out with the weight
+        flops += conv_flop_count(list(grad_out_shape), list(w_shape), list(x_shape), not transposed)
+    if output_mask[1]:  # grad_weight: a conv of the input with grad_out, one group's channels at a time
+        a, b = (t(grad_out_shape), t(x_shape)) if transposed else (t(x_shape), t(grad_out_shape))
+        flops += conv_flop_count(a, b, t(w_shape)) // groups
+    return flops
+
+
 def _count(run: RunConfig, cfg, L: int, batch: int) -> TrainFlops:
     from torch.utils.flop_counter import FlopCounterMode
 
+    aten = torch.ops.aten
     from .diffusion.objectives import build_objective
     from .models import build, sample_keep_mask, sample_route_mask
     from .models.moe import ExpertChoiceMoE, tokens_per_expert
@@ -173,7 +192,7 @@ def _count(run: RunConfig, cfg, L: int, batch: int) -> TrainFlops:
     with _ShapeOnlyMasks(counts):
         with FlopCounterMode(display=False) as fwd:
             loss = objective.loss(net, x0, tokens, mask, **kwargs).mean()
-        with FlopCounterMode(display=False) as bwd:
+        with FlopCounterMode(display=False, custom_mapping={aten.convolution_backward: conv_backward_flops}) as bwd:
             loss.backward()
     for h in hooks:
         h.remove()
