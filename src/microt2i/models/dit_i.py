@@ -32,15 +32,16 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..augment.crop import CropEmbedder, append_crop_token
 from ..config import DiTIConfig
 from .layers import (
     Attention,
+    CropEmbedder,
     LayerScale,
     Mlp,
     RepaHead,
     TextRefiner,
     TimestepEmbedder,
+    append_crop_token,
     keep_tokens,
     modulate,
     patchify,

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..augment.crop import whole_image_boxes
+
 # ---------------------------------------------------------------------------------------------------------------
 # Patches and modulation
 
@@ -383,3 +385,30 @@ class TextRefiner(nn.Module):
         for block in self.blocks:
             y = block(y, mask)
         return self.norm(y)  # [B, L, D]
+
+
+class CropEmbedder(nn.Module):
+    """Normalised crop box [B, 4] → one crop-coordinate token [B, 1, D]: an MLP on the box mapped to [−1, 1]."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(4, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, boxes: torch.Tensor) -> torch.Tensor:
+        if boxes.ndim != 2 or boxes.shape[-1] != 4:
+            raise ValueError(f"crop_tokens must be normalised boxes [B, 4] = (x0, y0, x1, y1), got "
+                             f"{list(boxes.shape)}; pass augment.crop.whole_image_boxes(B) for the whole image")
+        return self.mlp(boxes.to(self.mlp[0].weight.dtype) * 2 - 1).unsqueeze(1)
+
+
+def append_crop_token(embedder: CropEmbedder, y: torch.Tensor, y_mask: torch.Tensor | None,
+                      boxes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Caption tokens y [B, L, D] (mask [B, L]) with the crop token appended: [B, L+1, D], [B, L+1]. A missing box
+    means the whole image (inference)."""
+    B, L = y.shape[:2]
+    if boxes is None:
+        boxes = whole_image_boxes(B, y.device)
+    y = torch.cat([y, embedder(boxes.to(y.device)).to(y.dtype)], dim=1)
+    if y_mask is None:
+        y_mask = torch.ones(B, L, dtype=torch.bool, device=y.device)
+    return y, torch.cat([y_mask.bool(), y_mask.new_ones(B, 1, dtype=torch.bool)], dim=1)

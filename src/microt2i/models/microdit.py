@@ -40,14 +40,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..augment.crop import CropEmbedder, append_crop_token, box_keep_mask
+from ..augment.crop import box_keep_mask
 from ..config import MicroDiTConfig
 from .layers import (
     Attention,
+    CropEmbedder,
     Mlp,
     RepaHead,
     SwiGLU,
     TimestepEmbedder,
+    append_crop_token,
     keep_tokens,
     modulate,
     patchify,
@@ -398,3 +400,15 @@ MICRODIT_CONFIGS: dict[str, MicroDiTConfig] = {
     "world-microdit-tiny": MicroDiTConfig(in_channels=3, input_size=16, text_dim=384, width=64, depth=4, head_dim=16,
                                           mixer_depth=1, mixer_width=32, multiple_of=16, num_experts=4),
 }
+
+
+def crop_patch_mask(crop_keep: torch.Tensor, mask_ratio: float, *, generator=None) -> torch.Tensor:
+    """MicroDiT under Crop: keep a uniform random ⌊N_crop·(1 − mask_ratio)⌋ (≥ 1) of each row's crop tokens;
+    [B, N] bool, a subset of `crop_keep`."""
+    B, N = crop_keep.shape
+    n_crop = int(crop_keep[0].sum())
+    gen_device = generator.device if generator is not None else crop_keep.device
+    noise = torch.rand(B, N, generator=generator, device=gen_device).to(crop_keep.device)
+    noise = noise.masked_fill(~crop_keep, 2.0)  # tokens outside the crop sort last
+    ids = noise.argsort(dim=1)[:, : num_kept(n_crop, mask_ratio)]
+    return torch.zeros_like(crop_keep).scatter_(1, ids, True)

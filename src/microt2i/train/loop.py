@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save
 
-from ..augment.crop import crop_patch_mask, crop_sides, sample_crop
+from ..augment.crop import crop_sides, sample_crop
 from ..augment.cutmix import build_cutmix_store, ia_gate, twin_index
 
 from ..config import ConfigError, RunConfig, _plain, check_device, save_yaml, to_dict
@@ -33,6 +33,7 @@ from ..progress import Progress, heartbeat
 from ..eval.live import LiveEval
 from ..models import build, count_params, sample_keep_mask, sample_route_mask, save_pretrained
 from ..models.layers import keep_tokens
+from ..models.microdit import crop_patch_mask
 from .ema import EMA, _local
 from .logger import RunLogger
 from .optim import lr_at, make_optimizer
