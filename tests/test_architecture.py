@@ -118,7 +118,8 @@ def _graph() -> dict[str, set[str]]:
                 graph[m].add(imp.target)
                 # importing a.b.c runs a/__init__ and a/b/__init__ first
                 parts = imp.target.split(".")
-                graph[m].update(".".join(parts[:k]) for k in range(2, len(parts)) if ".".join(parts[:k]) != m)
+                packages = (".".join(parts[:k]) for k in range(2, len(parts)))
+                graph[m].update(p for p in packages if p != m and not m.startswith(p + "."))  # not its own
     return graph
 
 

@@ -14,7 +14,8 @@ from microt2i.augment.cutmix import (
     twin_index,
 )
 from microt2i.config import ConfigError, CutMixConfig, ObjectiveConfig, apply_overrides
-from microt2i.diffusion.noise import paper_tau_to_sigma, sigma_to_alpha_bar, sigma_to_logsnr
+from microt2i.augment.cutmix import paper_tau_to_sigma
+from microt2i.diffusion.noise import sigma_to_alpha_bar, sigma_to_logsnr
 from microt2i.diffusion.objectives import build_objective
 from microt2i.diffusion.vp import VPSchedule
 from microt2i.world import make_dataset

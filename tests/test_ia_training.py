@@ -11,7 +11,7 @@ from microt2i.augment.crop import box_keep_mask
 from microt2i.config import ConfigError, apply_overrides
 from microt2i.data.sampler import ResumableSampler
 from microt2i.data.store import Store
-from microt2i.diffusion.noise import paper_tau_to_sigma
+from microt2i.augment.cutmix import paper_tau_to_sigma
 from microt2i.train import loop
 from microt2i.train.loop import train
 from microt2i.train.state import load_latest

@@ -18,7 +18,7 @@ from microt2i.augment.cutmix import ia_gate
 from microt2i.cli import main
 from microt2i.config import ConfigError, DataConfig, EvalConfig, LATENT_NORMS, apply_overrides
 from microt2i.data.store import StoreMismatchError, cache_key, check_store_key, store_key
-from microt2i.diffusion.noise import paper_tau_to_sigma
+from microt2i.augment.cutmix import paper_tau_to_sigma
 from microt2i.diffusion.vp import VPSchedule
 from microt2i.encoders import codec as codec_mod
 from microt2i.models import build, count_params

@@ -434,7 +434,7 @@ def make_train_step(run: RunConfig, batch_size: int, device: torch.device, *, pr
     """(step, net) for `run`'s real training step on random data of the right shapes: caption dropout, a fresh
     keep-mask (MicroDiT), the objective's loss under autocast, backward, grad clipping, the optimizer (fused AdamW
     or LAMB, `train.optim`) and the EMA update. No host sync inside `step()` (the loss is never read back)."""
-    from .diffusion.guidance import null_text as null_caption
+    from .encoders.text import null_text as null_caption
     from .diffusion.objectives import build_objective
     from .models import sample_keep_mask
     from .train.ema import EMA

@@ -223,7 +223,7 @@ def cmd_cutmix(args) -> int:
     for i, d in enumerate(describe):
         print(f"{i:3d}  [{d}] {store.captions[i]}")
     if args.out and cfg.data.codec == "pixel":  # a preview grid of the first composites (pixel codec: no decoder)
-        from .data.store import tensor_to_images
+        from .world.pixels import tensor_to_images
 
         n = min(args.show, len(store))
         save_grid(tensor_to_images(store.latents[:n]), args.out, nrow=int(n ** 0.5 + 0.999),

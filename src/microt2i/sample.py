@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 from .config import RunConfig, check_sampling, load_yaml
-from .data.store import tensor_to_images
+from .world.pixels import tensor_to_images
 from .diffusion.objectives import build_objective
 from .diffusion.guidance import cfg_denoiser
 from .diffusion.samplers import count_diverged, get_sampler

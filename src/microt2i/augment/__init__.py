@@ -3,11 +3,11 @@ Crop (`crop.py`, App. F). Switched on by `augment.cutmix.*` / `augment.crop.*` i
 
 from __future__ import annotations
 
+from .cutmix import paper_tau_to_sigma
+
 
 def describe(aug) -> str:
     """One line naming the active image augmentation of an `AugmentConfig` ("none" when off)."""
-    from ..diffusion.noise import paper_tau_to_sigma
-
     parts = []
     cm, crop = aug.cutmix, aug.crop
     if cm.enabled:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from collections.abc import Sequence
@@ -45,7 +46,6 @@ import torch
 from PIL import Image
 
 from ..config import CutMixConfig, DataConfig
-from ..diffusion.noise import paper_tau_to_sigma
 from ..world.scenes import article
 
 PATTERNS = ("1/2", "1/4", "1/9", "1/16")
@@ -181,7 +181,7 @@ def pair_caption(names: Sequence[str]) -> str:
 
 def ia_gate(sigma: torch.Tensor, tau: float, p: float, *, generator=None) -> torch.Tensor:
     """[B] bool: sample b takes its augmented twin iff σ_b > σ(τ) (τ on the paper's 1000-step linear-ᾱ scale,
-    `noise.paper_tau_to_sigma`) and Bernoulli(p) fires (Eq. 3). One uniform is drawn per sample either way."""
+    `paper_tau_to_sigma`) and Bernoulli(p) fires (Eq. 3). One uniform is drawn per sample either way."""
     gen_device = generator.device if generator is not None else sigma.device
     u = torch.rand(sigma.shape, generator=generator, device=gen_device).to(sigma.device)
     return (sigma > paper_tau_to_sigma(tau)) & (u < p)
@@ -497,3 +497,14 @@ def open_cutmix_store(data_cfg: DataConfig, cfg: CutMixConfig):
         raise StoreMismatchError(f"the CutMix composites {path} were built with other settings ({what}); delete "
                                  f"{path} and run `microt2i cutmix` with this config again")
     return store
+
+
+def paper_tau_to_sigma(tau: float = 400, T: int = 1000) -> float:
+    """The ImageNet paper's IA threshold τ (of T steps) as an EDM σ: IA applies iff σ > this.
+
+    That paper's schedule is linear in ᾱ: ᾱ = 1 − t with t = τ/T, so τ = 400 ⇒ ᾱ = 0.6 ⇒ σ = √(0.4/0.6) ≈ 0.816.
+    """
+    if not 0 < tau < T:
+        raise ValueError(f"tau={tau} must lie strictly between 0 and T={T}")
+    alpha_bar = 1 - tau / T
+    return math.sqrt((1 - alpha_bar) / alpha_bar)  # diffusion.noise.alpha_bar_to_sigma, in floats

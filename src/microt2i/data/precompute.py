@@ -26,8 +26,9 @@ from ..io import atomic_write_bytes, atomic_write_text
 from ..progress import Progress
 from .imagenet import IngestReport, list_folder, list_imagenet
 from .ingest import INGEST_SOURCES, finish_caption, ingest_content, item_caption, item_loader, list_ingest
-from .store import (CONFIG_KEY_FIELDS, EMPTY, PLAN, StoreMismatchError, finalize_store, images_to_tensor, key_hash,
+from .store import (CONFIG_KEY_FIELDS, EMPTY, PLAN, StoreMismatchError, finalize_store, key_hash,
                     shard_info, shard_name, store_key, write_shard)
+from ..world.pixels import images_to_tensor
 
 _DTYPES = {"float16": torch.float16, "float32": torch.float32}
 

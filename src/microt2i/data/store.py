@@ -27,8 +27,9 @@ import torch
 from safetensors.torch import load_file, save
 
 from ..config import ConfigError, DataConfig
-from ..diffusion.guidance import null_text
+from ..encoders.text import null_text
 from ..io import atomic_write_bytes, atomic_write_text, file_sha256
+from ..world.pixels import images_to_tensor
 
 FORMAT_VERSION = 1
 _NOT_IN_WORLD_KEY = ("cache_dir", "store_dir", "root", "split", "labels_file", "caption_file", "latent_mode",
@@ -103,17 +104,6 @@ def load_store(path: str | os.PathLike) -> Store:
     t = load_file(str(path.with_suffix(".safetensors")))
     return Store(t["latents"], t["text_tokens"], t["text_mask"].bool(), j["captions"], j["meta"],
                  t["empty_tokens"], t["empty_mask"].bool())
-
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W, 3] → float [N, 3, H, W] in [−1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def tensor_to_images(x: torch.Tensor) -> np.ndarray:
-    """float [N, 3, H, W] in [−1, 1] → uint8 [N, H, W, 3]."""
-    x = (x.detach().float().clamp(-1, 1) + 1) * 127.5
-    return x.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def encode_set(images: np.ndarray, captions: list[str], codec, text_encoder, batch_size: int = 256):

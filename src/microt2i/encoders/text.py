@@ -304,3 +304,20 @@ def format_text_cost_table(costs: Sequence[TextEncoderCost], device: str) -> str
     paper = [[n, str(length), str(d), t, str(gb)] for n, length, d, t, gb in PAPER_TABLE2]
     return "\n".join(_table(head, rows) + ["", "Paper 003 Table 2 (one H100, fp16):"] + _table(
         ["text encoder", "sequence length", "embedding size", "time per 1M (min:sec)", "storage (GB)"], paper))
+
+
+def null_text(mode: str, empty_tokens: torch.Tensor, empty_mask: torch.Tensor):
+    """The unconditional caption (tokens [1, L, C], mask [1, L]) for CFG and for caption dropout in training.
+
+    "empty": the text encoder's encoding of "" (CAD-I). "zero": all-zero token embeddings (MicroDiT) behind a
+    single visible slot, so the null caption carries no trace of any caption's length and attention has one key.
+    `empty_tokens`/`empty_mask` ([L, C] or [1, L, C] / [L] or [1, L]) give the shape in both modes.
+    """
+    empty_tokens, empty_mask = empty_tokens.reshape(1, *empty_tokens.shape[-2:]), empty_mask.reshape(1, -1)
+    if mode == "empty":
+        return empty_tokens.float(), empty_mask.bool()
+    if mode == "zero":
+        mask = torch.zeros_like(empty_mask, dtype=torch.bool)
+        mask[:, 0] = True
+        return torch.zeros_like(empty_tokens, dtype=torch.float32), mask
+    raise ValueError(f"null_text mode {mode!r} is not one of zero, empty")

@@ -17,6 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .pixels import images_to_tensor
+from .render import make_dataset
+
 WORLD_VAE_DIR = Path(__file__).parent / "vae"
 TARGET_STD = 0.5
 
@@ -28,9 +31,6 @@ def world_vae_config() -> dict:
 
 
 def _batch(step: int, batch_size: int, resolution: int, seed: int) -> torch.Tensor:
-    from ..data.store import images_to_tensor
-    from .scenes import make_dataset
-
     images, _, _ = make_dataset(batch_size, seed=seed * 1_000_003 + step, resolution=resolution, captions="aio")
     return images_to_tensor(images)
 
