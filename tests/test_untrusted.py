@@ -20,7 +20,7 @@ from microt2i.data.captions import CaptionFileError, read_captions
 from microt2i.data.precompute import precompute
 from microt2i.data.store import StoreDamagedError, cache_key, cache_root, load_or_build, open_store, shard_name
 from microt2i.encoders import TextEncoder, load_codec
-from microt2i.eval.clipscore import load_image_text_model
+from microt2i.encoders.clip import load_image_text_model
 from microt2i.models import from_pretrained
 from microt2i.train.loop import train
 from microt2i.train.state import checkpoint_path, load_latest

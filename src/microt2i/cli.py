@@ -428,7 +428,8 @@ def cmd_cost_text_encoders(args) -> int:
     import torch
 
     from .encoders.hub import MissingModelError
-    from .encoders.text import TextEncoder, format_text_cost_table, measure_text_encoder
+    from .cost import format_text_cost_table
+    from .encoders.text import TextEncoder, measure_text_encoder
     from .world.scenes import long_caption, sample_scene
 
     if args.threads:
@@ -482,7 +483,7 @@ def cmd_eval(args) -> int:
             "pickscore": dict(model=args.model, prompts=args.prompts),
             "preference": dict(against=args.against, judge=args.judge, prompts=args.prompts)}[args.metric]
     if args.metric in ("aesthetic", "pickscore", "preference"):  # eval/aesthetic.py, eval/preference.py
-        from .eval.preference import register_suites
+        from .eval.aesthetic import register_suites
         from .eval.runner import DEFAULT_N, SUITES
 
         register_suites(SUITES)

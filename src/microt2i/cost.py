@@ -15,12 +15,14 @@ GPU-days on 8×A100 / 8×H100 and dollars, and the MFU of a measured throughput.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .config import ConfigError, RunConfig
+from .encoders.text import TextEncoderCost
 
 # Dense bf16 tensor-core peak FLOP/s per GPU (vendor datasheets, SXM parts), for MFU. Matched by substring of
 # `torch.cuda.get_device_name()`, first match wins (H200 before H100).
@@ -324,3 +326,26 @@ How to read ours against Table 6 (paper 003):
   its days and dollars; $ = 8 × H100-days × 24 h × $3.75 (= 8 × A100-days × 24 h × $1.5 at A100 time = 2.5 × H100
   time). The MFU these throughputs imply on an H100 (989 TFLOP/s dense bf16) is 17-19 %.
 """
+
+
+# Paper 003 Table 2 (one H100, fp16 storage, per 1M captions): name, sequence length, width, time, storage GB.
+PAPER_TABLE2 = (("CLIP (ViT-H-14)", 77, 1024, "3:20", 157), ("T5 (T5-xxl)", 120, 4096, "33:04", 983))
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def format_text_cost_table(costs: Sequence[TextEncoderCost], device: str) -> str:
+    """Paper 003 Table 2's columns for the measured encoders, then the paper's own rows."""
+    dt = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+    rows = [[c.name, c.kind, str(c.length), str(c.dim), dt[c.dtype], str(c.batch_size),
+             f"{c.seconds_per_batch * 1e3:.1f}", f"{c.batch_size / c.seconds_per_batch:.1f}",
+             _clock(c.seconds_per_million), f"{c.gb_per_million:.1f}", f"{c.truncated:.0%}"] for c in costs]
+    head = ["text encoder", "kind", "sequence length", "embedding size", "storage dtype", "batch", "ms / batch",
+            "captions / s", f"time per 1M ({device}, h:mm:ss)", "storage per 1M (GB)", "truncated"]
+    paper = [[n, str(length), str(d), t, str(gb)] for n, length, d, t, gb in PAPER_TABLE2]
+    return "\n".join(_table(head, rows) + ["", "Paper 003 Table 2 (one H100, fp16):"] + _table(
+        ["text encoder", "sequence length", "embedding size", "time per 1M (min:sec)", "storage (GB)"], paper))

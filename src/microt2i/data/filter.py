@@ -98,7 +98,7 @@ def filter_dataset(data: DataConfig, out: str | Path, *, classes: Sequence[str],
     if scorer == "world":
         score_fn = world_class_scores
     else:
-        from ..eval.clipscore import load_image_text_model
+        from ..encoders.clip import load_image_text_model
 
         model = load_image_text_model(scorer, device=device)
         score_fn = lambda imgs, cls: clip_class_scores(imgs, cls, model, templates)  # noqa: E731

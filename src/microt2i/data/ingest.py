@@ -301,7 +301,6 @@ def item_caption(item, seed: int) -> str | None:
     if not item.captions:
         return None
     from .captions import pick_caption
-    from .precompute import hash_key
 
     return pick_caption(list(item.captions), seed, 0, hash_key(item.key))
 
@@ -393,7 +392,6 @@ def write_world_folder(out: str | Path, n: int, *, seed: int = 0, resolution: in
     from ..io import atomic_write_bytes, atomic_write_text
     from ..world import make_dataset
     from ..world.scenes import BACKGROUNDS
-    from .precompute import world_key
 
     bad = [b for b in backgrounds if b not in BACKGROUNDS]
     if bad:
@@ -419,3 +417,13 @@ def write_world_folder(out: str | Path, n: int, *, seed: int = 0, resolution: in
     if len(keys) < n:
         raise ValueError(f"only {len(keys)} of the first {limit} world items have background {list(backgrounds)}")
     return keys
+
+
+def world_key(seed: int, i: int) -> str:
+    """The key of world item i (the keys `microt2i caption --source world` writes)."""
+    return f"world-{seed}/{i:07d}"
+
+
+def hash_key(key: str) -> int:
+    """A stable integer of a sample key (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")

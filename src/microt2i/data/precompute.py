@@ -25,7 +25,8 @@ from ..config import DataConfig
 from ..io import atomic_write_bytes, atomic_write_text
 from ..progress import Progress
 from .imagenet import IngestReport, list_folder, list_imagenet
-from .ingest import INGEST_SOURCES, finish_caption, ingest_content, item_caption, item_loader, list_ingest
+from .ingest import (INGEST_SOURCES, finish_caption, hash_key, ingest_content, item_caption, item_loader, list_ingest,
+                     world_key)
 from .store import (CONFIG_KEY_FIELDS, EMPTY, PLAN, StoreMismatchError, finalize_store, key_hash,
                     shard_info, shard_name, store_key, write_shard)
 from ..world.pixels import images_to_tensor
@@ -42,11 +43,6 @@ def list_items(data: DataConfig) -> list:
     if data.source in INGEST_SOURCES:  # your own data: sidecar folders, WebDataset shards, HF datasets
         return list_ingest(data)
     return list_folder(data.root)
-
-
-def world_key(seed: int, i: int) -> str:
-    """The key of world item i (the keys `microt2i caption --source world` writes)."""
-    return f"world-{seed}/{i:07d}"
 
 
 def caption_table(data: DataConfig) -> dict[str, list[str]] | None:
@@ -221,11 +217,6 @@ def _set_caption(record: dict, table: dict[str, list[str]], seed: int, report: I
         return False
     record["caption"] = pick_caption(caps, seed, 0, hash_key(record["key"]))
     return True
-
-
-def hash_key(key: str) -> int:
-    """A stable integer of a sample key (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
 
 def bytes_per_sample(data: DataConfig, latent_shape: tuple[int, ...], text_dim: int) -> dict[str, int]:

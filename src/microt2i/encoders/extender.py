@@ -2,7 +2,7 @@
 Prompt Extender before generating images"; Tables 9–11 score original ◇ and extended ★ GenEval prompts).
 
 - `TemplateExtender` (the world): parse a GenEval-style prompt ("a photo of two red stars", "a photo of a cube
-  left of a ring", ...) into a GenEval record, draw a world scene that satisfies it (`eval.geneval.world_scene`)
+  left of a ring", ...) into a GenEval record, draw a world scene that satisfies it (`world.compose.world_scene`)
   and describe that scene with the world's oracle long captioner — every stated fact of the prompt is kept, the
   rest (sizes, background, unstated colours) is filled in the way training captions do.
 - `LMExtender`: any `transformers` causal LM by id or folder, asked to rewrite the prompt as a detailed caption.
@@ -96,7 +96,7 @@ class TemplateExtender:
         self.seed = seed
 
     def extend_record(self, record: dict) -> str:
-        from ..eval.geneval import world_scene
+        from ..world.compose import world_scene
         from ..world.scenes import long_caption
 
         rng = np.random.default_rng([self.seed, zlib.crc32(record["prompt"].encode())])

@@ -118,3 +118,9 @@ def load_teacher(spec: str, device="cpu") -> Teacher:
         raise ValueError("REPA needs data.repa_teacher: effnet-lite0 (offline) or a DINOv2 hub id / folder")
     return effnet_lite0_teacher(device) if spec == "effnet-lite0" else dinov2_teacher(spec, device)
 
+
+def check_images(images, name: str = "images") -> np.ndarray:
+    a = np.asarray(images)
+    if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 [N, H, W, 3] (RGB), got {a.dtype} {a.shape}")
+    return a

@@ -224,9 +224,6 @@ class TextEncoder:
 
 # ------------------------------------------------------------------------------------------------ cost (003 Table 2)
 
-# Paper 003 Table 2 (one H100, fp16 storage, per 1M captions): name, sequence length, width, time, storage GB.
-PAPER_TABLE2 = (("CLIP (ViT-H-14)", 77, 1024, "3:20", 157), ("T5 (T5-xxl)", 120, 4096, "33:04", 983))
-
 
 def storage_bytes(num_captions: int, length: int, dim: int, dtype: torch.dtype = torch.float16, *,
                   with_mask: bool = False) -> int:
@@ -283,27 +280,6 @@ def measure_text_encoder(encoder: TextEncoder, captions: Sequence[str], *, repea
     cut = sum(n > encoder.max_length for n in encoder.token_counts(captions)) / len(captions)
     return TextEncoderCost(encoder.name, encoder.kind, encoder.max_length, encoder.dim, encoder.storage_dtype,
                            len(captions), float(sorted(times)[len(times) // 2]), cut)  # fmt: skip
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(round(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def format_text_cost_table(costs: Sequence[TextEncoderCost], device: str) -> str:
-    """Paper 003 Table 2's columns for the measured encoders, then the paper's own rows."""
-    from ..cost import _table
-
-    dt = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-    rows = [[c.name, c.kind, str(c.length), str(c.dim), dt[c.dtype], str(c.batch_size),
-             f"{c.seconds_per_batch * 1e3:.1f}", f"{c.batch_size / c.seconds_per_batch:.1f}",
-             _clock(c.seconds_per_million), f"{c.gb_per_million:.1f}", f"{c.truncated:.0%}"] for c in costs]
-    head = ["text encoder", "kind", "sequence length", "embedding size", "storage dtype", "batch", "ms / batch",
-            "captions / s", f"time per 1M ({device}, h:mm:ss)", "storage per 1M (GB)", "truncated"]
-    paper = [[n, str(length), str(d), t, str(gb)] for n, length, d, t, gb in PAPER_TABLE2]
-    return "\n".join(_table(head, rows) + ["", "Paper 003 Table 2 (one H100, fp16):"] + _table(
-        ["text encoder", "sequence length", "embedding size", "time per 1M (min:sec)", "storage (GB)"], paper))
 
 
 def null_text(mode: str, empty_tokens: torch.Tensor, empty_mask: torch.Tensor):

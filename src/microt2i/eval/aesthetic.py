@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .features import check_images
+from .preference import read_prompts, suite_preference
 
 AESTHETIC_CLIP = "openai/clip-vit-large-patch14"
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
@@ -107,7 +108,6 @@ def summary(scores: np.ndarray, prefix: str) -> dict:
 
 
 def _prompts(sampler, n, prompts_file):
-    from .preference import read_prompts
     from .runner import world_reference
 
     if prompts_file:
@@ -131,7 +131,7 @@ def suite_aesthetic(sampler, n, seed, head=None, model=None, prompts=None, **_):
 
 def suite_pickscore(sampler, n, seed, model=None, prompts=None, **_):
     """`microt2i eval pickscore`: mean PickScore of samples against their prompts."""
-    from .clipscore import load_image_text_model
+    from ..encoders.clip import load_image_text_model
 
     texts, cats = _prompts(sampler, n, prompts)
     images = sampler(texts, seed=seed)
@@ -139,3 +139,10 @@ def suite_pickscore(sampler, n, seed, model=None, prompts=None, **_):
     scores = pick_score(images, texts, clip)
     rows = [{"prompt": t, "category": c, "pickscore": float(s)} for t, c, s in zip(texts, cats, scores)]
     return summary(scores, "pickscore") | {"model": clip.name}, rows[:400], images
+
+
+def register_suites(suites: dict) -> None:
+    """Add aesthetic / pickscore / preference to eval/runner.py's SUITES (the `microt2i eval` dispatch table)."""
+    suites.setdefault("aesthetic", suite_aesthetic)
+    suites.setdefault("pickscore", suite_pickscore)
+    suites.setdefault("preference", suite_preference)

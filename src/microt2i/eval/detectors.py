@@ -120,7 +120,7 @@ class TransformersDetector:
 
     def color(self, image: np.ndarray, obj: GenEvalObject) -> str:
         if self._color is None:  # CLIP is loaded only when a colour clause needs it
-            from .clipscore import load_image_text_model
+            from ..encoders.clip import load_image_text_model
 
             self._color = ClipColorClassifier(load_image_text_model(self._color_spec, self.device))
         return self._color(image, obj)

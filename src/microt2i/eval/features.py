@@ -32,20 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..encoders.teacher import IMAGENET_MEAN, IMAGENET_STD, load_effnet_lite0, resize_clean
+from ..encoders.clip import CLIP_MEAN, CLIP_STD
+from ..encoders.teacher import IMAGENET_MEAN, IMAGENET_STD, check_images, load_effnet_lite0, resize_clean
 from ..encoders.teacher import file_id as _file_id
 from ..encoders.teacher import normalize as _normalize
 from ..io import atomic_write_bytes
 
 EXTRACTORS = ("effnet-lite0", "inception", "dinov2", "clip")
 DEFAULT_WEIGHTS = {"dinov2": "facebook/dinov2-large", "clip": "openai/clip-vit-base-patch32"}
-
-
-def check_images(images, name: str = "images") -> np.ndarray:
-    a = np.asarray(images)
-    if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8:
-        raise ValueError(f"{name} must be uint8 [N, H, W, 3] (RGB), got {a.dtype} {a.shape}")
-    return a
 
 
 def _folder_id(folder: Path) -> str:
@@ -153,8 +147,6 @@ def dinov2(weights: str | None = None, device="cpu", resolution: int = 224) -> F
 
 
 def clip(weights: str | None = None, device="cpu") -> FeatureExtractor:
-    from .clipscore import CLIP_MEAN, CLIP_STD
-
     spec, folder, model = _hf_model("clip", weights, device)
     size = model.config.vision_config.image_size
     return FeatureExtractor(

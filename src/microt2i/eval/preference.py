@@ -232,12 +232,3 @@ def suite_preference(sampler, n, seed, against=None, judge="world", prompts=None
                                             "model_b": str(against)}
     pairs = np.stack([im for pair in zip(images_a[:32], images_b[:32]) for im in pair])  # A, B side by side
     return metrics, [{k: r[k] for k in ("prompt", "category", "a_first", "winner")} for r in rows[:400]], pairs
-
-
-def register_suites(suites: dict) -> None:
-    """Add aesthetic / pickscore / preference to eval/runner.py's SUITES (the `microt2i eval` dispatch table)."""
-    from . import aesthetic
-
-    suites.setdefault("aesthetic", aesthetic.suite_aesthetic)
-    suites.setdefault("pickscore", aesthetic.suite_pickscore)
-    suites.setdefault("preference", suite_preference)

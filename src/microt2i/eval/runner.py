@@ -224,7 +224,8 @@ def _prdc(sampler, n, features, weights, seed, k=3, splits=5, resize=None, **opt
 
 
 def _clipscore(sampler, n, seed, model=None, **opts):
-    from .clipscore import DEFAULT_MODEL, clip_cosines, load_image_text_model, summarize_clip
+    from ..encoders.clip import DEFAULT_MODEL, load_image_text_model
+    from .clipscore import clip_cosines, summarize_clip
 
     clip = load_image_text_model(model or DEFAULT_MODEL, device=sampler.device)
     ref = _reference(sampler, n, **opts)
