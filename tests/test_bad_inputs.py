@@ -24,7 +24,7 @@ from microt2i.data.precompute import precompute
 from microt2i.data.store import (StoreDamagedError, StoreMismatchError, cache_key, cache_root, load_or_build, open_store,
                                  shard_name, verify_store)
 from microt2i.encoders import TextEncoder
-from microt2i.sample import load_run
+from microt2i.train.artifacts import load_run
 from microt2i.train import dist, state
 from microt2i.train.loop import prepare_data, train
 from microt2i.train.state import list_checkpoints, load_latest

@@ -191,6 +191,7 @@ def test_iso_flops_budget_against_a_closed_form_cost(monkeypatch):
         return SimpleNamespace(train=(1.0 if m.masking == "deferred" else kept) + 3 * kept)
 
     monkeypatch.setattr("microt2i.cost.count_train_flops", cost)
+    monkeypatch.setattr("microt2i.experiment.count_train_flops", cost)  # where the budgets are computed
     cfgs = _iso_flops(E.get("masking"))
     n = {arm: c.train.total_nimg for arm, c in cfgs.items()}
     assert n["naive"] == pytest.approx(n["deferred"] * 1.75 / 1.0, abs=16)
@@ -249,7 +250,7 @@ def test_runner_reuses_finished_arms_and_renders_without_training(tiny_runs, mon
     def no_training(*a, **k):
         raise AssertionError("a finished arm was trained again")
 
-    monkeypatch.setattr("microt2i.train.loop.train", no_training)
+    monkeypatch.setattr("microt2i.experiment.train", no_training)
     again = E.run_experiment("tiny", seeds=2, root=root / "runs", md_path=None, extra=extra, log=lambda *a: None)
     assert [r["geneval"] for r in again["summary"].rows] == [r["geneval"] for r in first["summary"].rows]
     assert all("geneval★" in r for r in again["summary"].rows)

@@ -7,7 +7,8 @@ import torch
 from microt2i import presets
 from microt2i.config import ConfigError, apply_overrides
 from microt2i.models import build, save_pretrained
-from microt2i.train.finetune import init_run, interpolate_positions, world_background_share
+from microt2i.train.finetune import init_run, interpolate_positions
+from microt2i.world.grid import world_background_share
 from microt2i.train.loop import train
 from microt2i.train.optim import lr_at
 from microt2i.train.state import load_latest

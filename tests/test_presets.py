@@ -84,7 +84,6 @@ def test_microdit_cfg_for_metrics_and_grids():
 
 
 def test_sample_uses_the_grid_scale_and_metrics_the_metric_scale(monkeypatch):
-    import microt2i.encoders as enc
     import microt2i.sample as sample_mod
     from microt2i.eval.runner import RunSampler
 
@@ -92,9 +91,9 @@ def test_sample_uses_the_grid_scale_and_metrics_the_metric_scale(monkeypatch):
     seen = []
     monkeypatch.setattr(sample_mod, "check_source", lambda run, model: run)
     monkeypatch.setattr(sample_mod, "load_run", lambda run, device: (cfg, None, None, None))
-    monkeypatch.setattr(enc, "TextEncoder", lambda *a, **k: SimpleNamespace(
+    monkeypatch.setattr(sample_mod, "TextEncoder", lambda *a, **k: SimpleNamespace(
         encode=lambda p: SimpleNamespace(tokens=None, mask=None)))
-    monkeypatch.setattr(enc, "codec_of", lambda *a, **k: None)
+    monkeypatch.setattr(sample_mod, "codec_of", lambda *a, **k: None)
     monkeypatch.setattr(sample_mod, "generate", lambda *a, cfg_scale=None, **k: seen.append(cfg_scale) or [])
     _, settings = sample_mod.sample_prompts(["a cat"], run="runs/x")
     assert seen == [5.0] and settings["cfg_scale"] == 5.0

@@ -152,7 +152,7 @@ def test_caption_keys_with_dots_inside_names_are_fine(tmp_path):
 
 
 def test_report_html_escapes_prompts(tmp_path):
-    from microt2i.report import write_report
+    from microt2i.eval.pages import write_report
 
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "g.png")
     attack = "<script>alert('x')</script><img src=x onerror=alert(1)>"

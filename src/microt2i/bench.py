@@ -38,6 +38,18 @@ from .cost import count_train_flops, peak_flops
 from .io import atomic_write_text
 from .models import build, count_params
 from .train.optim import adamw_impl
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+from . import presets
+from .diffusion.edm import EDMObjective
+from .diffusion.guidance import cfg_denoiser
+from .diffusion.objectives import build_objective
+from .diffusion.samplers import get_sampler
+from .encoders.text import null_text as null_caption
+from .models import sample_keep_mask
+from .train.ema import EMA
+from .train.optim import make_optimizer, param_groups
+from .data.loader import loader_throughput
 
 # ---------------------------------------------------------------------------------------------------------------
 # Networks and one training step
@@ -45,7 +57,7 @@ from .train.optim import adamw_impl
 
 def pixart_matching(cfg: DiTIConfig) -> nn.Module:
     """diffusers' PixArtTransformer2DModel at DiT-I's width/depth/heads/patch grid/caption width."""
-    from diffusers import PixArtTransformer2DModel
+    from diffusers import PixArtTransformer2DModel  # heavy (seconds to import): only when a diffusers model is used
 
     return PixArtTransformer2DModel(
         sample_size=cfg.input_size,
@@ -68,7 +80,7 @@ def pixart_matching(cfg: DiTIConfig) -> nn.Module:
 def with_qk_norm(pixart: nn.Module) -> nn.Module:
     """PixArt with diffusers' own per-head RMSNorm QK-norm (its `Attention(qk_norm="rms_norm")`: affine, ε 1e-6) in
     every self- and cross-attention, as DiT-I has: the features matched, not only the dims."""
-    from diffusers.models.normalization import RMSNorm
+    from diffusers.models.normalization import RMSNorm  # heavy (seconds to import): only when a diffusers model is used
 
     for block in pixart.transformer_blocks:
         for attn in (block.attn1, block.attn2):
@@ -286,9 +298,6 @@ def train_flops_per_image(step, batch_size: int) -> float:
     The counter has no formula for the CPU's fused attention kernel (`_scaled_dot_product_flash_attention_for_cpu`)
     and would count attention as 0 FLOPs there, so the step runs with SDPA's math backend on every device, whose
     batched matmuls it counts (4·N·M·d forward, twice that backward; `cost.count_train_flops` on meta agrees)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
         step()
     return counter.get_total_flops() / batch_size
@@ -318,10 +327,6 @@ def bench_microdit(
     step, backward, AdamW with the experts' halved LR. Repetitions are interleaved over the variants; the median
     is reported, and on a GPU with a known bf16 peak also the MFU (model FLOPs utilisation) of each variant.
     """
-    from .diffusion.edm import EDMObjective
-    from .models import sample_keep_mask
-    from .train.optim import param_groups
-
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision={precision!r} must be 'fp32' or 'bf16'")
     if getattr(preset_cfg, "family", "") != "microdit":
@@ -434,12 +439,6 @@ def make_train_step(run: RunConfig, batch_size: int, device: torch.device, *, pr
     """(step, net) for `run`'s real training step on random data of the right shapes: caption dropout, a fresh
     keep-mask (MicroDiT), the objective's loss under autocast, backward, grad clipping, the optimizer (fused AdamW
     or LAMB, `train.optim`) and the EMA update. No host sync inside `step()` (the loss is never read back)."""
-    from .encoders.text import null_text as null_caption
-    from .diffusion.objectives import build_objective
-    from .models import sample_keep_mask
-    from .train.ema import EMA
-    from .train.optim import make_optimizer
-
     cfg, t = run.model, run.train
     torch.manual_seed(seed)
     net = build(cfg).to(device).train()
@@ -481,8 +480,6 @@ def bench_presets(names: tuple[str, ...], *, device: str = "auto", batch_size: i
 
     batch: `batch_size`, else the preset's micro-batch (GPU) or min(micro-batch, 8) (CPU); `precision` overrides
     the preset's (on a CPU bf16 autocast is slower than fp32, so fp32 is used there by default)."""
-    from . import presets
-
     dev = _device(device)
     dev_name = device_string(dev)
     rows = []
@@ -515,11 +512,6 @@ def bench_sample(preset: str = "world-s", *, batch_size: int = 8, steps: int = 3
     """Sampler images/s of `preset`'s network (random weights: the cost does not depend on them): `sampler` with
     `steps` steps and classifier-free guidance (cond and uncond in one doubled batch), no decoding. Heun takes
     2·steps − 1 network evaluations (EDM Alg. 1), each on 2·batch_size inputs with CFG."""
-    from . import presets
-    from .diffusion.guidance import cfg_denoiser
-    from .diffusion.objectives import build_objective
-    from .diffusion.samplers import get_sampler
-
     dev = _device(device)
     run = presets.get(preset)
     cfg, L = run.model, run.data.text_len
@@ -545,12 +537,7 @@ def bench_sample(preset: str = "world-s", *, batch_size: int = 8, steps: int = 3
 
 
 def bench_loader(**kwargs) -> dict | None:
-    """Samples/s of `data.loader.loader_throughput(**kwargs)`, or None (with a message) if the loader is absent."""
-    try:
-        from .data.loader import loader_throughput
-    except ImportError as e:
-        print(f"[bench] loader skipped: data/loader.py has no loader_throughput yet ({e})")
-        return None
+    """Samples/s of `data.loader.loader_throughput(**kwargs)`."""
     return loader_throughput(**kwargs)
 
 
@@ -568,7 +555,6 @@ def bench_all(*, device: str = "auto", presets_: tuple[str, ...] | None = None, 
     log(f"[bench] training step of {len(names)} presets on {report['device']}")
     report["train"] = bench_presets(names, device=device)
     log("[bench] DiT-I vs diffusers PixArt at matched dims")
-    from . import presets
 
     report["pixart"] = bench_train(presets.get(pixart_preset).model, batch_size=pixart_batch, steps=3, warmup=2,
                                    repeats=pixart_repeats, device=device, name=pixart_preset)

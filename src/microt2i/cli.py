@@ -7,6 +7,52 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+import dataclasses
+import datetime
+import json
+import numpy as np
+import torch
+import traceback
+import yaml
+from collections import Counter
+from . import presets
+from .augment.cutmix import build_cutmix_shards, cutmix_dir
+from .bench import (bench_all, bench_loader, bench_microdit, bench_sample, bench_train, device_string, report_rows,
+                    write_benchmarks_md, write_microdit_md, write_report_md)
+from .config import ConfigError, plain, apply_overrides, check_device, load_yaml, to_dict
+from .cost import PAPER_NOTES, format_cost_table, format_text_cost_table, recipe_cost
+from .data import ingest
+from .data.captions import read_text_utf8
+from .data.filter import filter_dataset
+from .data.precompute import bytes_per_sample, precompute
+from .data.store import cache_root, open_store, verify_store
+from .data.synsets import imagenet_classes
+from .demo import run_demo
+from .encoders.captioner import folder_source, make_captioner, run_caption_job, world_source
+from .encoders.extender import make_extender
+from .encoders.hub import MissingModelError
+from .encoders.text import TextEncoder, measure_text_encoder
+from .eval.aesthetic import register_suites
+from .eval.geneval import format_table
+from .eval.live import LiveEval
+from .eval.pages import save_grid
+from .eval.runner import DEFAULT_N, SUITES, run_eval
+from .experiment import claim_lines, markdown_table, run_experiment
+from .export import export_run
+from .finetune_report import finetune_report
+from .progress import heartbeat
+from .report import final_grid, run_report
+from .sample import read_prompts, sample_prompts, write_samples
+from .serve import serve
+from .train.artifacts import check_source
+from .train.dist import print0, shutdown
+from .train.finetune import finetune
+from .train.loop import prepare_cutmix, resolve_device, train
+from .train.recipe import describe, run_recipe, stage_dirs
+from .world import CLASSES, detect, make_dataset
+from .world.pixels import tensor_to_images
+from .world.scenes import long_caption, sample_scene
+from .world.vae import train_world_vae
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # fail fast instead of retrying a hub for ~45 s
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -16,9 +62,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def _resolve_config(spec: str, overrides: list[str], model: str | None = None, objective: str | None = None):
     """A preset or YAML plus overrides; `model` swaps a world preset for the same-size one of that model family,
     `objective` is shorthand for the override objective.kind=…"""
-    from . import presets
-    from .config import ConfigError, apply_overrides, load_yaml
-
     if spec.endswith((".yaml", ".yml")):
         if model:
             raise ConfigError(f"--model picks a world preset; {spec} is a config file (set model.* in it instead)")
@@ -29,10 +72,6 @@ def _resolve_config(spec: str, overrides: list[str], model: str | None = None, o
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
-
-    from . import presets
-
     preset = presets.world_preset(args.preset, args.model) if args.model else args.preset
     overrides = ([f"objective.kind={args.objective}"] if args.objective else []) + list(args.overrides)
     run_demo(args.run_dir, preset=preset, overrides=overrides, progress=not args.no_progress)
@@ -40,11 +79,6 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
-    import yaml
-
-    from .config import ConfigError, _plain, to_dict
-    from .train.loop import train
-
     if args.recipe:  # `train --recipe NAME` ≡ `recipe NAME`: every stage, in order, in one run folder
         if args.config:
             args.overrides = [args.config, *args.overrides]  # the positional slot held the first override
@@ -54,27 +88,21 @@ def cmd_train(args) -> int:
         raise ConfigError("train needs a preset name or a config .yaml (or --recipe NAME); see `microt2i presets`")
     cfg = _resolve_config(args.config, args.overrides, model=args.model, objective=args.objective)
     if args.init:  # fine-tune (train/finetune.py): the run's first checkpoint comes from this run / export folder
-        import dataclasses
 
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init=args.init))
     if args.dry_run:
-        print(yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False))
+        print(yaml.safe_dump(plain(to_dict(cfg)), sort_keys=False))
         return 0
     run_dir = args.run_dir or Path("runs") / cfg.name
     if cfg.train.init:
-        from .train.finetune import finetune, finetune_report
-
-        out = finetune(cfg, run_dir, progress=not args.no_progress, stop_nimg=args.stop_nimg)
+        out = finetune(cfg, run_dir, progress=not args.no_progress, stop_nimg=args.stop_nimg, evaluate=LiveEval)
         if out["finished"] and out["rank"] == 0:  # before/after grids (+ world style statistics) in the run folder
             finetune_report(run_dir, out["store"])
-            from .report import run_report
 
             print(f"[train] report with the before/after grids: {run_report(run_dir)}")
     else:
-        out = train(cfg, run_dir, progress=not args.no_progress, stop_nimg=args.stop_nimg)
+        out = train(cfg, run_dir, progress=not args.no_progress, stop_nimg=args.stop_nimg, evaluate=LiveEval)
         if out["finished"] and out["rank"] == 0:  # the final fixed-prompt grid, so the run report always shows one
-            from .report import final_grid
-            from .train.loop import resolve_device
 
             grid = final_grid(run_dir, device=resolve_device(cfg.train.device), progress=not args.no_progress)
             print(f"[train] final grid {grid}; report: microt2i report {run_dir}")
@@ -84,9 +112,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .config import ConfigError
-    from .sample import check_source, read_prompts, sample_prompts, write_samples
-
     run = args.run or args.run_dir
     if run and args.model:
         raise ConfigError("sample: pass a run folder (--run / positional) or --model EXPORT, not both")
@@ -94,7 +119,6 @@ def cmd_sample(args) -> int:
     prompts = originals = read_prompts(args.prompt, args.prompts_file)
     try:
         if args.extend:  # the prompt extender (encoders/extender.py): short prompt → training-style long caption
-            from .encoders.extender import make_extender
 
             prompts = make_extender(args.extend).extend(originals)
             for a, b in zip(originals, prompts):
@@ -115,28 +139,18 @@ def cmd_sample(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_run
-
     export_run(args.run_dir, args.folder, dtype=args.dtype, grid=not args.no_grid, overwrite=args.overwrite,
                device=args.device, progress=not args.no_progress)
     return 0
 
 
 def cmd_report(args) -> int:
-    from .report import run_report
-
     print(f"[report] {run_report(args.run_dir, args.out)}")
     return 0
 
 
 def cmd_world(args) -> int:
-    from .report import save_grid
-    from .world import detect, make_dataset
-
     if args.action == "train-vae":  # the shipped world VAE (world/vae/README.md)
-        import torch
-
-        from .world.vae import train_world_vae
 
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -153,16 +167,11 @@ def cmd_world(args) -> int:
 
 
 def cmd_caption(args) -> int:
-    from .encoders.captioner import folder_source, make_captioner, run_caption_job, world_source
-
     if args.source == "world":
         keys, load = world_source(args.n, seed=args.seed, resolution=args.resolution, max_objects=args.max_objects)
     else:
         boxes = None
         if args.boxes:  # CutMix composites: {"key", "box", "pattern"} per line → the CutMix prompt (App. D)
-            import json
-
-            from .data.captions import read_text_utf8
 
             lines = read_text_utf8(args.boxes).splitlines()
             boxes = {r["key"]: r for r in map(json.loads, filter(str.strip, lines))}
@@ -185,15 +194,10 @@ def cmd_caption(args) -> int:
 
 
 def cmd_cutmix(args) -> int:
-    from .config import ConfigError, apply_overrides
-    from .report import save_grid
-
     cfg = _resolve_config(args.config, args.overrides)
     cfg = apply_overrides(cfg, ["augment.cutmix.enabled=true"])
     cm = cfg.augment.cutmix
     if cfg.data.store_dir:  # any labelled source's sharded store: composites through the precompute engine
-        from .augment.cutmix import build_cutmix_shards, cutmix_dir
-        from .data.store import open_store, verify_store
 
         if args.verify:
             problems = verify_store(cutmix_dir(cfg.data, cm))
@@ -213,8 +217,6 @@ def cmd_cutmix(args) -> int:
         if args.num_shards > 1 or args.verify:
             raise ConfigError("--num-shards / --verify work on a sharded store: add data.store_dir=<store> (built "
                               "with `microt2i precompute`)")
-        from .progress import heartbeat
-        from .train.loop import prepare_cutmix, resolve_device
 
         with heartbeat("cutmix", f"building {cm.setting} composites", enabled=not args.no_progress):
             store = prepare_cutmix(cfg, resolve_device(cfg.train.device))
@@ -223,7 +225,6 @@ def cmd_cutmix(args) -> int:
     for i, d in enumerate(describe):
         print(f"{i:3d}  [{d}] {store.captions[i]}")
     if args.out and cfg.data.codec == "pixel":  # a preview grid of the first composites (pixel codec: no decoder)
-        from .world.pixels import tensor_to_images
 
         n = min(args.show, len(store))
         save_grid(tensor_to_images(store.latents[:n]), args.out, nrow=int(n ** 0.5 + 0.999),
@@ -234,9 +235,6 @@ def cmd_cutmix(args) -> int:
 
 
 def cmd_precompute(args) -> int:
-    from .data.precompute import precompute
-    from .data.store import verify_store
-
     if args.verify:  # a store folder, or the data.store_dir of a config
         store_dir = args.config if Path(args.config).is_dir() else _resolve_config(args.config, args.overrides).data.store_dir
         problems = verify_store(store_dir)
@@ -257,10 +255,6 @@ def cmd_precompute(args) -> int:
 
 
 def cmd_ingest(args) -> int:
-    from collections import Counter
-
-    from .data import ingest
-
     if args.action == "world":  # a background subset of the world as a sidecar folder (fine-tuning example)
         backgrounds = tuple(b for b in args.backgrounds.split(",") if b)
         keys = ingest.write_world_folder(args.out, args.n, seed=args.seed, resolution=args.resolution,
@@ -284,21 +278,16 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_filter(args) -> int:
-    from .data.filter import filter_dataset
-
     cfg = _resolve_config(args.config, args.overrides)
     spec = args.classes or ("world" if cfg.data.source == "world" else "")
     if spec == "world":
-        from .world import CLASSES as classes
+        classes = CLASSES
     elif spec == "imagenet":
-        from .data.synsets import imagenet_classes
-
         classes = [name for _, name in imagenet_classes()]
     elif spec == "cifar10":  # CIFAR-Captions' ten classes (paper 003 §4)
         classes = "airplane,car,bird,cat,deer,dog,frog,horse,ship,truck".split(",")
     else:
         classes = [c.strip() for c in spec.split(",") if c.strip()]
-    from .progress import heartbeat
 
     with heartbeat("filter", f"scoring images with {args.scorer}"):
         filter_dataset(cfg.data, args.out, classes=list(classes), scorer=args.scorer, threshold=args.threshold,
@@ -307,23 +296,13 @@ def cmd_filter(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import presets
-    from .bench import bench_train, write_benchmarks_md
-
-    import torch
-
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.what in ("all", "sample", "loader"):  # the one report (issue 11), or one of its parts
-        from .bench import bench_all, bench_loader, bench_sample, report_rows, write_report_md
 
         if args.what == "all":
             report = bench_all(device=args.device, presets_=tuple(args.preset.split(",")) if args.preset else None)
         else:
-            from .bench import device_string
-
-            import datetime
-
             report = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                       "device": device_string(args.device), "torch": torch.__version__}
             if args.what == "sample":
@@ -339,8 +318,6 @@ def cmd_bench(args) -> int:
         return 0
     args.precision, args.batch_size = args.precision or "fp32", args.batch_size or 8
     if args.what == "microdit":
-        from .bench import bench_microdit, write_microdit_md
-
         preset = args.preset or "world-microdit-s"
         res = bench_microdit(presets.get(preset).model, batch_size=args.batch_size, steps=args.steps,
                              warmup=args.warmup, precision=args.precision, repeats=args.repeats,
@@ -362,18 +339,13 @@ def cmd_bench(args) -> int:
 
 
 def cmd_recipe(args) -> int:
-    from . import presets
-    from .config import apply_overrides
-    from .train.recipe import describe, run_recipe, stage_dirs
-
     stages = [apply_overrides(s, args.overrides) for s in presets.recipe(args.name)]
     root = Path(args.root or Path("runs") / args.name)
     print(describe(stages))
     if args.dry_run:
         print("\n".join(f"stage {i + 1} → {d}" for i, d in enumerate(stage_dirs(stages, root))))
         return 0
-    out = run_recipe(stages, root, progress=not args.no_progress)
-    from .train.dist import print0
+    out = run_recipe(stages, root, progress=not args.no_progress, evaluate=LiveEval)
 
     print0(f"[recipe] {'finished' if out[-1]['finished'] and len(out) == len(stages) else 'stopped'}: "
           f"{len(out)} of {len(stages)} stages; final weights in {out[-1]['dir'] / 'ema'}")
@@ -381,10 +353,6 @@ def cmd_recipe(args) -> int:
 
 
 def cmd_cost_recipe(args) -> int:
-    from . import presets
-    from .config import ConfigError, apply_overrides
-    from .cost import PAPER_NOTES, format_cost_table, recipe_cost
-
     try:
         img_s = [float(v) for v in args.img_s.split(",")] if args.img_s else None
     except ValueError:
@@ -401,10 +369,6 @@ def cmd_cost_recipe(args) -> int:
 
 
 def cmd_cost_cutmix(args) -> int:
-    from . import presets
-    from .config import ConfigError, apply_overrides
-    from .data.precompute import bytes_per_sample
-
     cfg = apply_overrides(presets.get(args.name), args.overrides)
     m, d, cm = cfg.model, cfg.data, cfg.augment.cutmix
     per = bytes_per_sample(d, (m.in_channels, m.input_size, m.input_size), m.text_dim)
@@ -424,14 +388,6 @@ def cmd_cost_cutmix(args) -> int:
 
 
 def cmd_cost_text_encoders(args) -> int:
-    import numpy as np
-    import torch
-
-    from .encoders.hub import MissingModelError
-    from .cost import format_text_cost_table
-    from .encoders.text import TextEncoder, measure_text_encoder
-    from .world.scenes import long_caption, sample_scene
-
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
@@ -456,9 +412,6 @@ def cmd_cost_text_encoders(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .eval.geneval import format_table
-    from .eval.runner import DEFAULT_N, run_eval
-
     world = args.detector == "world"  # world defaults finish in minutes on a CPU; the official suite is 100 × 4
     if args.per_tag is None:
         args.per_tag = 10 if world else 100
@@ -483,8 +436,6 @@ def cmd_eval(args) -> int:
             "pickscore": dict(model=args.model, prompts=args.prompts),
             "preference": dict(against=args.against, judge=args.judge, prompts=args.prompts)}[args.metric]
     if args.metric in ("aesthetic", "pickscore", "preference"):  # eval/aesthetic.py, eval/preference.py
-        from .eval.aesthetic import register_suites
-        from .eval.runner import DEFAULT_N, SUITES
 
         register_suites(SUITES)
         DEFAULT_N.setdefault(args.metric, 64)
@@ -506,15 +457,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serve import serve
-
     serve(args.runs, host=args.host, port=args.port, device=args.device)
     return 0
 
 
 def cmd_experiment(args) -> int:
-    from .experiment import run_experiment
-
     extra = tuple(args.overrides) + ((f"train.threads={args.threads}",) if args.threads else ())
     flags = [f"--scale {args.scale:g}" if args.scale != 1 else "", f"--seeds {args.seeds}",
              f"--arms {args.arms}" if args.arms else "", f"--threads {args.threads}" if args.threads else "",
@@ -523,7 +470,6 @@ def cmd_experiment(args) -> int:
     out = run_experiment(args.name, scale=args.scale, seeds=args.seeds, arms=args.arms, render_only=args.render_only,
                          root=args.root, md_path=args.md or None, extra=extra, any_commit=args.any_commit,
                          keep_checkpoints=args.keep_checkpoints, command=command, progress=not args.no_progress)
-    from .experiment import claim_lines, markdown_table
 
     print(markdown_table(out["summary"]))
     print("\n".join(claim_lines(out["summary"])))
@@ -930,11 +876,6 @@ CLEAR_ERRORS = (ValueError, OSError, FloatingPointError, RuntimeError, KeyError)
 
 def _log_traceback(command: str) -> Path | None:
     """The current exception's full traceback, written to <cache>/logs/; its path (None if it cannot be written)."""
-    import datetime
-    import traceback
-
-    from .data.store import cache_root
-
     try:
         path = cache_root() / "logs" / f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{command}-{os.getpid()}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -949,8 +890,6 @@ def _log_traceback(command: str) -> Path | None:
 def error_line(command: str, e: BaseException, log: Path | None) -> str:
     """The one line a failure prints: what went wrong (its message names the input and the fix), and where the
     traceback went. Messages of our own errors stand alone; anything else is unexpected and says so."""
-    from .config import ConfigError
-
     msg = " ".join(str(e).split()) or type(e).__name__
     if isinstance(e, (ConfigError, FileNotFoundError, FileExistsError)):
         text = msg
@@ -965,19 +904,17 @@ def error_line(command: str, e: BaseException, log: Path | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Every failure ends in one line on stderr (`error_line`) and exit status 2 (bad input) or 1
     (anything else); `--debug` (or MICROT2I_DEBUG=1) raises instead, printing the traceback."""
-    from .config import ConfigError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or bool(os.environ.get("MICROT2I_DEBUG"))
     args = parse_cli([a for a in argv if a != "--debug"])
     try:  # transformers ≥ 5 draws a "Loading weights" bar for every model it loads
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # heavy: only to quiet its progress bars
 
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
     try:
-        from diffusers.utils import logging as diffusers_logging
+        from diffusers.utils import logging as diffusers_logging  # heavy: only to quiet its progress bars
 
         diffusers_logging.disable_progress_bar()  # "Loading pipeline components" etc.
     except ImportError:
@@ -990,8 +927,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MICROT2I_PROGRESS"] = "off"  # progress.py: no bars, status or heartbeat lines either
     try:
         with quiet:
-            from .config import check_device
-
             if getattr(args, "device", None):  # a CUDA device on a CPU build: one line, before any work
                 check_device(args.device, "--device")
             return args.fn(args)
@@ -1005,7 +940,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(e, (ConfigError, FileNotFoundError, FileExistsError)) else 1
     finally:
         if "torch.distributed" in sys.modules:  # under torchrun: leave the process group cleanly
-            from .train.dist import shutdown
 
             shutdown()
 

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .io import atomic_write_text
+import torch
 
 
 class ConfigError(ValueError):
@@ -503,7 +504,6 @@ def check_device(name: str, key: str = "train.device") -> None:
     """`name` is a device this torch build can use ("auto", "cpu", "cuda", "cuda:N", "mps"); else one ConfigError."""
     if name == "auto":
         return
-    import torch
 
     try:
         dev = torch.device(name)
@@ -616,7 +616,7 @@ def _split(item: str) -> tuple[str, Any]:
 
 def save_yaml(cfg, path: str | os.PathLike) -> None:
     """Write the config as YAML atomically (temp file + rename)."""
-    text = yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False)
+    text = yaml.safe_dump(plain(to_dict(cfg)), sort_keys=False)
     atomic_write_text(path, text)
 
 
@@ -644,9 +644,9 @@ def load_yaml(path: str | os.PathLike) -> RunConfig:
     return from_dict(RunConfig, d or {})
 
 
-def _plain(x):
+def plain(x):
     if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
+        return {k: plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
+        return [plain(v) for v in x]
     return x

@@ -23,6 +23,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .config import ConfigError, RunConfig
 from .encoders.text import TextEncoderCost
+from torch.utils.flop_counter import FlopCounterMode
+from .diffusion.objectives import build_objective
+from .models import build, sample_keep_mask, sample_route_mask
+from .models.moe import ExpertChoiceMoE, tokens_per_expert
 
 # Dense bf16 tensor-core peak FLOP/s per GPU (vendor datasheets, SXM parts), for MFU. Matched by substring of
 # `torch.cuda.get_device_name()`, first match wins (H200 before H100).
@@ -141,12 +145,6 @@ _FLOPS_CACHE: dict[tuple, TrainFlops] = {}
 
 
 def _count(run: RunConfig, cfg, L: int, batch: int) -> TrainFlops:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .diffusion.objectives import build_objective
-    from .models import build, sample_keep_mask, sample_route_mask
-    from .models.moe import ExpertChoiceMoE, tokens_per_expert
-
     keep = sample_keep_mask(cfg, 1)  # a real one on CPU: how many tokens a row keeps, whatever the masking kind
     kept = 0 if keep is None else int(keep.sum())
     objective = build_objective(run.objective)

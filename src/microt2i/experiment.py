@@ -27,9 +27,20 @@ from pathlib import Path
 import numpy as np
 
 from . import presets
-from .config import ConfigError, RunConfig, _plain, apply_overrides, to_dict
+from .config import ConfigError, RunConfig, plain, apply_overrides, to_dict
 from .io import atomic_write_bytes, atomic_write_text
 from .progress import Progress, heartbeat
+from .eval.live import LiveEval
+import yaml
+from .bench import device_string
+from .cost import count_train_flops
+from .encoders.extender import TemplateExtender
+from .eval.detectors import WorldDetector
+from .eval.distribution import GaussianStats, as_features, frechet_distance, kid, prdc
+from .eval.features import get_extractor
+from .eval.pages import data_uri, html_page, html_table, read_stats
+from .eval.runner import GENEVAL_SEED, RunSampler, reference_features, run_geneval, world_geneval_records
+from .train.loop import resolve_device, train
 
 # Settings that change where or how fast a run goes, not what it computes: left out of the reuse key.
 RUNTIME_KEYS = (("train", "threads"), ("train", "device"), ("data", "cache_dir"), ("train", "compile"))
@@ -233,8 +244,6 @@ def arm_config(exp: Experiment, arm: str, seed: int, scale: float = 1.0, extra: 
                                  f"train.seed={seed}"])
     cfg = replace(scale_budget(cfg, scale), name=f"{exp.name}-{arm}-s{seed}")
     if exp.flops_reference and arm != exp.flops_reference:
-        from .cost import count_train_flops
-
         ref = arm_config(exp, exp.flops_reference, seed, scale, extra)
         factor = count_train_flops(ref).train / count_train_flops(cfg).train
         cfg = scale_budget(cfg, factor)
@@ -242,12 +251,12 @@ def arm_config(exp: Experiment, arm: str, seed: int, scale: float = 1.0, extra: 
 
 
 def config_hash(cfg: RunConfig, spec: EvalSpec) -> str:
-    d = _plain(to_dict(cfg))
+    d = plain(to_dict(cfg))
     for section, key in RUNTIME_KEYS:
         d[section].pop(key, None)
     d["name"] = None
     ev = {k: v for k, v in spec.__dict__.items() if k != "extended"}  # an add-on: changes no other number
-    blob = json.dumps({"config": d, "eval": _plain(ev)}, sort_keys=True)
+    blob = json.dumps({"config": d, "eval": plain(ev)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -302,17 +311,14 @@ def same_run(folder: Path, cfg: RunConfig, spec: EvalSpec) -> bool:
     """A finished folder (of any commit) ran this config and evaluation: its config.yaml agrees with `cfg` on every
     key it has (runtime keys and the name aside), and its results have the spec's shape (images per prompt, prompts,
     FD samples; the sampler steps are eval.steps of the config)."""
-    import yaml
-
     result = json.loads((folder / "result.json").read_text())
     if result.get("config_hash") == config_hash(cfg, spec):
         return True
-    saved, now = yaml.safe_load((folder / "config.yaml").read_text()), _plain(to_dict(cfg))
+    saved, now = yaml.safe_load((folder / "config.yaml").read_text()), plain(to_dict(cfg))
     for d in (saved, now):
         d.pop("name", None)
         for section, key in RUNTIME_KEYS:
             d.get(section, {}).pop(key, None)
-    from .eval.runner import world_geneval_records
 
     correct = result["geneval"]["correct"]
     n_prompts = len(world_geneval_records(n=spec.geneval_per_tag, per_tag=spec.geneval_per_tag))
@@ -327,13 +333,8 @@ def same_run(folder: Path, cfg: RunConfig, spec: EvalSpec) -> bool:
 def _geneval(sampler, spec: EvalSpec, extended: bool = False) -> dict:
     """World-GenEval per prompt and image; `extended`: each prompt rewritten by the world prompt extender first
     (the records, hence the scoring rules, stay the same)."""
-    from .eval.detectors import WorldDetector
-    from .eval.runner import GENEVAL_SEED, run_geneval, world_geneval_records
-
     records = world_geneval_records(n=spec.geneval_per_tag, per_tag=spec.geneval_per_tag)
     if extended:
-        from .encoders.extender import TemplateExtender
-
         ext = TemplateExtender().extend([r["prompt"] for r in records])
         records = [{**r, "prompt": p} for r, p in zip(records, ext)]
     k = spec.geneval_images
@@ -344,18 +345,12 @@ def _geneval(sampler, spec: EvalSpec, extended: bool = False) -> dict:
 
 
 def evaluate_extended(run_dir: str | Path, spec: EvalSpec, device="cpu") -> dict:
-    from .eval.runner import RunSampler
-
     return _geneval(RunSampler.from_run(run_dir, device=device, steps=spec.steps), spec, extended=True)
 
 
 def evaluate_arm(run_dir: str | Path, spec: EvalSpec, device="cpu", log=print) -> dict:
     """World-GenEval per prompt and image, FD-EffNetLite0 + KID and PRDC (k = 5) of a finished run; the features go
     to run_dir/features.npz (the FD bootstrap needs them)."""
-    from .eval.distribution import frechet_distance, kid, prdc
-    from .eval.features import get_extractor
-    from .eval.runner import RunSampler, reference_features
-
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     sampler = RunSampler.from_run(run_dir, device=device, steps=spec.steps)
@@ -381,9 +376,6 @@ def run_arm(exp: Experiment, arm: str, seed: int, *, root: str | Path = "runs/ex
             extra: tuple[str, ...] = (), commit: str | None = None, any_commit: bool = False,
             keep_checkpoints: bool = False, progress: bool = False, log=print) -> dict:
     """Train (or resume) and evaluate one arm-seed; reuse its result.json when it exists. Returns the result."""
-    from .bench import device_string
-    from .train.loop import resolve_device, train
-
     cfg = arm_config(exp, arm, seed, scale, extra)
     head, dirty = git_commit()
     head = commit or head
@@ -401,13 +393,12 @@ def run_arm(exp: Experiment, arm: str, seed: int, *, root: str | Path = "runs/ex
     device = resolve_device(cfg.train.device)
     log(f"[experiment] {exp.name}/{arm} seed {seed}: {cfg.train.total_nimg} images → {folder}")
     t0 = time.perf_counter()
-    summary = train(cfg, folder, progress=progress, log=log)
+    summary = train(cfg, folder, progress=progress, log=log, evaluate=LiveEval)
     train_s = time.perf_counter() - t0
     if not summary.get("finished"):
         raise RuntimeError(f"{folder} did not finish training; run the experiment again to resume it")
     with heartbeat("experiment", f"evaluating {arm} seed {seed}", enabled=progress):
         ev = evaluate_arm(folder, exp.eval, device=device, log=log)
-    from .cost import count_train_flops
 
     result = {"experiment": exp.name, "arm": arm, "seed": seed, "scale": scale, "commit": head, "dirty": dirty,
               "config_hash": config_hash(cfg, exp.eval), "nimg": cfg.train.total_nimg,
@@ -463,8 +454,6 @@ def fd_resampled(real: np.ndarray, fakes: np.ndarray, seed_idx: np.ndarray, samp
     Each FD comes from N × N Gram matrices (eval/distribution.py's low-rank identity): with Xc the centred resampled
     rows, Tr Σf = Tr(Xc Xcᵀ)/(N−1) and Tr(ΣrΣf)^½ = Σ √eig(Xc Σr Xcᵀ/(N−1)); Xc = C·F[idx] with C = I − 11ᵀ/N, so
     F Fᵀ and F Σr Fᵀ are computed once per seed."""
-    from .eval.distribution import GaussianStats, as_features
-
     r = GaussianStats.of(real, "real features")
     n = sample_idx.shape[1]
     centre = np.eye(n) - 1.0 / n
@@ -647,16 +636,14 @@ def claim_lines(summary: Summary) -> list[str]:
 def _curves(arms: dict[str, list[Path]], keys: list[str], path: Path) -> Path | None:
     """Metric vs images seen from each arm's in-training evaluations (stats.jsonl): thin lines per seed, thick the
     mean over seeds. None when no arm has in-training evaluations."""
-    from .report import read_stats
-
     series = {a: [[s for s in read_stats(f / "stats.jsonl") if any(k in s for k in keys)] for f in fs]
               for a, fs in arms.items()}
     if not any(any(runs) for runs in series.values()):
         return None
-    import matplotlib
+    import matplotlib  # heavy: only for this figure
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: only for this figure
 
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), dpi=100, squeeze=False)
     for ax, key in zip(axes[0], keys):
@@ -694,8 +681,6 @@ def time_to_quality(data: list[ArmData], folders: dict[str, list[Path]]) -> list
     """Per arm: images and training FLOPs until the class-accuracy curve (`eval.class_n`) first reaches each threshold,
     median over seeds (a seed that never reaches it counts as ∞), each seed's value, and the speed-up in FLOPs over
     the first arm; the final class accuracy (mean over seeds)."""
-    from .report import read_stats
-
     rows, base = [], {}
     for arm in data:
         curves = [[(s["nimg"], s[TTQ_KEY]) for s in read_stats(f / "stats.jsonl") if TTQ_KEY in s]
@@ -756,8 +741,6 @@ def render(exp: Experiment, arms: list[str], seeds: list[int], *, root: str | Pa
            n_boot_fd: int = 200) -> dict:
     """Summarise the finished arms into runs/experiments/<name>/report.html and, with `md_path`, this experiment's
     section of EXPERIMENTS.md (+ its curve plot under experiments/<name>/). Returns {"summary", "report", ...}."""
-    from .report import _page, _table, data_uri, read_stats
-
     data, folders, missing = collect(exp, arms, seeds, root=root, scale=scale, extra=extra, commit=commit,
                                      any_commit=any_commit)
     if not data:
@@ -791,7 +774,7 @@ def render(exp: Experiment, arms: list[str], seeds: list[int], *, root: str | Pa
     cols = table_columns(summary)
     html_rows = [{"arm": r["arm"], "images seen": r["nimg"], **{c: fmt_ci(r[c]) for c in cols}} for r in summary.rows]
     body = (f"<p>{html.escape(exp.question)}</p><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in meta) + "</ul>"
-            f"<h2>Results (95 % bootstrap intervals)</h2>{_table(html_rows)}<h2>Paper's direction</h2><ul>"
+            f"<h2>Results (95 % bootstrap intervals)</h2>{html_table(html_rows)}<h2>Paper's direction</h2><ul>"
             + "".join(f"<li>{html.escape(ln[2:])}</li>" for ln in claim_lines(summary)) + "</ul>"
             + (f'<h2>Curves</h2><img src="{data_uri(curve)}" style="max-width:100%">' if curve else "")
             + (f"<h2>Time to quality (median over seeds; speed-up in training FLOPs over the first arm)</h2>"
@@ -799,7 +782,7 @@ def render(exp: Experiment, arms: list[str], seeds: list[int], *, root: str | Pa
             + "<h2>Arm-seed folders</h2><ul>" + "".join(f"<li><code>{html.escape(str(f))}</code></li>"
                                                          for fs in folders.values() for f in fs) + "</ul>")
     report = out_dir / f"report{suffix}.html"
-    atomic_write_text(report, _page(f"microt2i experiment {exp.name}", body))
+    atomic_write_text(report, html_page(f"microt2i experiment {exp.name}", body))
     out = {"summary": summary, "report": report, "missing": missing}
     if md_path:
         md_path = Path(md_path)

@@ -36,6 +36,11 @@ from PIL import Image, UnidentifiedImageError
 from ..config import DataConfig
 from .captions import CAPTION_COLUMNS, KEY_COLUMNS, decode_utf8, read_text_utf8
 from .imagenet import IMAGE_SUFFIXES, ImageItem, UnreadableImage, list_folder, resize_center_crop, try_load
+from .captions import load_hf_dataset, pick_caption
+from ..encoders.captioner import TemplateCaptioner
+from ..io import atomic_write_bytes, atomic_write_text
+from ..world import make_dataset
+from ..world.scenes import BACKGROUNDS
 
 INGEST_SOURCES = ("sidecar", "webdataset", "hf")
 IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "img")
@@ -195,9 +200,7 @@ def open_hf(source: str, split: str = "train", image_column: str = ""):
     key = (source, split, image_column)
     if key in _HF_CACHE:
         return _HF_CACHE[key]
-    import datasets
-
-    from .captions import load_hf_dataset
+    import datasets  # optional extra `data`: Hub / saved data sets only
 
     ds = load_hf_dataset(source, split, error=FileNotFoundError, split_error=ValueError, hint="set data.root/data.split")
     col = image_column or next((c for c in IMAGE_COLUMNS if c in ds.column_names), None)
@@ -295,12 +298,9 @@ def item_caption(item, seed: int) -> str | None:
     """The caption precompute stores for `item`: the AIO template of an ImageNet / folder class name, one fixed draw
     among an ingest item's captions (as `precompute._set_caption`), None when it has none."""
     if isinstance(item, ImageItem):
-        from ..encoders.captioner import TemplateCaptioner
-
         return TemplateCaptioner.for_name(item.name)
     if not item.captions:
         return None
-    from .captions import pick_caption
 
     return pick_caption(list(item.captions), seed, 0, hash_key(item.key))
 
@@ -389,10 +389,6 @@ def write_world_folder(out: str | Path, n: int, *, seed: int = 0, resolution: in
     """The world as a `sidecar` folder: PNG + .txt caption per item, keeping only the first `n` world items (in
     index order) whose background is in `backgrounds` (all when empty) — a "style" subset of the pre-training world
     for fine-tuning (paper 000 §5: fine-tune on task-specific data). Keys are `world_key`s. Returns them."""
-    from ..io import atomic_write_bytes, atomic_write_text
-    from ..world import make_dataset
-    from ..world.scenes import BACKGROUNDS
-
     bad = [b for b in backgrounds if b not in BACKGROUNDS]
     if bad:
         raise ValueError(f"unknown world background(s) {bad}; choose among {', '.join(BACKGROUNDS)}")

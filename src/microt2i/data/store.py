@@ -30,6 +30,10 @@ from ..config import ConfigError, DataConfig
 from ..encoders.text import null_text
 from ..io import atomic_write_bytes, atomic_write_text, file_sha256
 from ..world.pixels import images_to_tensor
+from ..encoders.hub import resolve_pretrained
+from ..encoders.text import local_folder
+from ..world import make_dataset
+from ..world.vae import WORLD_VAE_DIR
 
 FORMAT_VERSION = 1
 _NOT_IN_WORLD_KEY = ("cache_dir", "store_dir", "root", "split", "labels_file", "caption_file", "latent_mode",
@@ -77,7 +81,6 @@ def cache_key(data_cfg: DataConfig) -> str:
     if d.get("latent_norm") == "scaling":  # the default before the field existed: earlier caches keep their key
         d.pop("latent_norm")
     if data_cfg.codec == "world-vae":  # the shipped VAE can be retrained: key on its config (holds scaling_factor)
-        from ..world.vae import WORLD_VAE_DIR
 
         cfg_file = WORLD_VAE_DIR / "config.json"
         d["codec_config"] = cfg_file.read_text() if cfg_file.exists() else ""
@@ -117,8 +120,6 @@ def encode_set(images: np.ndarray, captions: list[str], codec, text_encoder, bat
 
 
 def build_store(data_cfg: DataConfig, codec, text_encoder, *, batch_size: int = 256, log=print) -> Store:
-    from ..world import make_dataset
-
     log(f"[data] rendering {data_cfg.num_images} world images at {data_cfg.resolution}px ({data_cfg.captions} captions)")
     images, captions, _ = make_dataset(data_cfg.num_images, seed=data_cfg.seed, resolution=data_cfg.resolution,
                                        captions=data_cfg.captions, max_objects=data_cfg.max_objects)
@@ -175,14 +176,10 @@ def model_revision(spec: str, what: str) -> str:
     if spec == "pixel":
         return "pixel"
     if spec == "world-vae":
-        from ..world.vae import WORLD_VAE_DIR as folder
+        folder = WORLD_VAE_DIR
     elif what == "text encoder":
-        from ..encoders.text import _local_folder
-
-        folder = _local_folder(spec)
+        folder = local_folder(spec)
     else:
-        from ..encoders.hub import resolve_pretrained
-
         folder = resolve_pretrained(spec, what=what)
     folder = Path(folder)
     if folder.parent.name == "snapshots":

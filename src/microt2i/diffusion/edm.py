@@ -48,7 +48,7 @@ class EDMPrecond(nn.Module):
 
     def kept(self, x: torch.Tensor, keep_mask: torch.Tensor | None) -> torch.Tensor:
         """x [B, C, H, W] as the backbone's kept-token output is laid out: [B, N_keep, p²·C] (x itself if no mask)."""
-        return backbone.kept(self.net, x, keep_mask)
+        return backbone.kept(x, keep_mask)
 
     def forward(self, x: torch.Tensor, sigma, text_tokens, text_mask, *, keep_mask=None, **kw) -> torch.Tensor:
         x32 = x.to(torch.float32)

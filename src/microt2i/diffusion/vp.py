@@ -123,7 +123,7 @@ class VPObjective:
         gamma = (1 / (1 + sigma.double() ** 2)).float().view(-1, *[1] * (x0.ndim - 1))  # [B, 1, 1, 1]
         x_t = gamma.sqrt() * x0 + (1 - gamma).sqrt() * noise
         eps = backbone.for_loss(net, generator)(x_t, gamma.flatten(), text_tokens, text_mask, **net_kwargs)
-        target = backbone.kept(net, noise, net_kwargs.get("keep_mask"))
+        target = backbone.kept(noise, net_kwargs.get("keep_mask"))
         loss = per_sample_mse(eps, target)
         return (loss, sigma) if return_sigma else loss
 

@@ -22,6 +22,13 @@ import torch
 from ..world.scenes import Scene, aio_caption, article, long_caption
 from ..progress import Progress
 from .hub import resolve_pretrained
+import time
+from PIL import Image
+from pathlib import Path
+from ..data.captions import append_captions, read_captions, repair_tail
+from ..data.synsets import imagenet_classes
+from ..world import render
+from ..world.scenes import CLASSES, sample_scene
 
 LLAVA_HUB_ID = "llava-hf/llama3-llava-next-8b-hf"
 DEFAULT_PROMPT = "Describe this image"
@@ -65,14 +72,10 @@ class TemplateCaptioner:
     def __init__(self, classes: str | Sequence[str] = "imagenet"):
         self._synsets: dict[str, str] = {}
         if classes == "imagenet":
-            from ..data.synsets import imagenet_classes
-
             pairs = imagenet_classes()
             self.classes = [name for _, name in pairs]
             self._synsets = dict(pairs)
         elif classes == "world":
-            from ..world.scenes import CLASSES
-
             self.classes = list(CLASSES)
         elif isinstance(classes, str):
             raise ValueError(f"classes={classes!r}: pass 'imagenet', 'world' or a list of class names")
@@ -157,6 +160,7 @@ def anyres_patch_for_box(
 
     The image is resized to fit the best grid resolution (aspect kept, ceil) and centre-padded, then cut into
     `crop`-sized tiles — the LLaVA-NeXT image processor's layout. `box` is [x1, y1, x2, y2] in image pixels."""
+    # heavy (seconds to import): only when this model is loaded
     from transformers.image_processing_utils import select_best_resolution
 
     h, w = image_hw
@@ -211,6 +215,7 @@ class LlavaCaptioner:
         dtype: torch.dtype | None = None,
         generate_kwargs: dict | None = None,
     ):
+        # heavy (seconds to import): only when this model is loaded
         from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -240,8 +245,6 @@ class LlavaCaptioner:
 
     @staticmethod
     def _pil(image):
-        from PIL import Image
-
         if isinstance(image, Image.Image):
             return image.convert("RGB")
         a = np.asarray(image)
@@ -377,9 +380,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 def world_source(n: int, *, seed: int = 0, resolution: int = 64, max_objects: int = 3):
     """Keys `world-<seed>/<i>` and a loader (key → (image, scene)); item i is make_dataset's item i."""
-    from ..world import render
-    from ..world.scenes import sample_scene
-
     keys = [f"world-{seed}/{i:07d}" for i in range(n)]
 
     def load(key: str):
@@ -394,10 +394,6 @@ def folder_source(root, *, boxes: dict[str, dict] | None = None):
     """Keys = image paths relative to `root` (sorted, POSIX); loader → (PIL image, meta). The meta is the parent
     folder name (an ImageNet synset or a class name, for AIO captions) unless `boxes` has an entry for the key
     ({"box": [...], "setting": ...} of a CutMix composite, for the LLaVA CutMix prompt)."""
-    from pathlib import Path
-
-    from PIL import Image
-
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
@@ -416,8 +412,6 @@ def folder_source(root, *, boxes: dict[str, dict] | None = None):
 
 def shard_path(out, num_shards: int, shard_index: int):
     """Where shard `shard_index` of `num_shards` writes: `out` itself, or `<stem>.shard00003-of-00008<suffix>`."""
-    from pathlib import Path
-
     out = Path(out)
     if num_shards == 1:
         return out
@@ -441,10 +435,6 @@ def run_caption_job(
     Keys already in the file are skipped; each batch is appended crash-safely (`append_captions`) after it is
     captioned, so a killed job resumes without duplicated or lost rows. Images that fail to load are reported
     and left out (a restart retries them)."""
-    import time
-
-    from ..data.captions import append_captions, read_captions, repair_tail
-
     if not (num_shards >= 1 and 0 <= shard_index < num_shards):
         raise ValueError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
     if batch_size < 1:

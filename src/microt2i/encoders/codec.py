@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from microt2i.encoders.hub import resolve_pretrained
+from ..world.vae import WORLD_VAE_DIR
 
 SD_SCALING_FACTOR = 0.18215  # SD-1.x kl-f8 latents (LDM, DiT); also the `scaling_factor` in sd-vae-ft-ema's config
 SD15_CHANNEL_MEAN = (5.81, 3.25, 0.12, -2.15)  # CAD-I: per-channel mean of SD-1.5 VAE latents
@@ -178,8 +179,6 @@ def load_codec(spec: str, *, latent_norm: str = "scaling", **kwargs) -> PixelCod
             raise ValueError(f"latent_norm={latent_norm!r} normalises VAE latents; the pixel codec has none")
         kwargs = {**LATENT_NORMS[latent_norm], **kwargs}
     if spec == "world-vae":
-        from ..world.vae import WORLD_VAE_DIR
-
         return DiffusersVAE(WORLD_VAE_DIR, **kwargs)
     if spec != "pixel":
         return DiffusersVAE(spec, **kwargs)

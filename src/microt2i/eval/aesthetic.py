@@ -26,6 +26,10 @@ from torch import nn
 
 from .features import check_images
 from .preference import read_prompts, suite_preference
+from safetensors.torch import load_file
+from .features import clip as clip_extractor
+from .runner import world_reference
+from ..encoders.clip import load_image_text_model
 
 AESTHETIC_CLIP = "openai/clip-vit-large-patch14"
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
@@ -40,8 +44,6 @@ def load_aesthetic_head(path: str | Path) -> nn.Sequential:
                                 f"sa_0_4_vit_l_14_linear.pth (github.com/LAION-AI/aesthetic-predictor) or the improved "
                                 f"predictor's .pth; nothing is downloaded")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         sd = load_file(str(path))
     else:
         sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -69,8 +71,6 @@ class AestheticPredictor:
     """`predictor(uint8 [N, H, W, 3]) -> float64 [N]` aesthetic scores."""
 
     def __init__(self, head: str | Path, clip: str | None = None, device="cpu", batch_size: int = 32):
-        from .features import clip as clip_extractor
-
         self.head = load_aesthetic_head(head).to(device)
         self.extractor = clip_extractor(clip or AESTHETIC_CLIP, device=device)
         self.extractor.batch_size = batch_size
@@ -108,8 +108,6 @@ def summary(scores: np.ndarray, prefix: str) -> dict:
 
 
 def _prompts(sampler, n, prompts_file):
-    from .runner import world_reference
-
     if prompts_file:
         prompts, categories = read_prompts(prompts_file)
         return prompts[:n] if n else prompts, categories[:n] if n else categories
@@ -131,8 +129,6 @@ def suite_aesthetic(sampler, n, seed, head=None, model=None, prompts=None, **_):
 
 def suite_pickscore(sampler, n, seed, model=None, prompts=None, **_):
     """`microt2i eval pickscore`: mean PickScore of samples against their prompts."""
-    from ..encoders.clip import load_image_text_model
-
     texts, cats = _prompts(sampler, n, prompts)
     images = sampler(texts, seed=seed)
     clip = load_image_text_model(model or PICKSCORE_MODEL, device=sampler.device)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write_bytes, atomic_write_text
+from PIL import Image
 
 # prompts/object_names.txt: the 80 COCO classes in COCO order, with GenEval's names for mouse, remote, keyboard
 COCO_CLASSES: tuple[str, ...] = (
@@ -305,8 +306,6 @@ def format_table(summary: dict) -> str:
 
 
 def _png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
@@ -325,8 +324,6 @@ def write_layout(root: str | Path, records: Sequence[dict], images: Sequence[Seq
 
 def read_layout(root: str | Path) -> tuple[list[dict], list[list[np.ndarray]], list[list[str]]]:
     """(records, images, file names) of a GenEval image folder: digit-named folders, `\\d+.png` samples."""
-    from PIL import Image
-
     root = Path(root)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
     if not folders:

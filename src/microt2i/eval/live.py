@@ -20,6 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from .detectors import WorldDetector
+from .distribution import frechet_distance
+from .features import get_extractor
+from .pages import save_grid
+from .runner import RunSampler, reference_features, run_geneval, world_geneval_records
+from ..encoders import TextEncoder, codec_of
+from ..train.dist import is_main
+from ..world.grid import grid_prompts, score_samples
 
 
 @contextlib.contextmanager
@@ -49,12 +57,6 @@ class LiveEval:
 
     def _setup(self) -> dict:
         """Text encoder, codec, prompts and reference features, built on the first evaluation only."""
-        from ..encoders import TextEncoder, codec_of
-        from ..world.grid import grid_prompts
-        from .detectors import WorldDetector
-        from .features import get_extractor
-        from .runner import RunSampler, reference_features, world_geneval_records
-
         e, d = self.cfg.eval, self.cfg.data
         text = TextEncoder(d.text_encoder, max_length=d.text_len, device=self.device)
         parts = {"sampler": RunSampler(None, self.cfg, text, codec_of(d, device=self.device), None, None,
@@ -71,11 +73,6 @@ class LiveEval:
 
     @torch.no_grad()
     def __call__(self, net, nimg: int, null_tokens, null_mask) -> dict:
-        from ..report import save_grid
-        from ..train.dist import is_main
-        from .distribution import frechet_distance
-        from .runner import run_geneval
-
         t0 = time.perf_counter()
         e = self.cfg.eval
         with isolated_rng():
@@ -89,8 +86,6 @@ class LiveEval:
                 save_grid(grid, path, nrow=e.grid_size, upscale=max(1, 128 // grid.shape[1]))
             stats["eval/grid"] = str(path.relative_to(self.run_dir))
             if e.class_n:
-                from ..world.grid import score_samples
-
                 specs = p["class_specs"]
                 metrics, _ = score_samples(sample([s["prompt"] for s in specs], seed=e.seed), specs)
                 stats["eval/class_accuracy"] = metrics["class_accuracy"]

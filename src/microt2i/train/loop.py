@@ -20,7 +20,7 @@ from safetensors.torch import save
 from ..augment.crop import crop_sides, sample_crop
 from ..augment.cutmix import build_cutmix_store, ia_gate, twin_index
 
-from ..config import ConfigError, RunConfig, _plain, check_device, save_yaml, to_dict
+from ..config import ConfigError, RunConfig, plain, check_device, save_yaml, to_dict
 from ..data.loader import make_loader
 from ..data.sampler import ResumableSampler
 from ..data.store import Store, load_or_build
@@ -30,17 +30,21 @@ from ..io import atomic_write_bytes
 from ..encoders import TextEncoder, codec_of
 from ..diffusion.repa import RepaCapture
 from ..progress import Progress, heartbeat
-from ..eval.live import LiveEval
 from ..models import build, count_params, sample_keep_mask, sample_route_mask, save_pretrained
 from ..models.layers import keep_tokens
 from ..models.microdit import crop_patch_mask
-from .ema import EMA, _local
+from .ema import EMA, local_shard
 from .logger import RunLogger
-from .optim import lr_at, make_optimizer
+from .optim import freeze, lr_at, make_optimizer
 from .dist import (all_reduce_mean, barrier, full_state_dict, grad_sync, init_distributed, is_main, is_sharded,
                    load_optimizer, load_sharded, save_sharded, shard, split_batch, wrap_model)
 from .state import (TRAINING_KEYS, checkpoint_path, list_checkpoints, non_finite, prune_checkpoints,
                     remove_stale_temp, resume_point, run_lock, save_checkpoint)
+from ..augment.cutmix import open_cutmix_store
+from ..data.mix import open_mixture
+from ..data.store import open_store, store_key
+from ..data.teacher import teacher_features
+from ..encoders.teacher import load_teacher
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,8 +75,6 @@ def prepare_data(cfg: RunConfig, device: torch.device, log=print) -> Store:
     `data.store_dir`, open the sharded store `microt2i precompute` wrote, refusing one built with other settings."""
     cfg.data.require_dataset()
     if cfg.data.store_dir:
-        from ..data.store import open_store, store_key
-
         sharded = open_store(cfg.data.store_dir, store_key(cfg.data))
         if sharded.text_mode == "ids":  # token ids are encoded on the fly by the store's own text encoder
             sharded.attach_text_encoder(TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device))
@@ -80,7 +82,6 @@ def prepare_data(cfg: RunConfig, device: torch.device, log=print) -> Store:
             f"text {sharded.text_mode})")
         return sharded
     if cfg.data.mix:  # several finished stores mixed by weight into one stream (data/mix.py)
-        from ..data.mix import open_mixture
 
         return open_mixture(cfg.data, seed=cfg.train.seed, log=log, text_encoder=lambda: TextEncoder(
             cfg.data.text_encoder, max_length=cfg.data.text_len, device=device))
@@ -100,8 +101,6 @@ def prepare_cutmix(cfg: RunConfig, device: torch.device, log=print) -> Store:
         raise ConfigError("augment.cutmix.enabled=true pairs the images of one store; data.mix mixes several: "
                           "train on one data.store_dir, or switch CutMix off")
     if cfg.data.store_dir:
-        from ..augment.cutmix import open_cutmix_store
-
         cutmix = open_cutmix_store(cfg.data, cfg.augment.cutmix)
         if cutmix.text_mode == "ids":
             cutmix.attach_text_encoder(TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device))
@@ -113,9 +112,6 @@ def prepare_cutmix(cfg: RunConfig, device: torch.device, log=print) -> Store:
 
 def prepare_teacher(cfg: RunConfig, store: Store, device: torch.device, log=print) -> torch.Tensor:
     """REPA's teacher features of every training sample [N, tokens, dim] (data/teacher.py), cached on first use."""
-    from ..data.teacher import teacher_features
-    from ..encoders.teacher import load_teacher
-
     m = cfg.model
     if not getattr(m, "repa_depth", 0):
         raise ConfigError(f"objective.repa_weight={cfg.objective.repa_weight} needs the projector: set model.repa_depth "
@@ -197,7 +193,7 @@ def micro_batch(cfg: RunConfig, objective, store: Store, cutmix_store: Store | N
 
 
 def _check_same_run(saved: dict, cfg: RunConfig, run_dir: Path) -> None:
-    saved, now = _plain(saved), _plain(to_dict(cfg))  # tuples vs lists: .pt keeps tuples, a DCP meta.json lists
+    saved, now = plain(saved), plain(to_dict(cfg))  # tuples vs lists: .pt keeps tuples, a DCP meta.json lists
     for section in ("model", "objective", "data"):
         if saved.get(section) != now[section]:
             raise ValueError(
@@ -231,13 +227,15 @@ def train(cfg: RunConfig, run_dir: str | Path, **kwargs) -> dict:
 
 
 def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None, progress: bool = True,
-           log=print, store: Store | None = None, cutmix_store: Store | None = None) -> dict:
+           log=print, store: Store | None = None, cutmix_store: Store | None = None, evaluate=None) -> dict:
     """Train `cfg` in `run_dir`, resuming from its newest intact checkpoint. Returns a summary dict.
 
     Under `torchrun` every rank calls this; rank 0 alone writes logs, checkpoints (except sharded ones, which every
     rank writes) and the final weights. `stop_nimg` ends the job early (after a checkpoint) the way EDM2's
     `slice_nimg` does on preemptible clusters. `store` / `cutmix_store` replace the cached data set / CutMix
-    composites (composite k = i·times + j of source i).
+    composites (composite k = i·times + j of source i). `evaluate(cfg, run_dir, device, log=)` builds the in-training
+    evaluation when `eval.every_nimg` > 0 (the caller's: `eval.live.LiveEval`; the trainer never imports eval): an
+    object with `due(nimg, batch_size)` and `__call__(ema_net, nimg, null_tokens, null_mask) -> stats line`.
     """
     run_dir = Path(run_dir)
     t = cfg.train
@@ -277,8 +275,6 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
     torch.manual_seed(t.seed)
     net = build(cfg.model).to(device)
     if t.freeze:  # fine-tuning: parameters under these name prefixes keep their weights (train/finetune.py)
-        from .finetune import freeze
-
         freeze(net, t.freeze, log=log)
     ema = EMA(net, t.ema_decay, t.ema_start_nimg)
     repa = RepaCapture(net, cfg.model.repa_depth) if repa_w else None  # REPA reads the aligned block's tokens
@@ -301,7 +297,6 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
                        activation_checkpointing=t.activation_checkpointing, env=env)
     if t.parallel == "fsdp":
         shard(ema.model, t.precision)
-    model.config = net.config  # objectives read the patch size through the wrapper
     opt = make_optimizer(net, t)
     nimg, step, elapsed, nan_skips = 0, 0, 0.0, 0
     if payload is not None:
@@ -317,16 +312,21 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
     if main:
         save_yaml(cfg, run_dir / "config.yaml")
     stats_log = RunLogger(run_dir, nimg, tensorboard=t.tensorboard, wandb=t.wandb,
-                          config=_plain(to_dict(cfg))) if main else None  # JSONL (+ TensorBoard / W&B)
-    live_eval = LiveEval(cfg, run_dir, device, log=log) if cfg.eval.every_nimg else None
+                          config=plain(to_dict(cfg))) if main else None  # JSONL (+ TensorBoard / W&B)
+    live_eval = None
+    if cfg.eval.every_nimg:
+        if evaluate is None:
+            raise ConfigError(f"eval.every_nimg={cfg.eval.every_nimg} needs an in-training evaluator: train with "
+                              f"`microt2i train`, pass evaluate=microt2i.eval.live.LiveEval, or set eval.every_nimg=0")
+        live_eval = evaluate(cfg, run_dir, device, log=log)
     log(f"[train] {cfg.name}: {count_params(net) / 1e6:.2f}M params, {len(store)} samples, batch {t.batch_size} "
         f"({world_size} rank{'s' if world_size > 1 else ''} × {rounds} × {micro}"
         f"{', ' + t.parallel if world_size > 1 or sharded else ''}), {t.total_nimg} images, device {device}")
 
     def diverged() -> tuple[list[str], bool]:
         """(this rank's NaN / Inf weight and EMA tensors, whether any rank has one)."""
-        names = non_finite({f"model.{k}": _local(v) for k, v in net.state_dict().items()},
-                           {f"ema.{k}": _local(v) for k, v in ema.state_dict().items()})
+        names = non_finite({f"model.{k}": local_shard(v) for k, v in net.state_dict().items()},
+                           {f"ema.{k}": local_shard(v) for k, v in ema.state_dict().items()})
         return names, bool(all_reduce_mean(torch.tensor([float(bool(names))], device=device)) > 0)
 
     def healthy() -> str:
@@ -349,7 +349,7 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
             return
         meta = {"nimg": nimg, "step": step, "elapsed": elapsed, "nan_skips": nan_skips, "config": to_dict(cfg)}
         if sharded:  # every rank writes its shards
-            save_sharded(checkpoint_path(run_dir, nimg, sharded=True), model, opt, ema.model, _plain(meta))
+            save_sharded(checkpoint_path(run_dir, nimg, sharded=True), model, opt, ema.model, plain(meta))
             if main:
                 prune_checkpoints(run_dir)
         elif main:

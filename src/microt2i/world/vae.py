@@ -38,7 +38,7 @@ def _batch(step: int, batch_size: int, resolution: int, seed: int) -> torch.Tens
 def train_world_vae(out_dir: str | Path = WORLD_VAE_DIR, *, steps: int = 3000, batch_size: int = 32,
                     resolution: int = 32, lr: float = 2e-3, kl_weight: float = 1e-6, seed: int = 0, log=print) -> dict:
     """Train on a stream of fresh world renders (L1 + L2 reconstruction + a small KL), save fp16 safetensors."""
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # heavy (seconds to import): only when a diffusers model is used
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(**world_vae_config())
