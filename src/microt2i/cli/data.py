@@ -173,6 +173,12 @@ def cmd_filter(args) -> int:
 
 
 def add_parsers(sub) -> None:
+    _add_source_parsers(sub)
+    _add_store_parsers(sub)
+
+
+def _add_source_parsers(sub) -> None:
+    """`world` and `caption`: images and captions."""
     w = sub.add_parser("world", help="render embedded-world images with captions and detections; "
                                      "`world train-vae` retrains the shipped world VAE")
     w.add_argument("action", nargs="?", choices=["render", "train-vae"], default="render")
@@ -210,6 +216,9 @@ def add_parsers(sub) -> None:
     ca.add_argument("--no-progress", action="store_true")
     ca.set_defaults(fn=cmd_caption)
 
+
+def _add_store_parsers(sub) -> None:
+    """`cutmix`, `precompute`, `filter`, `ingest`: building and checking training stores."""
     cm = sub.add_parser("cutmix", help="build (or resume) the CutMix composite set of a preset's data, captioned "
                                        "and encoded like the base set (paper 000 App. E)")
     cm.add_argument("config", help="preset name (its data.* and augment.cutmix.*) or a config .yaml")
