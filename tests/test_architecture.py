@@ -25,8 +25,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("diffusion", ("diffusion",)),
     ("train", ("train", "presets", "cost")),  # presets name whole runs; cost counts a run's FLOPs and $
     ("eval", ("eval",)),
-    ("app", ("sample", "pipeline", "report", "demo", "experiment", "experiments", "bench", "benchmarks", "export",
-             "serve", "finetune_report")),
+    ("app", ("sample", "pipeline", "report", "demo", "experiment", "experiment_defs", "experiment_run",
+             "experiment_stats", "experiment_render", "bench", "export", "serve", "finetune_report")),
     ("cli", ("cli",)),
 ]
 
