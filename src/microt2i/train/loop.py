@@ -11,6 +11,7 @@ import os
 import resource
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -236,19 +237,34 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
     composites (composite k = i·times + j of source i). `evaluate(cfg, run_dir, device, log=)` builds the in-training
     evaluation when `eval.every_nimg` > 0 (the caller's: `eval.live.LiveEval`; the trainer never imports eval): an
     object with `due(nimg, batch_size)` and `__call__(ema_net, nimg, null_tokens, null_mask) -> stats line`.
+
+    Read top to bottom like EDM2's training loop: set-up (data, then model), resume, the loop, finish.
     """
-    run_dir = Path(run_dir)
+    r = _setup_data(cfg, Path(run_dir), progress=progress, log=log, store=store, cutmix_store=cutmix_store)
+    _setup_model(r)
+    _resume(r)
+    _start(r, evaluate)
+    _loop(r, stop_nimg=stop_nimg, progress=progress)
+    return _finish(r)
+
+
+class _Run(SimpleNamespace):
+    """What the parts of `_train` share: the config, the distributed environment, data, networks, optimizer and the
+    progress counters (nimg, step, elapsed, nan_skips), which checkpoints save and resume restores."""
+
+
+def _setup_data(cfg: RunConfig, run_dir: Path, *, progress: bool, log, store, cutmix_store) -> _Run:
+    """The process group, the batch split, and the data (rank 0 builds a missing cache first; the others then read
+    it), checked against the model config; REPA's teacher features when asked for."""
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
     env = init_distributed(t.device, timeout_s=t.dist_timeout_s, need_group=t.parallel == "fsdp")
-    device, rank, world_size, main = env.device, env.rank, env.world_size, env.is_main
+    device, main = env.device, env.is_main
     log = log if main else (lambda *a, **k: None)
-    micro, rounds = split_batch(t.batch_size, t.micro_batch, world_size)  # global batch = micro × rounds × ranks
+    micro, rounds = split_batch(t.batch_size, t.micro_batch, env.world_size)  # global batch = micro × rounds × ranks
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-
-    # ---- data (rank 0 builds a missing cache first; the others then read it) ----
     aug = cfg.augment
 
     def data():
@@ -270,202 +286,239 @@ def _train(cfg: RunConfig, run_dir: str | Path, *, stop_nimg: int | None = None,
     _check_augment(cfg, store, cutmix_store)
     repa_w = cfg.objective.repa_weight
     teacher = main_first(lambda: prepare_teacher(cfg, store, device, log=log)) if repa_w else None
+    return _Run(cfg=cfg, t=t, run_dir=run_dir, env=env, device=device, rank=env.rank, world_size=env.world_size,
+                main=main, log=log, micro=micro, rounds=rounds, store=store, cutmix_store=cutmix_store,
+                repa_w=repa_w, teacher=teacher)
 
-    # ---- model, EMA, resume point; then wrapping from outside (dist.py) and the optimizer ----
+
+def _setup_model(r: _Run) -> None:
+    """Network, EMA, REPA hook, objective, data order and the unconditional caption."""
+    cfg, t = r.cfg, r.t
     torch.manual_seed(t.seed)
-    net = build(cfg.model).to(device)
+    r.net = build(cfg.model).to(r.device)
     if t.freeze:  # fine-tuning: parameters under these name prefixes keep their weights (train/finetune.py)
-        freeze(net, t.freeze, log=log)
-    ema = EMA(net, t.ema_decay, t.ema_start_nimg)
-    repa = RepaCapture(net, cfg.model.repa_depth) if repa_w else None  # REPA reads the aligned block's tokens
-    objective = build_objective(cfg.objective)
-    sampler = ResumableSampler(len(store), seed=t.seed)
-    uncond_tokens, uncond_mask = (v.to(device) for v in store.null_text(cfg.objective.uncond))
-    if main:  # temp files of checkpoint writes a kill interrupted: never read, so only disk space
+        freeze(r.net, t.freeze, log=r.log)
+    r.ema = EMA(r.net, t.ema_decay, t.ema_start_nimg)
+    r.repa = RepaCapture(r.net, cfg.model.repa_depth) if r.repa_w else None  # REPA reads the aligned block's tokens
+    r.objective = build_objective(cfg.objective)
+    r.sampler = ResumableSampler(len(r.store), seed=t.seed)
+    r.uncond_tokens, r.uncond_mask = (v.to(r.device) for v in r.store.null_text(cfg.objective.uncond))
+
+
+def _resume(r: _Run) -> None:
+    """The newest intact checkpoint (a `.pt` payload, or a `.dcp` folder that loads after wrapping), the wrapping
+    from outside (dist.py) and the optimizer; the progress counters from the checkpoint, else zero."""
+    cfg, t, run_dir = r.cfg, r.t, r.run_dir
+    if r.main:  # temp files of checkpoint writes a kill interrupted: never read, so only disk space
         remove_stale_temp(run_dir)
     ckpts = list_checkpoints(run_dir)
-    # the newest intact checkpoint: a `.pt` payload, or a `.dcp` folder that loads after wrapping (below)
-    latest, payload = resume_point(run_dir, log=log, require=TRAINING_KEYS)
+    latest, payload = resume_point(run_dir, log=r.log, require=TRAINING_KEYS)
     if ckpts and latest is None:
         raise RuntimeError(f"no readable checkpoint in {run_dir} ({', '.join(p.name for p in ckpts)} are damaged "
                            f"or incomplete); move them away to start over, or pass another run folder")
     if payload is not None:
         _check_same_run(payload["config"], cfg, run_dir)
-        net.load_state_dict(payload["model"])
-        ema.load_state_dict(payload["ema"])
-    model = wrap_model(net, parallel=t.parallel, precision=t.precision, compile=t.compile,
-                       activation_checkpointing=t.activation_checkpointing, env=env)
+        r.net.load_state_dict(payload["model"])
+        r.ema.load_state_dict(payload["ema"])
+    r.model = wrap_model(r.net, parallel=t.parallel, precision=t.precision, compile=t.compile,
+                         activation_checkpointing=t.activation_checkpointing, env=r.env)
     if t.parallel == "fsdp":
-        shard(ema.model, t.precision)
-    opt = make_optimizer(net, t)
-    nimg, step, elapsed, nan_skips = 0, 0, 0.0, 0
+        shard(r.ema.model, t.precision)
+    r.opt = make_optimizer(r.net, t)
+    r.nimg, r.step, r.elapsed, r.nan_skips = 0, 0, 0.0, 0
     if payload is not None:
-        load_optimizer(model, opt, payload["optimizer"])
+        load_optimizer(r.model, r.opt, payload["optimizer"])
         meta = payload
     elif latest is not None:  # a sharded checkpoint: loads at any world size (DCP reshards)
-        meta = load_sharded(latest, model, opt, ema.model)
+        meta = load_sharded(latest, r.model, r.opt, r.ema.model)
         _check_same_run(meta["config"], cfg, run_dir)
     if latest is not None:
-        nimg, step, elapsed, nan_skips = meta["nimg"], meta["step"], meta["elapsed"], meta["nan_skips"]
-        log(f"[resume] {run_dir} at {nimg} images (step {step})")
-    sharded = is_sharded(model)
-    if main:
-        save_yaml(cfg, run_dir / "config.yaml")
-    stats_log = RunLogger(run_dir, nimg, tensorboard=t.tensorboard, wandb=t.wandb,
-                          config=plain(to_dict(cfg))) if main else None  # JSONL (+ TensorBoard / W&B)
-    live_eval = None
+        r.nimg, r.step, r.elapsed, r.nan_skips = meta["nimg"], meta["step"], meta["elapsed"], meta["nan_skips"]
+        r.log(f"[resume] {run_dir} at {r.nimg} images (step {r.step})")
+    r.sharded = is_sharded(r.model)
+
+
+def _start(r: _Run, evaluate) -> None:
+    """The run's config.yaml, the stats logger, the in-training evaluation (the caller's `evaluate`), one line."""
+    cfg, t = r.cfg, r.t
+    if r.main:
+        save_yaml(cfg, r.run_dir / "config.yaml")
+    r.stats_log = RunLogger(r.run_dir, r.nimg, tensorboard=t.tensorboard, wandb=t.wandb,
+                            config=plain(to_dict(cfg))) if r.main else None  # JSONL (+ TensorBoard / W&B)
+    r.live_eval = None
     if cfg.eval.every_nimg:
         if evaluate is None:
             raise ConfigError(f"eval.every_nimg={cfg.eval.every_nimg} needs an in-training evaluator: train with "
                               f"`microt2i train`, pass evaluate=microt2i.eval.live.LiveEval, or set eval.every_nimg=0")
-        live_eval = evaluate(cfg, run_dir, device, log=log)
-    log(f"[train] {cfg.name}: {count_params(net) / 1e6:.2f}M params, {len(store)} samples, batch {t.batch_size} "
-        f"({world_size} rank{'s' if world_size > 1 else ''} × {rounds} × {micro}"
-        f"{', ' + t.parallel if world_size > 1 or sharded else ''}), {t.total_nimg} images, device {device}")
+        r.live_eval = evaluate(cfg, r.run_dir, r.device, log=r.log)
+    ws = r.world_size
+    r.log(f"[train] {cfg.name}: {count_params(r.net) / 1e6:.2f}M params, {len(r.store)} samples, batch {t.batch_size} "
+          f"({ws} rank{'s' if ws > 1 else ''} × {r.rounds} × {r.micro}"
+          f"{', ' + t.parallel if ws > 1 or r.sharded else ''}), {t.total_nimg} images, device {r.device}")
 
-    def diverged() -> tuple[list[str], bool]:
-        """(this rank's NaN / Inf weight and EMA tensors, whether any rank has one)."""
-        names = non_finite({f"model.{k}": local_shard(v) for k, v in net.state_dict().items()},
-                           {f"ema.{k}": local_shard(v) for k, v in ema.state_dict().items()})
-        return names, bool(all_reduce_mean(torch.tensor([float(bool(names))], device=device)) > 0)
 
-    def healthy() -> str:
-        """Why the live state must not be checkpointed ("" = it may): NaN / Inf weights or EMA, or finite weights
-        whose outputs overflow (divergence: the last good checkpoint must survive for "lower the lr and resume")."""
-        names, bad = diverged()
-        if bad:
-            return f"NaN / Inf weights ({', '.join(names[:3]) or 'on another rank'})"
-        for name, m in (("network", net), ("EMA network", ema.model)):
-            if not _outputs_finite(m, objective, cfg, uncond_tokens, uncond_mask, device):
-                return f"the {name}'s denoised images overflow (finite weights, far off)"
-        return ""
+def _diverged(r: _Run) -> tuple[list[str], bool]:
+    """(this rank's NaN / Inf weight and EMA tensors, whether any rank has one)."""
+    names = non_finite({f"model.{k}": local_shard(v) for k, v in r.net.state_dict().items()},
+                       {f"ema.{k}": local_shard(v) for k, v in r.ema.state_dict().items()})
+    return names, bool(all_reduce_mean(torch.tensor([float(bool(names))], device=r.device)) > 0)
 
-    def checkpoint():
-        why = healthy()
-        if why:
-            good = [p.name for p in list_checkpoints(run_dir)]
-            log(f"[train] not writing a checkpoint at {nimg} images: {why}; the newest one stays "
-                f"{good[-1] if good else '(none)'}")
-            return
-        meta = {"nimg": nimg, "step": step, "elapsed": elapsed, "nan_skips": nan_skips, "config": to_dict(cfg)}
-        if sharded:  # every rank writes its shards
-            save_sharded(checkpoint_path(run_dir, nimg, sharded=True), model, opt, ema.model, plain(meta))
-            if main:
-                prune_checkpoints(run_dir)
-        elif main:
-            save_checkpoint(run_dir, nimg, {"model": net.state_dict(), "ema": ema.state_dict(),
-                                            "optimizer": opt.state_dict(), **meta})
-        barrier()
 
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+def _healthy(r: _Run) -> str:
+    """Why the live state must not be checkpointed ("" = it may): NaN / Inf weights or EMA, or finite weights
+    whose outputs overflow (divergence: the last good checkpoint must survive for "lower the lr and resume")."""
+    names, bad = _diverged(r)
+    if bad:
+        return f"NaN / Inf weights ({', '.join(names[:3]) or 'on another rank'})"
+    for name, m in (("network", r.net), ("EMA network", r.ema.model)):
+        if not _outputs_finite(m, r.objective, r.cfg, r.uncond_tokens, r.uncond_mask, r.device):
+            return f"the {name}'s denoised images overflow (finite weights, far off)"
+    return ""
+
+
+def _checkpoint(r: _Run) -> None:
+    why = _healthy(r)
+    if why:
+        good = [p.name for p in list_checkpoints(r.run_dir)]
+        r.log(f"[train] not writing a checkpoint at {r.nimg} images: {why}; the newest one stays "
+              f"{good[-1] if good else '(none)'}")
+        return
+    meta = {"nimg": r.nimg, "step": r.step, "elapsed": r.elapsed, "nan_skips": r.nan_skips, "config": to_dict(r.cfg)}
+    if r.sharded:  # every rank writes its shards
+        save_sharded(checkpoint_path(r.run_dir, r.nimg, sharded=True), r.model, r.opt, r.ema.model, plain(meta))
+        if r.main:
+            prune_checkpoints(r.run_dir)
+    elif r.main:
+        save_checkpoint(r.run_dir, r.nimg, {"model": r.net.state_dict(), "ema": r.ema.state_dict(),
+                                            "optimizer": r.opt.state_dict(), **meta})
+    barrier()
+
+
+def _loop(r: _Run, *, stop_nimg: int | None, progress: bool) -> None:
+    """Steps until `stop_nimg` (or the end): one optimizer step, then the due report, evaluation and checkpoint."""
+    t = r.t
+    r.autocast = torch.autocast(r.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
     end_nimg = t.total_nimg if stop_nimg is None else min(stop_nimg, t.total_nimg)
-    bar = Progress(end_nimg, initial=nimg, desc="train", unit="img", enabled=progress and main,
-                   work=f"{-(-(end_nimg - nimg) // t.batch_size)} steps of {t.batch_size}"
+    bar = Progress(end_nimg, initial=r.nimg, desc="train", unit="img", enabled=progress and r.main,
+                   work=f"{-(-(end_nimg - r.nimg) // t.batch_size)} steps of {t.batch_size}"
                         + (f", stopping at {end_nimg} of {t.total_nimg}" if end_nimg < t.total_nimg else ""))
-    acc = torch.zeros(4, device=device, dtype=torch.float64)  # Σ loss, Σ grad norm, steps, Σ REPA: on device
-    t_report, nimg_report, nan_streak = time.perf_counter(), nimg, 0
-    model.train()
-    reader = None  # loader workers read a sharded store's next micro-batches, in the loop's order (data/loader.py)
-    if t.loader_workers and hasattr(store, "read"):
-        steps_left = -(-(end_nimg - nimg) // t.batch_size)
-        reader = iter(make_loader(store, sampler, start=nimg, end=nimg + steps_left * t.batch_size, micro=micro,
-                                  rank=rank, world_size=world_size, workers=t.loader_workers))
-
-    # ---- loop ----
-    while nimg < end_nimg:
-        t_step = time.perf_counter()
-        lr = lr_at(nimg, t)
-        for group in opt.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)  # e.g. MoE experts at lr × train.expert_lr_scale
-        opt.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), device=device)
-        repa_sum = torch.zeros((), device=device)
-        for r in range(rounds):
-            # This rank's slice of round r: global positions start … start + micro (data order and draws: step_seed)
-            start = nimg + r * micro * world_size + rank * micro
-            gen = torch.Generator(device).manual_seed(step_seed(t.seed, start))
-            x0, tokens, mask, sigma, net_kwargs, repa_target = micro_batch(
-                cfg, objective, store, cutmix_store, sampler.indices(start, micro), gen, device, uncond_tokens,
-                uncond_mask, rows=None if reader is None else next(reader), teacher=teacher)
-            with grad_sync(model, r == rounds - 1):  # accumulation: all-reduce on the last micro-step only
-                with autocast:
-                    loss = objective.loss(model, x0, tokens, mask, generator=gen, sigma=sigma, **net_kwargs).mean()
-                    total = loss
-                    if repa is not None:  # + λ·REPA (Yu et al. 2024 Eq. 8)
-                        repa_l = repa.loss(*repa_target).mean()
-                        total = loss + repa_w * repa_l
-                        repa_sum += repa_l.detach() / rounds
-                (total / rounds).backward()
-            loss_sum += loss.detach() / rounds
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        if torch.isfinite(grad_norm):  # the one host sync per step: skip non-finite updates (NaN guard)
-            opt.step()
-            nan_streak = 0
-        else:
-            nan_skips, nan_streak = nan_skips + 1, nan_streak + 1
-            log(f"[train] non-finite gradient at {nimg} images: step skipped ({nan_skips} so far)")
-            if t.nan_abort_streak and nan_streak >= t.nan_abort_streak:
-                raise FloatingPointError(f"{nan_streak} consecutive non-finite steps at {nimg} images; lower train.lr, "
-                                         f"raise train.grad_clip or use train.precision=fp32, then resume from {run_dir}")
-        nimg += t.batch_size
-        step += 1
-        ema.update(model, nimg)
-        elapsed += time.perf_counter() - t_step
-        ok = torch.isfinite(loss_sum) & torch.isfinite(grad_norm)  # skipped steps stay out of the averages
-        acc += torch.where(ok, torch.stack([loss_sum.double(), grad_norm.double(), torch.ones_like(acc[0]),
-                                            repa_sum.double()]), 0.0)
+    r.acc = torch.zeros(4, device=r.device, dtype=torch.float64)  # Σ loss, Σ grad norm, steps, Σ REPA: on device
+    r.t_report, r.nimg_report, r.nan_streak = time.perf_counter(), r.nimg, 0
+    r.model.train()
+    r.reader = None  # loader workers read a sharded store's next micro-batches, in the loop's order (data/loader.py)
+    if t.loader_workers and hasattr(r.store, "read"):
+        steps_left = -(-(end_nimg - r.nimg) // t.batch_size)
+        r.reader = iter(make_loader(r.store, r.sampler, start=r.nimg, end=r.nimg + steps_left * t.batch_size,
+                                    micro=r.micro, rank=r.rank, world_size=r.world_size, workers=t.loader_workers))
+    while r.nimg < end_nimg:
+        _step(r)
         bar.update(t.batch_size)
-
-        done = nimg >= end_nimg
-        if nimg // t.log_every_nimg != (nimg - t.batch_size) // t.log_every_nimg or done:
-            now = time.perf_counter()
-            loss_sum_, gn_sum, n, repa_sum_ = all_reduce_mean(acc).tolist()
-            stats = {"nimg": nimg, "step": step, "loss": loss_sum_ / n if n else None,
-                     "grad_norm": gn_sum / n if n else None, "lr": lr,
-                     "img_per_s": (nimg - nimg_report) / max(now - t_report, 1e-9), "elapsed_s": round(elapsed, 3),
-                     "nan_skips": nan_skips, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-            if repa is not None:  # the mean cosine similarity to the teacher (REPA's alignment, higher is better)
-                stats["repa_cos"] = -repa_sum_ / n if n else None
-            if main:
-                stats_log.append(stats)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}" if stats["loss"] is not None else "skipped")
-            acc.zero_()
-            t_report, nimg_report = now, nimg
-        if live_eval is not None and live_eval.due(nimg, t.batch_size):  # every rank samples (a sharded EMA needs
-            ev = live_eval(ema.model, nimg, uncond_tokens, uncond_mask)  # all), so none waits in a collective
-            if main:
-                stats_log.append(ev)
-        if nimg // t.ckpt_every_nimg != (nimg - t.batch_size) // t.ckpt_every_nimg or done:
-            checkpoint()
+        done = r.nimg >= end_nimg
+        if r.nimg // t.log_every_nimg != (r.nimg - t.batch_size) // t.log_every_nimg or done:
+            _report(r, bar)
+        if r.live_eval is not None and r.live_eval.due(r.nimg, t.batch_size):  # every rank samples (a sharded EMA
+            ev = r.live_eval(r.ema.model, r.nimg, r.uncond_tokens, r.uncond_mask)  # needs all): none waits
+            if r.main:
+                r.stats_log.append(ev)
+        if r.nimg // t.ckpt_every_nimg != (r.nimg - t.batch_size) // t.ckpt_every_nimg or done:
+            _checkpoint(r)
     bar.close()
-    if stats_log is not None:
-        stats_log.close()
+    if r.stats_log is not None:
+        r.stats_log.close()
 
+
+def _step(r: _Run) -> None:
+    """One optimizer step over the global batch: `rounds` micro-batches per rank, clip, skip a non-finite update."""
+    t, cfg, model = r.t, r.cfg, r.model
+    t_step = time.perf_counter()
+    r.lr = lr = lr_at(r.nimg, t)
+    for group in r.opt.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # e.g. MoE experts at lr × train.expert_lr_scale
+    r.opt.zero_grad(set_to_none=True)
+    loss_sum = torch.zeros((), device=r.device)
+    repa_sum = torch.zeros((), device=r.device)
+    micro, rounds = r.micro, r.rounds
+    for k in range(rounds):
+        # This rank's slice of round k: global positions start … start + micro (data order and draws: step_seed)
+        start = r.nimg + k * micro * r.world_size + r.rank * micro
+        gen = torch.Generator(r.device).manual_seed(step_seed(t.seed, start))
+        x0, tokens, mask, sigma, net_kwargs, repa_target = micro_batch(
+            cfg, r.objective, r.store, r.cutmix_store, r.sampler.indices(start, micro), gen, r.device, r.uncond_tokens,
+            r.uncond_mask, rows=None if r.reader is None else next(r.reader), teacher=r.teacher)
+        with grad_sync(model, k == rounds - 1):  # accumulation: all-reduce on the last micro-step only
+            with r.autocast:
+                loss = r.objective.loss(model, x0, tokens, mask, generator=gen, sigma=sigma, **net_kwargs).mean()
+                total = loss
+                if r.repa is not None:  # + λ·REPA (Yu et al. 2024 Eq. 8)
+                    repa_l = r.repa.loss(*repa_target).mean()
+                    total = loss + r.repa_w * repa_l
+                    repa_sum += repa_l.detach() / rounds
+            (total / rounds).backward()
+        loss_sum += loss.detach() / rounds
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    if torch.isfinite(grad_norm):  # the one host sync per step: skip non-finite updates (NaN guard)
+        r.opt.step()
+        r.nan_streak = 0
+    else:
+        r.nan_skips, r.nan_streak = r.nan_skips + 1, r.nan_streak + 1
+        r.log(f"[train] non-finite gradient at {r.nimg} images: step skipped ({r.nan_skips} so far)")
+        if t.nan_abort_streak and r.nan_streak >= t.nan_abort_streak:
+            raise FloatingPointError(f"{r.nan_streak} consecutive non-finite steps at {r.nimg} images; lower train.lr, "
+                                     f"raise train.grad_clip or use train.precision=fp32, then resume from {r.run_dir}")
+    r.nimg += t.batch_size
+    r.step += 1
+    r.ema.update(model, r.nimg)
+    r.elapsed += time.perf_counter() - t_step
+    ok = torch.isfinite(loss_sum) & torch.isfinite(grad_norm)  # skipped steps stay out of the averages
+    r.acc += torch.where(ok, torch.stack([loss_sum.double(), grad_norm.double(), torch.ones_like(r.acc[0]),
+                                          repa_sum.double()]), 0.0)
+
+
+def _report(r: _Run, bar: Progress) -> None:
+    """One stats line (rank-mean loss, grad norm, lr, img/s, …) into stats.jsonl; the accumulators restart."""
+    now = time.perf_counter()
+    loss_sum_, gn_sum, n, repa_sum_ = all_reduce_mean(r.acc).tolist()
+    stats = {"nimg": r.nimg, "step": r.step, "loss": loss_sum_ / n if n else None,
+             "grad_norm": gn_sum / n if n else None, "lr": r.lr,
+             "img_per_s": (r.nimg - r.nimg_report) / max(now - r.t_report, 1e-9), "elapsed_s": round(r.elapsed, 3),
+             "nan_skips": r.nan_skips, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if r.repa is not None:  # the mean cosine similarity to the teacher (REPA's alignment, higher is better)
+        stats["repa_cos"] = -repa_sum_ / n if n else None
+    if r.main:
+        r.stats_log.append(stats)
+    bar.set_postfix(loss=f"{stats['loss']:.4f}" if stats["loss"] is not None else "skipped")
+    r.acc.zero_()
+    r.t_report, r.nimg_report = now, r.nimg
+
+
+def _finish(r: _Run) -> dict:
+    """A checkpoint if none was written; refuse a diverged run; a finished one writes its inference artifacts."""
+    cfg, t, run_dir = r.cfg, r.t, r.run_dir
     if not list_checkpoints(run_dir):
-        checkpoint()
-    names, bad = diverged()
+        _checkpoint(r)
+    names, bad = _diverged(r)
     what = f"NaN / Inf in {len(names) or 'some'} weight tensors (e.g. {', '.join(names[:2]) or 'on another rank'})"
-    if not bad and not _outputs_finite(ema.model, objective, cfg, uncond_tokens, uncond_mask, device):
+    if not bad and not _outputs_finite(r.ema.model, r.objective, cfg, r.uncond_tokens, r.uncond_mask, r.device):
         what, bad = "the EMA network's denoised images overflow (finite weights, far off)", True
     if bad:  # divergence is never a success: nothing is exported, the newest (finite) checkpoint stays the resume point
         good = [p.name for p in list_checkpoints(run_dir)]
         raise FloatingPointError(
-            f"training diverged at {nimg} images: {what}; nothing was exported. Lower train.lr (now {t.lr:g}), keep "
+            f"training diverged at {r.nimg} images: {what}; nothing was exported. Lower train.lr (now {t.lr:g}), keep "
             f"train.grad_clip > 0, then re-run: it resumes from "
             f"{good[-1] + ', the newest finite checkpoint' if good else 'scratch (no finite checkpoint was written)'}")
-    finished = nimg >= t.total_nimg
-    ema_model = ema.model
+    finished = r.nimg >= t.total_nimg
+    ema_model = r.ema.model
     if finished:  # the inference artifacts: consolidated EMA weights + the unconditional caption CFG needs
-        weights = full_state_dict(ema.model)  # a collective under FSDP2; the full copy lands on rank 0 only
-        if sharded and main:
+        weights = full_state_dict(r.ema.model)  # a collective under FSDP2; the full copy lands on rank 0 only
+        if r.sharded and r.main:
             ema_model = build(cfg.model)
             ema_model.load_state_dict(weights)
-        if main:
+        if r.main:
             save_pretrained(ema_model, run_dir / "ema")
             atomic_write_bytes(run_dir / "null_text.safetensors", save({
-                "tokens": uncond_tokens.cpu().contiguous(), "mask": uncond_mask.cpu().to(torch.uint8)}))
+                "tokens": r.uncond_tokens.cpu().contiguous(), "mask": r.uncond_mask.cpu().to(torch.uint8)}))
         barrier()
-    return {"nimg": nimg, "step": step, "finished": finished, "elapsed_s": elapsed, "nan_skips": nan_skips,
-            "params": count_params(net), "net": net, "ema": ema_model, "store": store, "rank": rank,
-            "world_size": world_size}
+    return {"nimg": r.nimg, "step": r.step, "finished": finished, "elapsed_s": r.elapsed, "nan_skips": r.nan_skips,
+            "params": count_params(r.net), "net": r.net, "ema": ema_model, "store": r.store, "rank": r.rank,
+            "world_size": r.world_size}
