@@ -26,7 +26,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("train", ("train", "presets", "cost")),  # presets name whole runs; cost counts a run's FLOPs and $
     ("eval", ("eval",)),
     ("app", ("sample", "pipeline", "report", "demo", "experiment", "experiment_defs", "experiment_run",
-             "experiment_stats", "experiment_render", "bench", "export", "serve", "finetune_report")),
+             "experiment_stats", "experiment_render", "bench", "bench_common", "bench_pixart",
+             "bench_variants", "export", "serve", "finetune_report")),
     ("cli", ("cli",)),
 ]
 
