@@ -2,6 +2,10 @@
 
 A run is one `RunConfig` tree. Presets (`presets.py`) are Python functions that return such trees; YAML only
 serialises them. Unknown keys are an error that lists the valid keys (no silent typos).
+
+Length: this file is over the 600-line limit of tests/test_architecture.py (listed there with this reason): the
+model-family configs (`ModelConfig` … `CADIConfig`) are the seam to split along (a `config_models.py`), once the
+fields other branches are adding to these classes have landed.
 """
 
 from __future__ import annotations
