@@ -1,4 +1,4 @@
-"""Cost accounting (paper 003 App. B, Table 6): FLOPs per image counted on meta, per stage, days, dollars, MFU."""
+"""Cost accounting (MicroDiT App. B, Table 6): FLOPs per image counted on meta, per stage, days, dollars, MFU."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def test_peaks_and_mfu():
     assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert peak_flops("NVIDIA H200") == 989e12 and peak_flops("Intel(R) Xeon(R) (1 threads)") is None
     assert mfu(1e12, 98.9, "NVIDIA H100 PCIe") == pytest.approx(0.1) and mfu(1e12, 1.0, "cpu") is None
-    rates = paper_table6_img_s()  # ≈ 667 img/s per H100 in stage 1 (anchors §11: the goal is twice that)
+    rates = paper_table6_img_s()  # ≈ 667 img/s per H100 in stage 1 (micro_diffusion's reported throughput: the goal is twice that)
     assert rates[0] == pytest.approx(250_000 * 2048 / (8 * 1.11 * 86_400)) and 660 < rates[0] < 670
 
 

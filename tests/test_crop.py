@@ -1,4 +1,4 @@
-"""Crop (paper 000 App. F): crop sampling, keep-masks, crop tokens in DiT-I and MicroDiT, and the losses."""
+"""Crop (ImageNet-T2I App. F): crop sampling, keep-masks, crop tokens in DiT-I and MicroDiT, and the losses."""
 
 import copy
 import dataclasses

@@ -1,4 +1,4 @@
-"""CutMix (paper 000 App. E): pattern geometry, partners, composites, captions, noise-level gating, the store."""
+"""CutMix (ImageNet-T2I App. E): pattern geometry, partners, composites, captions, noise-level gating, the store."""
 
 import math
 from types import SimpleNamespace
@@ -149,7 +149,7 @@ def test_tau_conversion_is_alpha_bar_0_6():
     assert float(sigma_to_alpha_bar(s)) == pytest.approx(0.6, abs=1e-12)
     assert s == pytest.approx(math.sqrt(0.4 / 0.6))
     assert float(sigma_to_logsnr(s)) == pytest.approx(math.log(0.6 / 0.4))  # λ_τ, the same for every objective
-    assert float(VPSchedule("linear").t_of_sigma(s)) == pytest.approx(0.4)  # CAD-I's t > 0.4 (anchors §3.5)
+    assert float(VPSchedule("linear").t_of_sigma(s)) == pytest.approx(0.4)  # CAD-I's t > 0.4 (T2I-ImageNet's CutMix code)
 
 
 def _p_above(kind: str, s_tau: float) -> float:

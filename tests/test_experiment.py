@@ -15,7 +15,7 @@ TINY = ("model.width=32", "model.depth=1", "model.heads=2", "model.refiner_depth
 TINY_EXP = E.Experiment(
     name="tiny", preset="world-tiny", base=TINY, question="AIO vs long on world-tiny?",
     arms=(E.Arm("aio", ("data.captions=aio",), "AIO"), E.Arm("long", (), "long")),
-    claims=(E.Claim("geneval", "long", "aio", "000 Table 1"), E.Claim("FD-EffNetLite0", "long", "aio", "none")),
+    claims=(E.Claim("geneval", "long", "aio", "ImageNet-T2I Table 1"), E.Claim("FD-EffNetLite0", "long", "aio", "none")),
     eval=E.EvalSpec(geneval_per_tag=1, geneval_images=2, fd_n=6, steps=2))
 
 
@@ -240,7 +240,7 @@ def test_runner_trains_every_arm_seed_and_renders(tiny_runs):
         assert lo <= hi and np.isfinite([p, lo, hi]).all()
     md = (root / "EXPERIMENTS.md").read_text()
     assert "<!-- experiment:tiny:start (generated) -->" in md and "| aio (AIO) | 32 |" in md
-    assert "Paper: 000 Table 1" in md and "seeds: 0, 1" in md
+    assert "Paper: ImageNet-T2I Table 1" in md and "seeds: 0, 1" in md
     assert (root / "experiments" / "tiny" / "curves.png").is_file() and out["report"].is_file()
 
 

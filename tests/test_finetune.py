@@ -110,7 +110,7 @@ def test_resolution_change_interpolates_cad_positions_and_refuses_mismatches(tmp
 
 
 def test_world_style_finetune_moves_samples_to_the_subset(tmp_path):
-    """Issue 15 item 2 at tiny scale, through the CLI: pre-train on the world, fine-tune on its slate-background
+    """The fine-tune story at tiny scale, through the CLI: pre-train on the world, fine-tune on its slate-background
     subset (an ingested sidecar folder), and held-out prompts of other backgrounds come out on slate."""
     from microt2i.cli import main
 

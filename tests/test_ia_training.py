@@ -1,4 +1,4 @@
-"""Training with image augmentation (paper 000 §2.2): CutMix gating inside the trainer's one loader (Algorithm 1),
+"""Training with image augmentation (ImageNet-T2I §2.2): CutMix gating inside the trainer's one loader (Algorithm 1),
 Crop on DiT-I and MicroDiT, exact resume with both on, and the errors for setups that cannot take them."""
 
 import math

@@ -1,4 +1,4 @@
-"""The paper presets as published (issue 20): objectives, augmentation, latent normalisation, CFG scales, parameter
+"""The paper presets as published: objectives, augmentation, latent normalisation, CFG scales, parameter
 counts against the papers' own figures, and every command of docs/presets.md."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def test_cad_i_latents_and_clamp():
 
 def test_microdit_cfg_for_metrics_and_grids():
     for run in [presets.get("microdit-xl-2"), *presets.recipe("microdit-xl-2")]:
-        assert (run.eval.cfg_scale, run.eval.grid_scale) == (1.5, 5.0)  # 003 App. B
+        assert (run.eval.cfg_scale, run.eval.grid_scale) == (1.5, 5.0)  # MicroDiT App. B
     tiny = presets.get("microdit-tiny-2").eval
     assert (tiny.cfg_scale, tiny.grid_scale) == (3.0, 5.0)
     assert EvalConfig(cfg_scale=2.0).grid_scale == 2.0  # unset: the metrics' scale

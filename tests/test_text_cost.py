@@ -1,4 +1,4 @@
-"""Text-encoder lengths, truncation counts, storage dtypes and the paper 003 Table 2 cost command."""
+"""Text-encoder lengths, truncation counts, storage dtypes and the MicroDiT paper Table 2 cost command."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Untrusted files (issue 13): weights only from safetensors, pickles never run by any loader, no remote code
+"""Untrusted files: weights only from safetensors, pickles never run by any loader, no remote code
 without the user's flag, caption keys confined to the image root, prompts escaped in the HTML report."""
 
 import ast

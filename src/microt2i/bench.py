@@ -1,4 +1,4 @@
-"""Benchmarks. `microt2i bench` (= `bench all`) runs the one report of issue 11 and appends it to BENCHMARKS.md:
+"""Benchmarks. `microt2i bench` (= `bench all`) runs the one report and appends it to BENCHMARKS.md:
 
 - **train**: img/s of the real training step (objective loss on a fresh keep-mask, backward, grad clip, fused
   AdamW, EMA) and training FLOPs/image (`cost.count_train_flops`) of every world preset, and of every paper preset
@@ -7,7 +7,7 @@
 - **pixart**: our DiT-I next to diffusers' PixArt-α transformer at matched dims (`bench train`), with and without
   DiT-I's text refiner (PixArt has none), and DiT-I without refiner next to PixArt with diffusers' own QK-norm
   (the same features on both sides: `ratio_matched`), in one interleaved run.
-- **sample**: sampler images/s, Heun 30 steps with classifier-free guidance (the paper's sampler, 003 App. B).
+- **sample**: sampler images/s, Heun 30 steps with classifier-free guidance (the paper's sampler, MicroDiT App. B).
 - **loader**: samples/s of `data.loader.loader_throughput` (MicroDiT-shaped fp16 latents and caption states).
 
 `bench train` and `bench microdit` run those two parts alone (DiT-I vs PixArt; MicroDiT masked vs unmasked and MoE
@@ -190,7 +190,7 @@ def bench_all(*, device: str = "auto", presets_: tuple[str, ...] | None = None, 
     return report
 
 
-_REPORT_SECTION = "## One report (`microt2i bench`, issue 11)"
+_REPORT_SECTION = "## One report (`microt2i bench`)"
 _REPORT_INTRO = (
     "`microt2i bench`: training img/s of each preset's real step (loss, backward, clip, fused AdamW, EMA; random\n"
     "data of the preset's shapes) with its counted training FLOPs/image and MFU (GPU bf16 peak; n/a on CPUs); paper\n"

@@ -140,7 +140,7 @@ def bench_microdit(
     return _with_ratios(result)
 
 
-_MICRODIT_SECTION = "## MicroDiT (issue 4)"
+_MICRODIT_SECTION = "## MicroDiT variants (`microt2i bench microdit`)"
 _MICRODIT_INTRO = (
     "`microt2i bench microdit`: training img/s (forward + backward + AdamW, EDM loss on the kept patches) and\n"
     "training FLOPs per image (`torch.utils.flop_counter`, forward + backward, matmuls and attention) of four\n"
@@ -155,7 +155,7 @@ _MICRODIT_HEADER = (
 
 
 def write_microdit_md(result: dict, path: str = "BENCHMARKS.md") -> None:
-    """Append one row per variant of a `bench_microdit` result to the "MicroDiT (issue 4)" section."""
+    """Append one row per variant of a `bench_microdit` result to the "MicroDiT variants" section."""
     r = result
     rows = ""
     for key in (k for k in MICRODIT_VARIANTS if k in r):

@@ -43,7 +43,7 @@ class EvalSpec:
     geneval_images: int = 2  # images per prompt
     fd_n: int = 96  # held-out references and samples for FD / KID / PRDC
     steps: int = 12  # sampler steps for every evaluation of the experiment (the arms' eval.steps)
-    extended: bool = True  # also GenEval★: the prompts through the world prompt extender (000 Tables 2, 9–11)
+    extended: bool = True  # also GenEval★: the prompts through the world prompt extender (ImageNet-T2I Tables 2, 9–11)
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,8 @@ _MASKING_BASE = ("train.total_nimg=4096", "train.batch_size=16", "train.warmup_n
 _MASKING_EVAL = EvalSpec(geneval_per_tag=4, geneval_images=1, fd_n=64, steps=10)
 _MASKING_ARMS = (Arm("deferred", ("model.mask_ratio=0.75", "model.masking=deferred"), "75 % deferred (patch-mixer)"),
                  Arm("naive", ("model.mask_ratio=0.75", "model.masking=naive"), "75 % naive (mask before the mixer)"))
-_MASKING_CLAIMS = (Claim("FD-EffNetLite0", "deferred", "naive", "003 Fig. 8: deferred ≫ naive at high masking ratios"),
-                   Claim("geneval", "deferred", "naive", "003 Fig. 8 (FID / CLIP score there)"))
+_MASKING_CLAIMS = (Claim("FD-EffNetLite0", "deferred", "naive", "MicroDiT Fig. 8: deferred ≫ naive at high masking ratios"),
+                   Claim("geneval", "deferred", "naive", "MicroDiT Fig. 8 (FID / CLIP score there)"))
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment(
@@ -95,10 +95,10 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         question="Do long (oracle) captions beat 'An image of a <class>' captions on compositional prompts?",
         arms=(Arm("aio", ("data.captions=aio",), "AIO: 'An image of a <class>'"),
               Arm("long", ("data.captions=long",), "TA: oracle long captions")),
-        claims=(Claim("geneval", "long", "aio", "000 Table 1: GenEval 0.11 (AIO) → 0.55 (TA)"),
-                Claim("geneval★", "long", "aio", "000 Table 1 (TA models are scored with extended prompts, Table 2)"),
-                Claim("geneval/colors", "long", "aio", "000 Table 1 / §3.1: attributes come from the captions"),
-                Claim("FD-EffNetLite0", "long", "aio", "000 Table 1: FID Inception 20.14 (AIO) → 6.29 (TA), DiT-I"))),
+        claims=(Claim("geneval", "long", "aio", "ImageNet-T2I Table 1: GenEval 0.11 (AIO) → 0.55 (TA)"),
+                Claim("geneval★", "long", "aio", "ImageNet-T2I Table 1 (TA models are scored with extended prompts, Table 2)"),
+                Claim("geneval/colors", "long", "aio", "ImageNet-T2I Table 1 / §3.1: attributes come from the captions"),
+                Claim("FD-EffNetLite0", "long", "aio", "ImageNet-T2I Table 1: FID Inception 20.14 (AIO) → 6.29 (TA), DiT-I"))),
     Experiment(
         name="image-augmentation", preset="world-s", base=_DIT_BASE,
         question="Do CutMix (CM-all, τ = 400, p = 0.5) and Crop help composition over TA alone?",
@@ -110,23 +110,23 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
               *(Arm(f"cutmix-tau{t}", (*_CUTMIX[:2], f"augment.cutmix.tau={t}", _CUTMIX[3]),
                     f"CutMix τ = {t} (Table 11)") for t in ("300", "500", "600"))),
         default_arms=("ta", "ta-cutmix", "ta-crop"),
-        claims=(Claim("geneval★/two_object", "ta-cutmix", "ta", "000 Table 2 (extended prompts): CutMix +7 points "
+        claims=(Claim("geneval★/two_object", "ta-cutmix", "ta", "ImageNet-T2I Table 2 (extended prompts): CutMix +7 points "
                                                                   "on two-object"),
-                Claim("geneval/two_object", "ta-cutmix", "ta", "000 Table 2: CutMix +7 points on two-object"),
-                Claim("geneval/position", "ta-cutmix", "ta", "000 Table 2: CutMix helps position"),
-                Claim("geneval", "ta-crop", "ta", "000 Table 2: Crop improves overall GenEval"))),
+                Claim("geneval/two_object", "ta-cutmix", "ta", "ImageNet-T2I Table 2: CutMix +7 points on two-object"),
+                Claim("geneval/position", "ta-cutmix", "ta", "ImageNet-T2I Table 2: CutMix helps position"),
+                Claim("geneval", "ta-crop", "ta", "ImageNet-T2I Table 2: Crop improves overall GenEval"))),
     Experiment(
         name="masking", preset="world-microdit-s", flops_reference="deferred", base=_MASKING_BASE, eval=_MASKING_EVAL,
         question="At 75 % masking, does the patch-mixer (deferred masking) beat naive masking, and unmasked "
                  "training, at equal training FLOPs?",
         arms=(*_MASKING_ARMS, Arm("unmasked", ("model.mask_ratio=0.0",), "unmasked")),
         claims=(*_MASKING_CLAIMS,
-                Claim("FD-EffNetLite0", "deferred", "unmasked", "003 Table 5 / §4: masking buys more at equal FLOPs"))),
+                Claim("FD-EffNetLite0", "deferred", "unmasked", "MicroDiT Table 5 / §4: masking buys more at equal FLOPs"))),
     Experiment(
-        # 003 App. D.1 / Fig. 8 compare at the same number of optimisation steps, not FLOPs: naive masking then
+        # MicroDiT App. D.1 / Fig. 8 compare at the same number of optimisation steps, not FLOPs: naive masking then
         # sees as many images as deferred (and costs less)
         name="masking-steps", preset="world-microdit-s", base=_MASKING_BASE, eval=_MASKING_EVAL,
-        question="At 75 % masking and the same number of steps (003 Fig. 8's protocol), does the patch-mixer "
+        question="At 75 % masking and the same number of steps (MicroDiT Fig. 8's protocol), does the patch-mixer "
                  "(deferred masking) beat naive masking?",
         arms=_MASKING_ARMS, claims=_MASKING_CLAIMS),
     Experiment(
@@ -159,14 +159,14 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         claims=()),
     Experiment(
         name="overfitting", preset="world-s",
-        # 256 training images seen 48 times each: FD against held-out scenes vs images seen (000 Fig. 3)
+        # 256 training images seen 48 times each: FD against held-out scenes vs images seen (ImageNet-T2I Fig. 3)
         base=("data.num_images=256", "train.total_nimg=12288", "train.warmup_nimg=512", "train.ema_start_nimg=2048",
               "train.log_every_nimg=512", "train.ckpt_every_nimg=4096", "eval.every_nimg=2048",
               "eval.geneval_per_tag=2", "eval.fd_n=64", "eval.grid_size=2"),
         question="Does image augmentation delay overfitting on a small training set?",
         arms=(Arm("no-ia", (), "TA only"), Arm("cutmix", (*_CUTMIX, "augment.cutmix.times=4"), "TA + CutMix ×4"),
               Arm("crop", _CROP, "TA + Crop")),
-        claims=(Claim("FD-EffNetLite0", "cutmix", "no-ia", "000 Fig. 3: IA delays overfitting"),)),
+        claims=(Claim("FD-EffNetLite0", "cutmix", "no-ia", "ImageNet-T2I Fig. 3: IA delays overfitting"),)),
 )}
 
 

@@ -1,4 +1,4 @@
-"""Image augmentation (IA, paper 000 §2.2): CutMix composites with noise-level gating (`cutmix.py`, App. E) and
+"""Image augmentation (IA, ImageNet-T2I §2.2): CutMix composites with noise-level gating (`cutmix.py`, App. E) and
 Crop (`crop.py`, App. F). Switched on by `augment.cutmix.*` / `augment.crop.*` in the run config."""
 
 from __future__ import annotations

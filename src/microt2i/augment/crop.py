@@ -1,4 +1,4 @@
-"""Crop image augmentation (paper 000 §2.2, App. F): the model sees only a square crop of the image's tokens.
+"""Crop image augmentation (ImageNet-T2I §2.2, App. F): the model sees only a square crop of the image's tokens.
 
 The authors never released Crop, so every choice here is ours and written down:
 

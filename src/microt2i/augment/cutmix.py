@@ -1,4 +1,4 @@
-"""CutMix image augmentation (paper 000 §2.2, App. E; the original code: reference/anchors.md §3.5).
+"""CutMix image augmentation (ImageNet-T2I §2.2, App. E; the original code: reference/anchors.md §3.5).
 
 Offline: every source image i gets `times` composites, k = i·times + j. Composite k pastes a partner image of a
 **different class** (the released code may pick the same class; we never do) into the source following one of

@@ -161,7 +161,7 @@ def cmd_filter(args) -> int:
         classes = CLASSES
     elif spec == "imagenet":
         classes = [name for _, name in imagenet_classes()]
-    elif spec == "cifar10":  # CIFAR-Captions' ten classes (paper 003 §4)
+    elif spec == "cifar10":  # CIFAR-Captions' ten classes (MicroDiT §4)
         classes = "airplane,car,bird,cat,deer,dog,frog,horse,ship,truck".split(",")
     else:
         classes = [c.strip() for c in spec.split(",") if c.strip()]
@@ -196,7 +196,7 @@ def _add_source_parsers(sub) -> None:
     w.set_defaults(fn=cmd_world)
 
     ca = sub.add_parser("caption", help="caption images into a TSV/JSONL caption file; resumable and shardable "
-                                        "(paper 000 §2.1 text augmentation)")
+                                        "(ImageNet-T2I §2.1 text augmentation)")
     ca.add_argument("--source", default="world", help="'world' or an image folder (keys = relative paths)")
     ca.add_argument("--captioner", choices=["world", "aio", "template", "llava"], default=None,
                     help="default: world (oracle long captions) for the world, llava for a folder")
@@ -220,7 +220,7 @@ def _add_source_parsers(sub) -> None:
 def _add_store_parsers(sub) -> None:
     """`cutmix`, `precompute`, `filter`, `ingest`: building and checking training stores."""
     cm = sub.add_parser("cutmix", help="build (or resume) the CutMix composite set of a preset's data, captioned "
-                                       "and encoded like the base set (paper 000 App. E)")
+                                       "and encoded like the base set (ImageNet-T2I App. E)")
     cm.add_argument("config", help="preset name (its data.* and augment.cutmix.*) or a config .yaml")
     cm.add_argument("overrides", nargs="*", help="e.g. augment.cutmix.setting=1/4 augment.cutmix.times=2")
     cm.add_argument("--show", type=NAT, default=8, help="print this many composites' captions")
@@ -252,7 +252,7 @@ def _add_store_parsers(sub) -> None:
     pc.add_argument("--no-progress", action="store_true")
     pc.set_defaults(fn=cmd_precompute)
 
-    fl = sub.add_parser("filter", help="keep images whose class-prompt score beats a threshold (paper 003's "
+    fl = sub.add_parser("filter", help="keep images whose class-prompt score beats a threshold (MicroDiT's "
                                        "CIFAR-Captions); writes the kept set with scores")
     fl.add_argument("config", help="preset or config .yaml (its data.* section picks the images)")
     fl.add_argument("overrides", nargs="*")

@@ -102,7 +102,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--splits", type=POS, default=5, help="prdc: average over this many equal chunks (DiffEvals: 5)")
     e.add_argument("--extend", default=None, metavar="EXTENDER",
                    help="geneval/dpg: rewrite each prompt with the prompt extender before generation (GenEval★, "
-                        "paper 000 Tables 2, 9-11): 'world' or a causal-LM id / folder; results in <metric>-extended/")
+                        "ImageNet-T2I Tables 2, 9-11): 'world' or a causal-LM id / folder; results in <metric>-extended/")
     e.add_argument("--model", default=None, help="clipscore: CLIP / Jina-CLIP id or folder; dpg: a VQA model; "
                                                  "aesthetic: the CLIP ViT-L/14; pickscore: default PickScore_v1")
     e.add_argument("--head", default=None, help="aesthetic: LAION aesthetic head file (.pth / .safetensors)")

@@ -21,7 +21,7 @@ from .common import NAT, POS
 def cmd_bench(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.what in ("all", "sample", "loader"):  # the one report (issue 11), or one of its parts
+    if args.what in ("all", "sample", "loader"):  # the one report, or one of its parts
 
         if args.what == "all":
             report = bench_all(device=args.device, presets_=tuple(args.preset.split(",")) if args.preset else None)
@@ -82,7 +82,7 @@ def cmd_cost_cutmix(args) -> int:
     m, d, cm = cfg.model, cfg.data, cfg.augment.cutmix
     per = bytes_per_sample(d, (m.in_channels, m.input_size, m.input_size), m.text_dim)
     total = sum(per.values())
-    print(f"CutMix composites of {args.name} (CM-{cm.setting}, {args.n:,} per setting; paper 000 App. E: 1,281,167)")
+    print(f"CutMix composites of {args.name} (CM-{cm.setting}, {args.n:,} per setting; ImageNet-T2I App. E: 1,281,167)")
     print("  per composite: " + ", ".join(f"{k} {v:,} B" for k, v in per.items()) + f" = {total:,} B")
     print(f"  disk per setting: {total * args.n / 1e9:,.1f} GB of shards (+ ~1 KB of caption text per composite "
           f"in the sidecars and the caption log)")
@@ -112,7 +112,7 @@ def cmd_cost_text_encoders(args) -> int:
         costs.append(measure_text_encoder(enc, captions, repeats=args.repeats))
         del enc
     device = args.device if args.device != "cpu" else f"cpu×{torch.get_num_threads()} threads"
-    print(f"Text-encoder cost (paper 003 Table 2), measured here on {device} with batches of {args.batch_size} "
+    print(f"Text-encoder cost (MicroDiT Table 2), measured here on {device} with batches of {args.batch_size} "
           f"world long captions, extrapolated to 1M captions\n")
     print(format_text_cost_table(costs, device))
     for line in skipped:
@@ -144,11 +144,11 @@ def add_parsers(sub) -> None:
     b.set_defaults(fn=cmd_bench)
 
     c = sub.add_parser("cost", help="cost accounting: `cost recipe` (FLOPs, GPU-days, dollars), "
-                                    "`cost text-encoders` (paper 003 Table 2)")
+                                    "`cost text-encoders` (MicroDiT Table 2)")
     csub = c.add_subparsers(dest="what", required=True)
     # each cost subcommand adds its parser to `csub` below
     cr = csub.add_parser("recipe", help="FLOPs per image and per stage, GPU-days and dollars of a recipe; "
-                                        "microdit-xl-2 next to paper 003's Table 6")
+                                        "microdit-xl-2 next to MicroDiT's Table 6")
     cr.add_argument("name", help="recipe (microdit-xl-2, world-microdit-s, world-microdit-tiny, dit-i) or a single "
                                  "preset as a one-stage recipe (e.g. cad-i-256)")
     cr.add_argument("overrides", nargs="*", help="dotted overrides applied to every stage, e.g. data.text_len=120")
@@ -158,13 +158,13 @@ def add_parsers(sub) -> None:
                     help="assumed model FLOPs utilisation on an H100 (0-1) when no throughput is given")
     cr.set_defaults(fn=cmd_cost_recipe)
     cc = csub.add_parser("cutmix", help="disk (from the store layout) and GPU-hours (from a measured rate) of a "
-                                        "preset's CutMix composites (paper 000 App. E)")
+                                        "preset's CutMix composites (ImageNet-T2I App. E)")
     cc.add_argument("name", help="preset, e.g. dit-i-256")
     cc.add_argument("overrides", nargs="*", help="e.g. data.text_store=ids data.text_len=256")
     cc.add_argument("--n", type=POS, default=1_281_167, help="composites per setting (default: ImageNet train)")
     cc.add_argument("--rate", type=float, default=None, help="measured composites/s per GPU")
     cc.set_defaults(fn=cmd_cost_cutmix)
-    ct = csub.add_parser("text-encoders", help="paper 003 Table 2: measured time and storage per 1M captions of "
+    ct = csub.add_parser("text-encoders", help="MicroDiT Table 2: measured time and storage per 1M captions of "
                                                "the text encoders available here")
     ct.add_argument("--encoders", default="minilm,flan-t5-xl,clip-l",
                     help="comma-separated names, hub ids or folders; ones not available offline are skipped")

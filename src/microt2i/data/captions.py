@@ -1,7 +1,7 @@
-"""Caption files: image key → one or more captions (paper 000 §2.1: long LLaVA captions replace AIO captions).
+"""Caption files: image key → one or more captions (ImageNet-T2I §2.1: long LLaVA captions replace AIO captions).
 
 Formats, picked by the path:
-- TSV (`.tsv`, `.txt`): `filename<TAB>caption` per line, as the authors' `captions.tsv` (anchors §3.6); a key may
+- TSV (`.tsv`, `.txt`): `filename<TAB>caption` per line, as the authors' `captions.tsv` (T2I-ImageNet's captioning code); a key may
   repeat (several captions per image); an optional header line `filename<TAB>caption` is skipped.
 - CSV (`.csv`, read only): a header naming the key and caption columns.
 - JSONL (`.jsonl`): one object per line, `{"key" | "filename": ..., "caption": str}` or `"captions": [str, ...]`.

@@ -1,4 +1,4 @@
-"""Filtered dataset builder (paper 003 §4 "CIFAR-Captions"): keep images whose image–text score for a class prompt
+"""Filtered dataset builder (MicroDiT §4 "CIFAR-Captions"): keep images whose image–text score for a class prompt
 exceeds a threshold, and write the kept set with its scores.
 
 The paper scores web images with CLIP ViT-H-14, averaging the CLIP score over CLIP's eighteen CIFAR prompt
@@ -27,7 +27,7 @@ from .precompute import list_items, world_key
 from ..encoders.clip import load_image_text_model
 from ..world import CLASSES, detect, make_dataset
 
-# CLIP's eighteen CIFAR-10 prompt templates (paper 003 §4 averages the CLIP score over them)
+# CLIP's eighteen CIFAR-10 prompt templates (MicroDiT §4 averages the CLIP score over them)
 CIFAR_TEMPLATES = tuple(f"a {q}photo of {a} {{}}." for a in ("a", "the") for q in (
     "", "blurry ", "black and white ", "low contrast ", "high contrast ", "bad ", "good ")) + tuple(
     f"a photo of {a} {s} {{}}." for a in ("a", "the") for s in ("small", "big"))

@@ -1,6 +1,6 @@
 """ImageNet as users have it on disk, and plain image folders: listing, labels, decoding, resize + centre crop.
 
-Layouts (paper 000 trains on ImageNet-1k train, 256² and 512²):
+Layouts (ImageNet-T2I trains on ImageNet-1k train, 256² and 512²):
 - `train/<synset>/*.JPEG` (the official train tarball, extracted);
 - `val/<synset>/*.JPEG` (after the usual `valprep.sh`), or flat `val/*.JPEG` plus a labels file: lines
   `filename synset` / `filename,synset` / `filename class-index`, or Kaggle's `LOC_val_solution.csv`.

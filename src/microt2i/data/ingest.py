@@ -1,4 +1,4 @@
-"""Your own image–caption data into the sharded store (issue 15): listing, decoding, filtering, caption cleaning.
+"""Your own image–caption data into the sharded store: listing, decoding, filtering, caption cleaning.
 
 Sources (`data.source`, `data.root`), beside `world`, `imagenet` and `folder` (data/imagenet.py):
 - `sidecar`: a folder of images, each with a caption next to it: `cat.jpg` + `cat.txt` (the whole file) or
@@ -10,7 +10,7 @@ Sources (`data.source`, `data.root`), beside `world`, `imagenet` and `folder` (d
 - `hf`: a `datasets` dataset with an image and a text column: a `save_to_disk` folder or a hub id (`data.split`),
   columns `data.image_column` / `data.caption_column` or the usual names.
 
-`data.min_resolution` skips images whose short side is smaller (MicroDiT trains its 512² stage on images ≥ 512, 003
+`data.min_resolution` skips images whose short side is smaller (MicroDiT trains its 512² stage on images ≥ 512, MicroDiT
 §4 and its `convert.py`'s `min_image_size`); `data.clean_captions` runs `clean_caption`, MicroDiT's caption cleaner
 (DeepFloyd-IF's: URLs, HTML, handles, ids, file names, shop spam and stray punctuation removed, lower-cased).
 Skips are counted per reason in the precompute report ("below min_resolution", "no caption", "empty caption", …).
@@ -388,7 +388,7 @@ def write_world_folder(out: str | Path, n: int, *, seed: int = 0, resolution: in
                        captions: str = "long", max_objects: int = 3, scan: int | None = None) -> list[str]:
     """The world as a `sidecar` folder: PNG + .txt caption per item, keeping only the first `n` world items (in
     index order) whose background is in `backgrounds` (all when empty) — a "style" subset of the pre-training world
-    for fine-tuning (paper 000 §5: fine-tune on task-specific data). Keys are `world_key`s. Returns them."""
+    for fine-tuning (ImageNet-T2I §5: fine-tune on task-specific data). Keys are `world_key`s. Returns them."""
     bad = [b for b in backgrounds if b not in BACKGROUNDS]
     if bad:
         raise ValueError(f"unknown world background(s) {bad}; choose among {', '.join(BACKGROUNDS)}")

@@ -1,5 +1,5 @@
 """Several stores mixed by weight into one training stream (MicroDiT trains on CC12M, SA-1B, JourneyDB, DiffusionDB
-and TextCaps at once, 003 §4).
+and TextCaps at once, MicroDiT §4).
 
 `MixedStore(stores, weights)` is one Store-like object (`len`, `batch`, `null_text`, `text_tokens.shape`) that the
 trainer reads through its usual `ResumableSampler`, so the stream stays a pure function of (seed, images seen):

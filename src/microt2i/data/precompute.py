@@ -203,7 +203,7 @@ def load_shard_images(data: DataConfig, items: list, table, pool, report: Ingest
 
 def _set_caption(record: dict, table: dict[str, list[str]], seed: int, report: IngestReport) -> bool:
     """Give `record` its caption from the caption file; False (and a "no caption" skip) when the file has none.
-    Several captions per image: one fixed draw per sample (paper 000 §2.1 trains on one long caption each)."""
+    Several captions per image: one fixed draw per sample (ImageNet-T2I §2.1 trains on one long caption each)."""
     caps = _lookup(table, record["key"])
     if not caps:
         report.add_skip(record["key"], "no caption")

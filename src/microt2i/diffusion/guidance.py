@@ -2,7 +2,7 @@
 
 `scale` follows DESIGN §3: scale = 1 is the conditional model, scale = 0 the unconditional one. CAD-I writes the
 same rule with a guidance weight w, D_cond + w·(D_cond − D_uncond), i.e. scale = 1 + w. MicroDiT samples with
-scale 3 (1.5 for its large models, 5 for qualitative grids), 003 §B.
+scale 3 (1.5 for its large models, 5 for qualitative grids), MicroDiT §B.
 
 The unconditional branch is configurable (`ObjectiveConfig.uncond`, built by `encoders.text.null_text`): "zero" embeddings (MicroDiT), or the text encoder's encoding of the empty string (CAD-I). Training with caption dropout must
 use the same choice as sampling.

@@ -1,4 +1,4 @@
-"""VP ε-prediction: the objective of CAD-I (paper 000 Eq. 1; DDPM, Ho et al. 2020, in continuous time as CAD).
+"""VP ε-prediction: the objective of CAD-I (ImageNet-T2I Eq. 1; DDPM, Ho et al. 2020, in continuous time as CAD).
 
     x_t = √γ(t)·x0 + √(1−γ(t))·ε,   t ~ U(0, 1),   loss = ‖ε − ε_θ(x_t, γ(t), c)‖²  (unweighted, Eq. 1)
 

@@ -1,9 +1,9 @@
-"""Captioners: images (+ metadata) → captions, behind one protocol (paper 000 §2.1 "text augmentation", App. D).
+"""Captioners: images (+ metadata) → captions, behind one protocol (ImageNet-T2I §2.1 "text augmentation", App. D).
 
 - `TemplateCaptioner`: AIO captions "An image of <class>" from ImageNet synsets, class indices, names or world scenes.
 - `WorldCaptioner`: the embedded world's oracle long captions, read off scene specs (exact by construction).
 - `LlavaCaptioner`: LLaVA-NeXT (`llava-hf/llama3-llava-next-8b-hf`), "Describe this image", 200 new tokens, chat
-  prefix stripped, cut at the last full sentence (anchors §3.6). Image-token pruning (App. D): LLaVA-NeXT encodes
+  prefix stripped, cut at the last full sentence (T2I-ImageNet's captioning code). Image-token pruning (App. D): LLaVA-NeXT encodes
   the whole image plus the anyres crops (2×2 at 256², ≈2.9k image tokens); we keep only the whole-image tokens,
   and for CM1/4–1/16 composites also the tokens of the crop that holds the pasted image, with the CutMix prompt.
 """
@@ -32,7 +32,7 @@ from ..world.scenes import CLASSES, sample_scene
 
 LLAVA_HUB_ID = "llava-hf/llama3-llava-next-8b-hf"
 DEFAULT_PROMPT = "Describe this image"
-# Paper 000 App. D, "Captioning CutMix images" (one prompt for CM1/2 and CM1/4–1/16).
+# ImageNet-T2I App. D, "Captioning CutMix images" (one prompt for CM1/2 and CM1/4–1/16).
 COMPOSITE_PROMPT = (
     "Describe this image. Consider all the objects in the picture. Describe them, describe their position and "
     "their relation. Do not consider the image as a composite of images. The image is a single scene image"
@@ -62,7 +62,7 @@ def _metas(images: Sequence[Any], metas: Sequence[Any] | None, who: str, what: s
 
 
 class TemplateCaptioner:
-    """AIO captions "An image of a <class>" (paper 000 §2.1's baseline) — the world's `aio_caption` wording.
+    """AIO captions "An image of a <class>" (ImageNet-T2I §2.1's baseline) — the world's `aio_caption` wording.
 
     `classes`: "imagenet" (the 1000 synset names), "world" (the world's classes) or a list of names. A meta is a
     class index, a synset id ("n01440764"), a class name, or a world `Scene` (its main object's class)."""
@@ -134,7 +134,7 @@ _REPLY_MARKERS = ("<|end_header_id|>", "ASSISTANT:", "[/INST]")
 
 
 def clean_caption(text: str, prompt: str | None = None) -> str:
-    """Strip the chat prefix, join lines, cut at the last full sentence (anchors §3.6).
+    """Strip the chat prefix, join lines, cut at the last full sentence (T2I-ImageNet's captioning code).
 
     A decoded full sequence (prompt + reply) is cut after the first reply marker that follows the prompt; a reply
     that opens with an "assistant" role line loses that line. Text without any sentence end is kept whole."""
@@ -192,7 +192,7 @@ def _meta_box(meta: Any) -> tuple[list[float] | None, str | None]:
 
 
 class LlavaCaptioner:
-    """LLaVA-NeXT captions with image-token pruning (paper 000 App. D).
+    """LLaVA-NeXT captions with image-token pruning (ImageNet-T2I App. D).
 
     metas (optional, one per image): None for a plain image, or a composite's {"box": [x1, y1, x2, y2] of the
     pasted image in pixels, "pattern": "1/2" | "1/4" | ...} (augment.cutmix's meta or CutMixBox; "setting" also
@@ -219,7 +219,7 @@ class LlavaCaptioner:
         from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)  # bf16 on GPU (anchors §3.6)
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)  # bf16 on GPU (T2I-ImageNet's captioning code)
         folder = resolve_pretrained(model, what="LLaVA-NeXT captioner")
         self.processor = AutoProcessor.from_pretrained(folder)
         self.model = LlavaNextForConditionalGeneration.from_pretrained(

@@ -3,9 +3,9 @@
 `PixelCodec` is the identity (pixel-space training). `DiffusersVAE` wraps a diffusers `AutoencoderKL` and
 normalises its latents in one of two ways:
 - a scalar scaling, x = (z - shift_factor) * scaling_factor (LDM/DiT: 0.18215 for the SD kl-f8 VAE;
-  paper 003 §B: MicroDiT uses the SDXL VAE's own `scaling_factor` and samples the posterior);
-- CAD-I's channel-wise normalisation, x = (z - mu_c) * 0.5 / sigma_c (paper 000 App. C encodes with
-  `stabilityai/sd-vae-ft-ema`; stats below from its `models/preprocessing.py`, anchors §3.4).
+  MicroDiT §B: MicroDiT uses the SDXL VAE's own `scaling_factor` and samples the posterior);
+- CAD-I's channel-wise normalisation, x = (z - mu_c) * 0.5 / sigma_c (ImageNet-T2I App. C encodes with
+  `stabilityai/sd-vae-ft-ema`; stats below from its `models/preprocessing.py`, T2I-ImageNet's diffusion code).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prompt extenders: a short prompt → the long-caption style the model was trained on (paper 000 Table 2 uses "a
+"""Prompt extenders: a short prompt → the long-caption style the model was trained on (ImageNet-T2I Table 2 uses "a
 Prompt Extender before generating images"; Tables 9–11 score original ◇ and extended ★ GenEval prompts).
 
 - `TemplateExtender` (the world): parse a GenEval-style prompt ("a photo of two red stars", "a photo of a cube

@@ -1,6 +1,6 @@
 """OpenCLIP checkpoints as transformers' `CLIPTextModelWithProjection` (text tower only).
 
-MicroDiT's text encoder, DFN5B-CLIP-H (`apple/DFN5B-CLIP-ViT-H-14-378`, paper 003 App. B, anchors §2.5), is published
+MicroDiT's text encoder, DFN5B-CLIP-H (`apple/DFN5B-CLIP-ViT-H-14-378`, MicroDiT App. B, micro_diffusion's data pipeline), is published
 as OpenCLIP files: `open_clip_config.json` and `open_clip_pytorch_model.bin` (some OpenCLIP repos also ship
 `open_clip_model.safetensors`, preferred when present). The `.bin` is read with `torch.load(weights_only=True)`, which
 builds tensors only and runs no pickled code. OpenCLIP's standard text tower (token + learned position embeddings,

@@ -1,7 +1,7 @@
 """Frozen text encoders over Hugging Face models: caption -> token states, mask and a pooled vector.
 
 Kinds, detected from the config's `model_type`:
-- T5 (`T5EncoderModel`): paper 000 App. C conditions CAD-I on flan-T5-XL `last_hidden_state`; pooled = mean over
+- T5 (`T5EncoderModel`): ImageNet-T2I App. C conditions CAD-I on flan-T5-XL `last_hidden_state`; pooled = mean over
   real tokens.
 - CLIP (`CLIPTextModel`, or `CLIPTextModelWithProjection` unless the checkpoint is a bare `CLIPTextModel`):
   pooled = the EOS-token output (`pooler_output`), projected (`text_embeds`) when there is a projection.
@@ -9,9 +9,9 @@ Kinds, detected from the config's `model_type`:
   `AutoModel`; pooled = mean over real tokens, L2-normalised when the folder's sentence-transformers
   `modules.json` has a Normalize module (so MiniLM's pooled vector equals `SentenceTransformer.encode`).
 Token states and the mask are always padded to `max_length`, so every batch has the same length L. The default
-length is the model's own limit for CLIP (77 tokens), 256 for T5 (the authors' `create_wds.py`, anchors §3.6) and 64
+length is the model's own limit for CLIP (77 tokens), 256 for T5 (the authors' `create_wds.py`, T2I-ImageNet's captioning code) and 64
 otherwise. Long captions exceed 77 tokens: captions cut by truncation are counted (`truncation`) and reported.
-Names: "minilm", "flan-t5-xl" (`google/flan-t5-xl`, paper 000's encoder), "clip-l" (`openai/clip-vit-large-patch14`),
+Names: "minilm", "flan-t5-xl" (`google/flan-t5-xl`, ImageNet-T2I's encoder), "clip-l" (`openai/clip-vit-large-patch14`),
 "dfn5b-clip-h" (`apple/DFN5B-CLIP-ViT-H-14-378`, an OpenCLIP checkpoint: its text tower loads as a transformers CLIP text
 model, `openclip.py`), or any hub id / folder. `storage_dtype` (fp16 / bf16) is the dtype `encode` returns, i.e. what a store keeps.
 """
@@ -32,9 +32,9 @@ from microt2i.encoders.hub import resolve_pretrained
 import time
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
-FLAN_T5_XL_HUB_ID = "google/flan-t5-xl"  # paper 000 App. C (the code uses XL, d=2048; its README says XXL)
+FLAN_T5_XL_HUB_ID = "google/flan-t5-xl"  # ImageNet-T2I App. C (the code uses XL, d=2048; its README says XXL)
 CLIP_L_HUB_ID = "openai/clip-vit-large-patch14"
-DFN5B_CLIP_H_HUB_ID = "apple/DFN5B-CLIP-ViT-H-14-378"  # MicroDiT's encoder (003 App. B): OpenCLIP files (openclip.py)
+DFN5B_CLIP_H_HUB_ID = "apple/DFN5B-CLIP-ViT-H-14-378"  # MicroDiT's encoder (MicroDiT App. B): OpenCLIP files (openclip.py)
 ALIASES = {"flan-t5-xl": FLAN_T5_XL_HUB_ID, "t5": FLAN_T5_XL_HUB_ID, "clip-l": CLIP_L_HUB_ID, "clip": CLIP_L_HUB_ID,
            "dfn5b-clip-h": DFN5B_CLIP_H_HUB_ID}
 DEFAULT_LENGTH = {"t5": 256, "other": 64}  # CLIP: the model's limit (77)
@@ -199,7 +199,7 @@ class TextEncoder:
         return TextEmbedding.cat([self._encode_batch(captions[i : i + step]) for i in range(0, len(captions), step)])
 
     def encode_empty(self) -> TextEmbedding:
-        """The encoding of "" ([1, L, D]), cached: CAD-I's unconditional branch (anchors §3.4)."""
+        """The encoding of "" ([1, L, D]), cached: CAD-I's unconditional branch (T2I-ImageNet's diffusion code)."""
         if self._empty is None:
             self._empty = self.encode([""])
         return self._empty
@@ -223,7 +223,7 @@ class TextEncoder:
         return TextEmbedding(tokens.to(self.storage_dtype), mask, pooled.to(self.storage_dtype))
 
 
-# ------------------------------------------------------------------------------------------------ cost (003 Table 2)
+# ------------------------------------------------------------------------------------------------ cost (MicroDiT Table 2)
 
 
 def storage_bytes(num_captions: int, length: int, dim: int, dtype: torch.dtype = torch.float16, *,

@@ -1,4 +1,4 @@
-"""Aesthetic and human-preference scores of generated images (paper 000 Table 4: PickScore, Aesthetic score on
+"""Aesthetic and human-preference scores of generated images (ImageNet-T2I Table 4: PickScore, Aesthetic score on
 PartiPrompts; `reference/evaluation.md` §5).
 
 - **LAION aesthetic predictor**: a head on L2-normalised CLIP ViT-L/14 image embeddings, ~1–10 scale. The head is

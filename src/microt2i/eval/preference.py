@@ -1,4 +1,4 @@
-"""Pairwise preference: model A vs model B on the same prompts and noise seeds, judged per prompt (paper 003 Fig. 12:
+"""Pairwise preference: model A vs model B on the same prompts and noise seeds, judged per prompt (MicroDiT Fig. 12:
 GPT-4o asked "which image do you prefer, Image A or Image B … or 'none'", image order shuffled against position bias,
 win rates per prompt set and category).
 
@@ -33,7 +33,7 @@ from ..world import detect
 
 PAPER_QUESTION = ("Given the prompt '{prompt}', which image do you prefer, Image A or Image B, considering factors "
                   "like image details, quality, realism, and aesthetics? Respond with 'A' or 'B' or 'none' if neither "
-                  "is preferred.")  # paper 003 Fig. 12
+                  "is preferred.")  # MicroDiT Fig. 12
 VERDICTS = ("A", "B", "tie")
 
 

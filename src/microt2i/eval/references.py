@@ -4,16 +4,16 @@ A reference is a list of images and one generation prompt per image (the generat
 reference's prompts, as COCO-30k FID samples COCO captions). `--reference` takes:
 - `world`: held-out world renders (`eval/runner.py` `world_reference`); the default on a world run.
 - `val` (the run's `data.root/val`, with `data.labels_file` for a flat val/), or `imagenet-val:ROOT` (ROOT holds
-  val/): ImageNet validation. Prompts: a caption file keyed like `microt2i caption` writes (`--captions`; paper 000
+  val/): ImageNet validation. Prompts: a caption file keyed like `microt2i caption` writes (`--captions`; ImageNet-T2I
   Table 7 samples long-caption models from LLaVA captions of the val images), else the AIO template
   "An image of a <class>" (Table 7's prompts for AIO models). The default on an ImageNet run.
 - `folder:PATH` (or a bare PATH): any image folder. With `--captions FILE` it is an image + caption set (COCO-30k
-  style, paper 003 Table 8: a folder of images and captions keyed by their relative paths; the first caption of an
+  style, MicroDiT Table 8: a folder of images and captions keyed by their relative paths; the first caption of an
   image is its prompt; images without one are left out and counted). Without captions, the images must sit in
   class folders (`PATH/<class>/*.jpg`), whose names give AIO prompts.
 
-N (`--n`) defaults to the papers' protocols: 50,000 for ImageNet val (paper 000 Table 1, "ImageNet-50k") and for a
-plain folder (dgm-eval's default), 30,000 for an image + caption set (paper 003 Table 8, COCO-30k). A smaller N
+N (`--n`) defaults to the papers' protocols: 50,000 for ImageNet val (ImageNet-T2I Table 1, "ImageNet-50k") and for a
+plain folder (dgm-eval's default), 30,000 for an image + caption set (MicroDiT Table 8, COCO-30k). A smaller N
 is allowed and written next to every number; a reference holding fewer images than N is one error that names both
 numbers and the flag. Which N images: a fixed-seed permutation of the sorted file list, the first N (all of them
 at N = the set's size); generated image j is sampled from the prompt of reference image j with noise (seed, j).
@@ -45,8 +45,8 @@ from ..data.imagenet import UnreadableImage, list_folder, list_imagenet, load_im
 from ..encoders.captioner import TemplateCaptioner
 
 PAPER_N = {"imagenet-val": 50_000, "folder": 50_000, "captioned": 30_000}
-PAPER_N_SOURCE = {"imagenet-val": "paper 000 Table 1 (ImageNet-50k)", "folder": "dgm-eval's default",
-                  "captioned": "paper 003 Table 8 (COCO-30k)"}
+PAPER_N_SOURCE = {"imagenet-val": "ImageNet-T2I Table 1 (ImageNet-50k)", "folder": "dgm-eval's default",
+                  "captioned": "MicroDiT Table 8 (COCO-30k)"}
 ORDER_SEED = 1_000_003
 RESIZE = "short side to the run's resolution (PIL bicubic, antialiased), centre crop"
 KINDS = "world | val | imagenet-val:ROOT | folder:PATH (with --captions FILE: an image + caption set)"

@@ -152,7 +152,7 @@ def mini_geneval(net, cfg, text, codec, null_tokens, null_mask, *, per_tag: int 
 # ------------------------------------------------------------------------------------------------------ suites
 
 
-# features each metric uses on a real reference by default (paper 000 Table 1: FID Inception, FD-DINOv2 and PRDC
+# features each metric uses on a real reference by default (ImageNet-T2I Table 1: FID Inception, FD-DINOv2 and PRDC
 # on DINOv2); on the world the shipped EfficientNet-Lite0, which needs no download
 REAL_FEATURES = {"fid": "inception", "kid": "inception", "fd": "dinov2", "prdc": "dinov2"}
 
@@ -215,7 +215,7 @@ def _extender(spec: str, device):
 def _geneval(sampler, per_tag_draws=100, images_per_prompt=4, detector="world", seed=GENEVAL_SEED, out=None,
              color_model=None, extend=None, **_):
     """GenEval ◇ (the benchmark's prompts) or, with `extend`, GenEval★: each prompt rewritten by the prompt extender
-    before generation and the images scored against the original record (paper 000 Tables 2 and 9–11)."""
+    before generation and the images scored against the original record (ImageNet-T2I Tables 2 and 9–11)."""
     det = get_detector(detector, color_model=color_model or DEFAULT_COLOR_MODEL, device=sampler.device)
     if detector == "world":
         records = world_geneval_records(n=per_tag_draws)

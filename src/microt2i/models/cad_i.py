@@ -1,4 +1,4 @@
-"""CAD-I: the text-conditional RIN of "How far can we go with ImageNet for Text-to-Image generation?" (paper 000,
+"""CAD-I: the text-conditional RIN of "How far can we go with ImageNet for Text-to-Image generation?" (ImageNet-T2I,
 App. C, Fig. 6 right), i.e. the network of CAD (Dufour et al. 2024, App.) trained on ImageNet only.
 
 A Recurrent Interface Network (RIN, Jabri et al. 2023) splits the computation between two token sets: the *data*
@@ -102,7 +102,7 @@ class RINBlock(nn.Module):
 
 
 class CADI(nn.Module):
-    """Text-conditional RIN with registers, a two-block text refiner and latent self-conditioning (paper 000 App. C)."""
+    """Text-conditional RIN with registers, a two-block text refiner and latent self-conditioning (ImageNet-T2I App. C)."""
 
     def __init__(self, cfg: CADIConfig):
         super().__init__()
@@ -226,7 +226,7 @@ class CADI(nn.Module):
 # CAD-I configs (presets.py wraps them into RunConfigs; counts are exact, tested in tests/test_cad_i.py)
 
 CAD_I_CONFIGS: dict[str, CADIConfig] = {
-    # Paper 000 CAD-I = the CAD code's `imagenet_256_rin_L_text_ldm`: 4×32×32 SD-VAE latents, flan-T5-XL tokens.
+    # ImageNet-T2I CAD-I = the CAD code's `imagenet_256_rin_L_text_ldm`: 4×32×32 SD-VAE latents, flan-T5-XL tokens.
     # 330,235,152 params (paper: 0.3B; the reference RINTextCond: 330.2M)
     "cad-i-256": CADIConfig(in_channels=4, input_size=32, text_dim=2048),
     # The CAD code's `rin_base`: 128 latents × 768, 12 compute heads. 188,372,752 params (reference: 188.4M)

@@ -1,4 +1,4 @@
-"""DiT-I: the text-conditional DiT of "How far can we go with ImageNet for Text-to-Image generation?" (paper 000,
+"""DiT-I: the text-conditional DiT of "How far can we go with ImageNet for Text-to-Image generation?" (ImageNet-T2I,
 App. C, Fig. 6 left).
 
 DiT (Peebles & Xie 2023) adapted to captions, read top to bottom:
@@ -100,7 +100,7 @@ class FinalLayer(nn.Module):
 
 
 class DiTI(nn.Module):
-    """Text-conditional DiT with cross-attention, text refiner, QK-norm and LayerScale (paper 000, App. C)."""
+    """Text-conditional DiT with cross-attention, text refiner, QK-norm and LayerScale (ImageNet-T2I, App. C)."""
 
     def __init__(self, cfg: DiTIConfig):
         super().__init__()
@@ -207,7 +207,7 @@ class DiTI(nn.Module):
 # DiT-I configs (the lead's presets.py wraps them into RunConfigs; counts are exact, tested in test_models.py)
 
 DIT_I_CONFIGS: dict[str, DiTIConfig] = {
-    # Paper 000: DiT-L/2 backbone on 4×32×32 SD-VAE latents, flan-T5-XL tokens. 438,143,248 params (paper: 0.4B)
+    # ImageNet-T2I: DiT-L/2 backbone on 4×32×32 SD-VAE latents, flan-T5-XL tokens. 438,143,248 params (paper: 0.4B)
     "dit-i-256": DiTIConfig(in_channels=4, input_size=32, text_dim=2048, patch_size=2, width=1024, depth=24, heads=16),
     # The same network fine-tuned at 512² (64×64 latents), positions interpolated ×2. 438,143,248 params
     "dit-i-512": DiTIConfig(in_channels=4, input_size=64, text_dim=2048, patch_size=2, width=1024, depth=24, heads=16,

@@ -165,7 +165,7 @@ def make_norm(kind: str | None, dim: int) -> nn.Module:
 
 
 class LayerScale(nn.Module):
-    """Learned per-channel gain on a residual branch, initialised small (CaiT §2.1; paper 000 App. C)."""
+    """Learned per-channel gain on a residual branch, initialised small (CaiT §2.1; ImageNet-T2I App. C)."""
 
     def __init__(self, dim: int, init: float = 0.1):
         super().__init__()
@@ -216,7 +216,7 @@ class Attention(nn.Module):
 
     qk_norm normalises each head's queries and keys ('rms' or 'layer', one norm shared by all heads) before the
     dot product: this bounds the attention logits and avoids the entropy collapse that destabilises training
-    (QK-norm, Henry et al. 2020; SD3 §5.2.1; paper 000 App. C puts it in every self- and cross-attention).
+    (QK-norm, Henry et al. 2020; SD3 §5.2.1; ImageNet-T2I App. C puts it in every self- and cross-attention).
 
     inner_dim (default dim) is the width of q, k, v (heads · head_dim): MicroDiT's layer-wise scaling narrows it
     per block while the residual stream keeps width dim. With qk_norm='layer-full' one non-affine LayerNorm spans
@@ -365,7 +365,7 @@ class TransformerBlock(nn.Module):
 
 
 class TextRefiner(nn.Module):
-    """A few self-attention blocks over the projected caption tokens, then a final LayerNorm (paper 000 App. C:
+    """A few self-attention blocks over the projected caption tokens, then a final LayerNorm (ImageNet-T2I App. C:
     "before feeding the text condition to the model, we refine it using two self-attention layers").
 
     Padded tokens are never attended to, so real tokens come out independent of the padding's values; the

@@ -1,4 +1,4 @@
-"""MicroDiT: "Stretching Each Dollar: Diffusion Training from Scratch on a Micro-Budget" (paper 003).
+"""MicroDiT: "Stretching Each Dollar: Diffusion Training from Scratch on a Micro-Budget" (MicroDiT).
 
 A DiT (Peebles & Xie 2023) with captions by cross-attention, read top to bottom:
 
@@ -18,7 +18,7 @@ A DiT (Peebles & Xie 2023) with captions by cross-attention, read top to bottom:
   is SwiGLU (Fig. 9f), experts are GELU MLPs; QK-norm (non-affine LayerNorm over all heads, App. B).
 - **Caption path**: Mlp projection (GELU, LayerNorm in the middle) → one pre-LN self-attention + SwiGLU refiner
   block (Fig. 6 "we process the caption embeddings using an attention layer") → cross-attention K/V of every block.
-- **Crop IA** (`crop_cond`; paper 000 App. F, `augment/crop.py`; our choice, the paper has no guidance): the crop's
+- **Crop IA** (`crop_cond`; ImageNet-T2I App. F, `augment/crop.py`; our choice, the paper has no guidance): the crop's
   box (`crop_tokens`) becomes one token appended to the caption, and the mixer runs on the crop's tokens only;
   `keep_mask` (⊆ the crop) then selects the backbone's tokens among them, so 75 % masking masks the cropped image.
 - **Init**: xavier-uniform linears; q/k/v and FFN-in N(0, 0.02); output projections depth-scaled
@@ -251,7 +251,7 @@ class FinalLayer(nn.Module):
 
 
 class MicroDiT(nn.Module):
-    """Patch-mixer + masked backbone with layer-wise scaling and expert-choice MoE (paper 003, Fig. 6)."""
+    """Patch-mixer + masked backbone with layer-wise scaling and expert-choice MoE (MicroDiT, Fig. 6)."""
 
     def __init__(self, cfg: MicroDiTConfig):
         super().__init__()
@@ -382,14 +382,14 @@ class MicroDiT(nn.Module):
 # MicroDiT configs (presets.py wraps them into RunConfigs; exact counts are tested on the meta device)
 
 MICRODIT_CONFIGS: dict[str, MicroDiTConfig] = {
-    # Paper 003 large scale: DiT-XL/2-sized, 6-block mixer at 768, 13 + 3 MoE blocks. 1,165,442,320 params
+    # MicroDiT large scale: DiT-XL/2-sized, 6-block mixer at 768, 13 + 3 MoE blocks. 1,165,442,320 params
     # (paper: 1.16B; mixer 186.4M, backbone 958.2M); 639,980,816 with every MoE FFN a dense SwiGLU (moe=False)
     "microdit-xl-2": MicroDiTConfig(in_channels=4, input_size=32, text_dim=1024, width=1024, depth=28, head_dim=64,
                                     mixer_depth=6, mixer_width=768),
     # The same network at 512² (64×64 latents): positions interpolated ×2 (stage 3/4 of Table 3)
     "microdit-xl-2-512": MicroDiTConfig(in_channels=4, input_size=64, text_dim=1024, width=1024, depth=28,
                                         head_dim=64, mixer_depth=6, mixer_width=768, pos_interp_scale=2.0),
-    # Paper 003 small scale (App. D ablations): DiT-Tiny/2, 4-block mixer at 512, 7 + 2 MoE blocks. 200,692,752 params
+    # MicroDiT small scale (App. D ablations): DiT-Tiny/2, 4-block mixer at 512, 7 + 2 MoE blocks. 200,692,752 params
     "microdit-tiny-2": MicroDiTConfig(in_channels=4, input_size=32, text_dim=1024, width=512, depth=16, head_dim=32,
                                       mixer_depth=4, mixer_width=512),
     # CPU world: 3×32×32 pixels with p = 2 → 256 tokens (the paper's 256² token count), MiniLM (384-d) captions,

@@ -7,7 +7,7 @@ single process and nothing here starts a process group, except FSDP2 (`train.par
 a single-rank gloo/NCCL group is created so the same sharded code path and checkpoint format serve 1 … N ranks.
 
 - DDP (default): gradients all-reduced in backward; accumulation skips the sync until the last micro-step.
-- FSDP2 (`fully_shard` per transformer block, then the root; paper 003 §B trains with FSDP): parameters, grads
+- FSDP2 (`fully_shard` per transformer block, then the root; MicroDiT §B trains with FSDP): parameters, grads
   and optimizer state sharded; the EMA is a second sharded copy (never gathered except to export); training state
   is saved with `torch.distributed.checkpoint` so a run resumes on another world size (DCP reshards at load).
 """

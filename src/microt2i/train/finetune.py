@@ -1,4 +1,4 @@
-"""Fine-tuning from a checkpoint (`microt2i train --init <run | export folder>`; paper 000 §5: "ImageNet pretrained
+"""Fine-tuning from a checkpoint (`microt2i train --init <run | export folder>`; ImageNet-T2I §5: "ImageNet pretrained
 models can be fine-tuned on task specific datasets").
 
 Like a recipe stage (train/recipe.py `seed_stage`), the carried state is written into the new run folder as its

@@ -130,7 +130,7 @@ def prepare_teacher(cfg: RunConfig, store: Store, device: torch.device, log=prin
 
 
 def _check_augment(cfg: RunConfig, store: Store, cutmix: Store | None) -> None:
-    """Image augmentation (paper 000 §2.2) needs a model and data that can take it; fail before training."""
+    """Image augmentation (ImageNet-T2I §2.2) needs a model and data that can take it; fail before training."""
     crop = cfg.augment.crop
     if crop.enabled:
         if not getattr(cfg.model, "crop_cond", False):
@@ -154,7 +154,7 @@ def micro_batch(cfg: RunConfig, objective, store: Store, cutmix_store: Store | N
     Returns (x0, text tokens, text mask, σ, net kwargs, REPA target [B, T_kept, dim] and validity [B] or None)."""
     aug, n = cfg.augment, len(idx)
     swap = None
-    # Each sample's noise level first (EDM σ for every objective): IA gating depends on it (000 Algorithm 1)
+    # Each sample's noise level first (EDM σ for every objective): IA gating depends on it (ImageNet-T2I Algorithm 1)
     sigma = objective.sample_sigma(n, gen, device)
     # a posterior store re-samples z = mean + std·ε
     batch = store.batch(idx, device, generator=gen) if rows is None else store.to_batch(rows, device, gen)

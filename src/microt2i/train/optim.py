@@ -16,7 +16,7 @@ def param_groups(model: nn.Module, weight_decay: float, expert_lr_scale: float =
 
     Mixture-of-experts weights (modules with `expert_parameters()`, e.g. `ExpertChoiceMoE`) go to a third group
     with `lr_scale` = expert_lr_scale: each expert sees only a fraction of the tokens, and MicroDiT halves their
-    learning rate (003 App. B). The trainer sets every group's lr to schedule(nimg) · lr_scale. (The reference
+    learning rate (MicroDiT App. B). The trainer sets every group's lr to schedule(nimg) · lr_scale. (The reference
     selects them by the name "moe", which its modules do not carry, so its halving never happens.)
     """
     experts = {id(p) for m in model.modules() if hasattr(m, "expert_parameters") for p in m.expert_parameters()}

@@ -5,7 +5,7 @@ one ended with — MicroDiT's Table 3 (256² masked → 256² unmasked → 512²
 stage checkpoints and resumes in its own folder: run it again after an interruption and finished stages are
 skipped, the interrupted one resumes bit-exactly, the rest follow (no `pkill`, no wiped caches between stages).
 
-What carries over (as the reference configs load the previous checkpoint, anchors §2.4):
+What carries over (as the reference configs load the previous checkpoint, micro_diffusion's configs):
 - **same resolution** (stage 1 → 2, 3 → 4): weights, EMA and the AdamW moments — the reference loads the full
   state and resets only the LR; the new stage's hyper-parameters (lr, betas, weight decay) replace the old ones;
 - **new resolution** (stage 2 → 3): weights only (the reference's `load_weights_only`), a fresh optimizer, and the

@@ -260,7 +260,7 @@ def long_caption(scene: Scene, rng: int | np.random.Generator | None = None) -> 
 
 
 # ---------------------------------------------------------------------------------------- CutMix composites
-# The oracle of a CutMix composite (paper 000 App. E; augment/cutmix.py): `partner`'s window `src` is pasted over
+# The oracle of a CutMix composite (ImageNet-T2I App. E; augment/cutmix.py): `partner`'s window `src` is pasted over
 # `box` of `base` (both normalised (x0, y0, x1, y1)). Like the paper's LLaVA prompt ("do not consider the image as
 # a composite"), the caption describes one scene: every visible object with its position and relations.
 

@@ -1,7 +1,7 @@
 """The world's tiny VAE: a diffusers `AutoencoderKL` (factor 4, 4 latent channels) trained on world renders.
 
 It ships inside the package (`world/vae/`, fp16 safetensors, ~1 MB) so the embedded world has a latent space like
-the papers' SD VAE (latent diffusion, paper 000 App. C) and the CPU demo exercises the real `DiffusersVAE` path.
+the papers' SD VAE (latent diffusion, ImageNet-T2I App. C) and the CPU demo exercises the real `DiffusersVAE` path.
 `load_codec("world-vae")` loads it. Regenerate it with `python -m microt2i.world.vae` (about 5 min on 2 cores);
 `scaling_factor` in its config is set so encoded latents have std 0.5 (= EDM's σ_data).
 """
