@@ -271,7 +271,7 @@ PAPER_PARAMS: dict[str, tuple[int, str, str]] = {
     "dit-i-256": (439_197_968, "0.4B", "ImageNet-T2I Table 5"),  # incl. the crop-coordinate token (1.05M)
     "dit-i-512": (439_197_968, "0.4B", "ImageNet-T2I Table 5"),  # positions are fixed sin-cos: same count at 512²
     "cad-i-256": (330_235_152, "0.3B", "ImageNet-T2I Table 5"),  # T2I-ImageNet's CAD config: 330.2M (the reference RINTextCond)
-    "microdit-xl-2": (1_165_442_320, "1.16B", "MicroDiT Table 6"),  # every stage of the recipe has this count
+    "microdit-xl-2": (1_165_442_320, "1.16B", "MicroDiT Table 8"),  # every stage of the recipe has this count
 }
 
 # Multi-stage recipes (`train/recipe.py` runs them; weights carry from stage to stage)
