@@ -217,6 +217,15 @@ def _add_source_parsers(sub) -> None:
     ca.set_defaults(fn=cmd_caption)
 
 
+def _add_job_options(p, jobs: str, device: str) -> None:
+    """The sharding, decoding and device options `cutmix` and `precompute` share."""
+    p.add_argument("--num-shards", type=POS, default=1, help=f"split the shards over this many jobs ({jobs})")
+    p.add_argument("--shard-index", type=NAT, default=0, help="this job's share, 0-based")
+    p.add_argument("--workers", type=NAT, default=0, help="image decoding processes (0 = in this process)")
+    p.add_argument("--device", default="cpu", help=device)
+    p.add_argument("--batch-size", type=POS, default=64, help="images per codec call")
+
+
 def _add_store_parsers(sub) -> None:
     """`cutmix`, `precompute`, `filter`, `ingest`: building and checking training stores."""
     cm = sub.add_parser("cutmix", help="build (or resume) the CutMix composite set of a preset's data, captioned "
@@ -229,11 +238,7 @@ def _add_store_parsers(sub) -> None:
     cm.add_argument("--model", default="llava-hf/llama3-llava-next-8b-hf",
                     help="data.captions=long on real images: the LLaVA-NeXT hub id or local folder")
     cm.add_argument("--max-new-tokens", type=POS, default=200, help="LLaVA caption length")
-    cm.add_argument("--num-shards", type=POS, default=1, help="split the shards over this many jobs (GPUs, machines)")
-    cm.add_argument("--shard-index", type=NAT, default=0, help="this job's share, 0-based")
-    cm.add_argument("--workers", type=NAT, default=0, help="image decoding processes (0 = in this process)")
-    cm.add_argument("--device", default="cpu", help="where LLaVA, the codec and the text encoder run")
-    cm.add_argument("--batch-size", type=POS, default=64, help="images per codec call")
+    _add_job_options(cm, "GPUs, machines", "where LLaVA, the codec and the text encoder run")
     cm.add_argument("--caption-batch-size", type=POS, default=16, help="composites per LLaVA call and per append")
     cm.add_argument("--no-progress", action="store_true")
     cm.set_defaults(fn=cmd_cutmix)
@@ -244,11 +249,7 @@ def _add_store_parsers(sub) -> None:
     pc.add_argument("overrides", nargs="*", help="e.g. data.source=imagenet data.root=/data/imagenet "
                                                  "data.store_dir=/data/store data.captions=aio")
     pc.add_argument("--verify", action="store_true", help="check every shard (sha256, dtypes, shapes, counts)")
-    pc.add_argument("--num-shards", type=POS, default=1, help="split the shards over this many jobs (machines)")
-    pc.add_argument("--shard-index", type=NAT, default=0, help="this job's share, 0-based")
-    pc.add_argument("--workers", type=NAT, default=0, help="image decoding processes (0 = in this process)")
-    pc.add_argument("--device", default="cpu", help="where the codec and text encoder run")
-    pc.add_argument("--batch-size", type=POS, default=64, help="images per codec call")
+    _add_job_options(pc, "machines", "where the codec and text encoder run")
     pc.add_argument("--no-progress", action="store_true")
     pc.set_defaults(fn=cmd_precompute)
 
