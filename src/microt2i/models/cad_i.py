@@ -42,8 +42,8 @@ import torch
 import torch.nn as nn
 
 from ..config import CADIConfig
-from .layers import (Attention, LayerScale, Mlp, TimestepEmbedder, keep_tokens, patchify, sincos_pos_embed_2d,
-                     unpatchify)
+from .layers import (Attention, LayerScale, Mlp, TimestepEmbedder, forward_inputs, keep_tokens, patchify,
+                     sincos_pos_embed_2d, unpatchify)
 
 # ---------------------------------------------------------------------------------------------------------------
 # One residual layer for every attention in the network
@@ -179,13 +179,8 @@ class CADI(nn.Module):
                 "crop_tokens (crop-coordinate conditioning) arrives with the image-augmentation (Crop) issue; "
                 "CAD-I does not accept it yet — pass crop_tokens=None"
             )
-        cfg = self.config
-        B, C, H, W = x.shape
-        p = cfg.patch_size
-        if (C, H, W) != (cfg.in_channels, cfg.input_size, cfg.input_size):
-            raise ValueError(f"CAD-I built for inputs [B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}], "
-                             f"got {list(x.shape)}")
-        noise_cond = torch.as_tensor(noise_cond, device=x.device).expand(B)  # [B]
+        B, C, H, W, noise_cond = forward_inputs(self, "CAD-I", x, noise_cond)
+        cfg, p = self.config, self.config.patch_size
 
         # Data tokens
         data = self.data_norm(self.patch_embed(patchify(x, p))) + self.data_pos  # [B, N, Dd]

@@ -42,6 +42,7 @@ from .layers import (
     TextRefiner,
     TimestepEmbedder,
     append_crop_token,
+    forward_inputs,
     keep_tokens,
     modulate,
     patchify,
@@ -169,18 +170,8 @@ class DiTI(nn.Module):
 
         Returns F(x) [B, C, H, W] (or [B, N_keep, p²·C] with keep_mask).
         """
-        if crop_tokens is not None and self.crop_embedder is None:
-            raise ValueError("crop_tokens given to a DiT-I built without the crop-coordinate token; "
-                             "set model.crop_cond=true (and train with augment.crop.enabled=true)")
-        cfg = self.config
-        B, C, H, W = x.shape
-        p = cfg.patch_size
-        if (C, H, W) != (cfg.in_channels, cfg.input_size, cfg.input_size):
-            raise ValueError(
-                f"DiT-I built for inputs [B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}], "
-                f"got {list(x.shape)}"
-            )
-        noise_cond = torch.as_tensor(noise_cond, device=x.device).expand(B)  # [B]
+        B, C, H, W, noise_cond = forward_inputs(self, "DiT-I", x, noise_cond, crop_tokens)
+        cfg, p = self.config, self.config.patch_size
 
         # Image tokens: patch embedding + fixed positions
         h = self.x_embedder(patchify(x, p)) + self.pos_embed  # [B, N, D]

@@ -412,3 +412,19 @@ def append_crop_token(embedder: CropEmbedder, y: torch.Tensor, y_mask: torch.Ten
     if y_mask is None:
         y_mask = torch.ones(B, L, dtype=torch.bool, device=y.device)
     return y, torch.cat([y_mask.bool(), y_mask.new_ones(B, 1, dtype=torch.bool)], dim=1)
+
+
+def forward_inputs(net: nn.Module, name: str, x: torch.Tensor, noise_cond, crop_tokens=None, *,
+                   hint: str = "") -> tuple[int, int, int, int, torch.Tensor]:
+    """The forward preamble every backbone shares: crop_tokens need the crop-coordinate token (`crop_embedder`), x
+    must be the [B, C, H, W] the network was built for (`net.config`), noise_cond (scalar or [B]) becomes [B].
+    Returns (B, C, H, W, noise_cond [B])."""
+    if crop_tokens is not None and getattr(net, "crop_embedder", None) is None:
+        raise ValueError(f"crop_tokens given to a {name} built without the crop-coordinate token; "
+                         f"set model.crop_cond=true (and train with augment.crop.enabled=true)")
+    cfg = net.config
+    B, C, H, W = x.shape
+    if (C, H, W) != (cfg.in_channels, cfg.input_size, cfg.input_size):
+        raise ValueError(f"{name} built for inputs [B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}], "
+                         f"got {list(x.shape)}{hint}")
+    return B, C, H, W, torch.as_tensor(noise_cond, device=x.device).expand(B)  # [B]

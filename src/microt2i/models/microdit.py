@@ -50,6 +50,7 @@ from .layers import (
     SwiGLU,
     TimestepEmbedder,
     append_crop_token,
+    forward_inputs,
     keep_tokens,
     modulate,
     patchify,
@@ -329,16 +330,9 @@ class MicroDiT(nn.Module):
 
         Returns F(x) [B, C, H, W] (or [B, N_keep, p²·C] with keep_mask or a crop).
         """
-        if crop_tokens is not None and self.crop_embedder is None:
-            raise ValueError("crop_tokens given to a MicroDiT built without the crop-coordinate token; "
-                             "set model.crop_cond=true (and train with augment.crop.enabled=true)")
-        cfg = self.config
-        B, C, H, W = x.shape
-        p = cfg.patch_size
-        if (C, H, W) != (cfg.in_channels, cfg.input_size, cfg.input_size):
-            raise ValueError(f"MicroDiT built for inputs [B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}], "
-                             f"got {list(x.shape)}; set model.input_size / model.in_channels to match the data")
-        noise_cond = torch.as_tensor(noise_cond, device=x.device).expand(B)  # [B]
+        B, C, H, W, noise_cond = forward_inputs(self, "MicroDiT", x, noise_cond, crop_tokens,
+                                                hint="; set model.input_size / model.in_channels to match the data")
+        cfg, p = self.config, self.config.patch_size
 
         # Conditioning: caption → refined tokens y [B, L, D]; c = t_emb + MLP(mean real caption token) [B, D]
         y = self.y_embedder(text_tokens)
