@@ -322,7 +322,7 @@ class MicroDiT(nn.Module):
 
         crop_tokens [B, 4] normalised crop boxes (x0, y0, x1, y1) of Crop IA (needs `crop_cond`; None = whole
         image): the crop token joins the caption, the mixer sees only the crop's tokens, and keep_mask (default:
-        the crop) must lie inside the crop (`augment.crop.crop_patch_mask` draws one).
+        the crop) must lie inside the crop (`crop_patch_mask` below draws one).
 
         route_mask [B, N_keep] bool (TREAD, training only): the backbone tokens that go through blocks route_start …
         route_end − 1; the others skip them. Routing composes with deferred masking: the mixer sees every patch, the
@@ -354,7 +354,7 @@ class MicroDiT(nn.Module):
                 keep_mask = crop
             elif bool((keep_mask & ~crop).any()):
                 raise ValueError("keep_mask keeps tokens outside the crop of crop_tokens; draw it inside the crop "
-                                 "(augment.crop.crop_patch_mask)")
+                                 "(models.microdit.crop_patch_mask)")
             h, inner = keep_tokens(h, crop), keep_tokens(keep_mask, crop)  # [B, N_crop, D], [B, N_crop]
         if inner is not None and cfg.masking == "naive":  # naive masking: drop patches before any mixing
             h = keep_tokens(h, inner)  # [B, N_keep, D]
