@@ -167,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         print(error_line(args.command, e, _log_traceback(args.command)), file=sys.stderr)
         return 2 if isinstance(e, (ConfigError, FileNotFoundError, FileExistsError)) else 1
     finally:
-        if "torch.distributed" in sys.modules:  # under torchrun: leave the process group cleanly
-            from ..train.dist import shutdown  # lazy: CLI startup
+        # under torchrun: leave the process group cleanly; only train/dist.py starts one, so a command that never
+        # loaded it (e.g. `presets`) skips this
+        if "microt2i.train.dist" in sys.modules:
+            from ..train.dist import shutdown  # lazy: CLI startup (already loaded here)
 
             shutdown()
 
