@@ -252,7 +252,16 @@ def load_sharded(path: str | Path, model: nn.Module, optimizer, ema_model: nn.Mo
 def load_optimizer(model: nn.Module, optimizer, state: dict) -> None:
     """Load a plain `optimizer.state_dict()` (a `.pt` checkpoint, e.g. a recipe's stage seed) into the optimizer of
     `model`, sharded or not. torch numbers parameters in param-group order; FSDP2's state dict names them, so the
-    numbering is mapped to names first."""
+    numbering is mapped to names first. The optimizer keeps its own kernel choice (`fused` / `foreach`): a
+    checkpoint's groups may come from another device (a fine-tune's seed is planned on the meta device), and the
+    NaN guard's on-device skip needs the fused kernel it was built for (nan_guard.py)."""
+    impl = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    _load_optimizer_state(model, optimizer, state)
+    for group, kernel in zip(optimizer.param_groups, impl):
+        group.update(kernel)
+
+
+def _load_optimizer_state(model: nn.Module, optimizer, state: dict) -> None:
     if not is_sharded(model):
         optimizer.load_state_dict(state)
         return
