@@ -1,4 +1,4 @@
-"""The cost of CutMix composites at the paper's scale (paper 000 App. E: 1,281,167 per setting), for docs/data.md.
+"""The cost of CutMix composites at the paper's scale (ImageNet-T2I App. E: 1,281,167 per setting), for docs/data.md.
 
 Measured here, on this machine's CPU (one thread):
 - the tiny path: `build_cutmix_shards` end to end at 256² (JPEG decode + resize of base and partner, paste, a tiny

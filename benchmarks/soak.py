@@ -1,4 +1,4 @@
-"""Kill-anywhere soak (issue 13): SIGKILL `microt2i precompute` and `microt2i train` at random moments, restart the
+"""Kill-anywhere soak: SIGKILL `microt2i precompute` and `microt2i train` at random moments, restart the
 same command each time, and check the result equals an uninterrupted run bit for bit.
 
     .venv/bin/python benchmarks/soak.py --kills 24 --json soak.json

@@ -3,7 +3,7 @@ sampling each caption must give back its own image."""
 
 import torch
 
-from microt2i.sample import generate
+from microt2i.diffusion.generate import generate
 
 SIGNS = ([1, 1, 1], [-1, -1, -1], [1, -1, 1], [-1, 1, -1])  # per-channel ramp directions of the four images
 

@@ -289,7 +289,8 @@ def test_repa_teacher_features_of_a_sharded_imagenet_store(tmp_path):
     from transformers import Dinov2Config, Dinov2Model
 
     from microt2i.data.precompute import precompute
-    from microt2i.data.store import open_store, tensor_to_images
+    from microt2i.data.store import open_store
+    from microt2i.world.pixels import tensor_to_images
     from microt2i.data.teacher import teacher_features
 
     make_tree(tmp_path / "in")

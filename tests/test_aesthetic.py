@@ -55,7 +55,7 @@ def test_head_errors_name_the_input(clip, tmp_path):
 def test_pickscore_equals_clip_logits_per_image(clip):
     from transformers import AutoTokenizer, CLIPModel
 
-    from microt2i.eval.clipscore import CLIP_MEAN, CLIP_STD, load_image_text_model
+    from microt2i.encoders.clip import CLIP_MEAN, CLIP_STD, load_image_text_model
 
     images, texts = _images(3), ["a red cube", "two blue spheres", "a green cone on the left"]
     got = pick_score(images, texts, load_image_text_model(str(clip)))

@@ -1,4 +1,4 @@
-"""The bad-input matrix (issue 13): one test per row, each asserting one clear error that names the input and the
+"""The bad-input matrix: one test per row, each asserting one clear error that names the input and the
 fix, or the documented recovery (README "Failure behaviour"), and that nothing half-written is left behind."""
 
 import errno
@@ -24,7 +24,7 @@ from microt2i.data.precompute import precompute
 from microt2i.data.store import (StoreDamagedError, StoreMismatchError, cache_key, cache_root, load_or_build, open_store,
                                  shard_name, verify_store)
 from microt2i.encoders import TextEncoder
-from microt2i.sample import load_run
+from microt2i.train.artifacts import load_run
 from microt2i.train import dist, state
 from microt2i.train.loop import prepare_data, train
 from microt2i.train.state import list_checkpoints, load_latest
@@ -439,7 +439,7 @@ def test_torn_stats_line_is_dropped_on_resume(tmp_path):
     assert [json.loads(ln)["nimg"] for ln in lines] == list(range(16, 97, 16))
 
 
-# ---- issue 22: destructive commands (export.py) ----
+# ---- destructive commands (export.py) ----
 
 def _export(run, folder, *extra):
     return main(["export", str(run), str(folder), "--no-grid", *extra])
@@ -473,7 +473,7 @@ def test_export_overwrite_replaces_a_previous_export(run, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["exp"]  # no temp or old copies left
 
 
-# ---- issue 22: concurrent runs (train/state.py run_lock) ----
+# ---- concurrent runs (train/state.py run_lock) ----
 
 def test_second_training_on_a_live_run_folder_fails_at_once(tmp_path, capsys):
     import subprocess
@@ -512,7 +512,7 @@ def test_lock_file_of_a_dead_process_on_a_flockless_filesystem_is_stale(tmp_path
     assert "taking over the stale lock of pid 4194311" in logs[0]
 
 
-# ---- issue 22: checkpoint integrity (train/state.py, data/store.py) ----
+# ---- checkpoint integrity (train/state.py, data/store.py) ----
 
 def _flip(path, where=0.5):
     b = bytearray(path.read_bytes())
@@ -570,7 +570,7 @@ def test_unreadable_weights_are_one_clear_error(run, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-# ---- issue 22: divergence at sampling time (sample.py) ----
+# ---- divergence at sampling time (sample.py) ----
 
 def test_sample_refuses_a_diverged_model(run, tmp_path, capsys):
     from safetensors.torch import load_file
@@ -587,7 +587,7 @@ def test_sample_refuses_a_diverged_model(run, tmp_path, capsys):
     assert "its weights diverged in training" in capsys.readouterr().err and not (tmp_path / "ev").exists()
 
 
-# ---- issue 22: ingest accounting (data/ingest.py, data/captions.py) ----
+# ---- ingest accounting (data/ingest.py, data/captions.py) ----
 
 def test_webdataset_cut_at_a_member_boundary_is_counted_and_named(t5, tmp_path):
     import tarfile
@@ -671,7 +671,7 @@ def test_undecodable_captions_name_file_and_line_in_every_ingest_path(tmp_path):
     assert read_prompts(None, prompts) == ["a red cube"]
 
 
-# ---- issue 22: one error line from the CLI, values validated on load (cli.py, config.py) ----
+# ---- one error line from the CLI, values validated on load (cli.py, config.py) ----
 
 @pytest.mark.parametrize("override, message", [
     ("train.total_nimg=-16", "train.total_nimg=-16 must be positive"),

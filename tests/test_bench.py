@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
 from microt2i import presets
 from microt2i.bench import (
-    bench_loader,
     bench_presets,
     bench_sample,
     bench_train,
@@ -172,12 +169,6 @@ def test_bench_sample_and_train_report_their_numbers():
     extra = cfg.depth * 2 * 2 * (cfg.width // cfg.heads)
     assert r["pixart_qk_norm"]["params"] == r["pixart"]["params"] + extra
     assert r["ratio_matched"] == pytest.approx(r["dit_i_no_refiner"]["img_s"] / r["pixart_qk_norm"]["img_s"])
-
-
-def test_bench_loader_is_skipped_when_the_loader_is_absent(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "microt2i.data.loader", None)  # import raises ImportError
-    assert bench_loader() is None
-    assert "loader skipped" in capsys.readouterr().out
 
 
 def _fake_report(date="2026-11-24T10:00:00"):

@@ -14,7 +14,7 @@ from microt2i.models.layers import patchify
 TINY = CAD_I_CONFIGS["world-cad-tiny"]
 
 # Exact parameter counts (also stated next to each config in models/cad_i.py). The reference RINTextCond has
-# 330.2M (L) and 188.4M (base) parameters (anchors §3.2; the released fp32 CAD-I weights are 1.33 GB).
+# 330.2M (L) and 188.4M (base) parameters (T2I-ImageNet's CAD config; the released fp32 CAD-I weights are 1.33 GB).
 PARAM_COUNTS = {
     "cad-i-256": 330_235_152,
     "cad-i-base": 188_372_752,

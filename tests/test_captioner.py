@@ -16,7 +16,8 @@ from microt2i.encoders.captioner import (
     clean_caption,
     make_captioner,
 )
-from microt2i.world.scenes import aio_caption, long_caption, make_dataset, sample_scene
+from microt2i.world.render import make_dataset
+from microt2i.world.scenes import aio_caption, long_caption, sample_scene
 
 from _tiny_models import tiny_llava_next
 

@@ -1,4 +1,4 @@
-"""Crop (paper 000 App. F): crop sampling, keep-masks, crop tokens in DiT-I and MicroDiT, and the losses."""
+"""Crop (ImageNet-T2I App. F): crop sampling, keep-masks, crop tokens in DiT-I and MicroDiT, and the losses."""
 
 import copy
 import dataclasses
@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from microt2i.augment.crop import (
-    CropEmbedder, box_keep_mask, crop_patch_mask, crop_sides, sample_crop, whole_image_boxes,
+    box_keep_mask, crop_sides, sample_crop, whole_image_boxes,
 )
 from microt2i.config import CropConfig, ObjectiveConfig
 from microt2i.diffusion.objectives import build_objective
 from microt2i.models import DIT_I_CONFIGS, MICRODIT_CONFIGS, build
-from microt2i.models.layers import keep_tokens, patchify, unpatchify
+from microt2i.models.layers import CropEmbedder, keep_tokens, patchify, unpatchify
+from microt2i.models.microdit import crop_patch_mask
 
 
 def test_crop_sides_and_error():

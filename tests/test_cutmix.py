@@ -1,4 +1,4 @@
-"""CutMix (paper 000 App. E): pattern geometry, partners, composites, captions, noise-level gating, the store."""
+"""CutMix (ImageNet-T2I App. E): pattern geometry, partners, composites, captions, noise-level gating, the store."""
 
 import math
 from types import SimpleNamespace
@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from microt2i import presets
-from microt2i.augment import describe
+from microt2i.augment.cutmix import describe
 from microt2i.augment.cutmix import (
     PATTERNS, build_cutmix_store, choose_partner, cutmix_path, ia_gate, make_composites, paste, sample_box,
     twin_index,
 )
 from microt2i.config import ConfigError, CutMixConfig, ObjectiveConfig, apply_overrides
-from microt2i.diffusion.noise import paper_tau_to_sigma, sigma_to_alpha_bar, sigma_to_logsnr
+from microt2i.augment.cutmix import paper_tau_to_sigma
+from microt2i.diffusion.noise import sigma_to_alpha_bar, sigma_to_logsnr
 from microt2i.diffusion.objectives import build_objective
 from microt2i.diffusion.vp import VPSchedule
 from microt2i.world import make_dataset
@@ -148,7 +149,7 @@ def test_tau_conversion_is_alpha_bar_0_6():
     assert float(sigma_to_alpha_bar(s)) == pytest.approx(0.6, abs=1e-12)
     assert s == pytest.approx(math.sqrt(0.4 / 0.6))
     assert float(sigma_to_logsnr(s)) == pytest.approx(math.log(0.6 / 0.4))  # λ_τ, the same for every objective
-    assert float(VPSchedule("linear").t_of_sigma(s)) == pytest.approx(0.4)  # CAD-I's t > 0.4 (anchors §3.5)
+    assert float(VPSchedule("linear").t_of_sigma(s)) == pytest.approx(0.4)  # CAD-I's t > 0.4 (T2I-ImageNet's CutMix code)
 
 
 def _p_above(kind: str, s_tau: float) -> float:

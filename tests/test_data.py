@@ -3,7 +3,8 @@ import torch
 
 from microt2i.config import DataConfig
 from microt2i.data.sampler import ResumableSampler
-from microt2i.data.store import Store, cache_key, images_to_tensor, load_store, save_store, tensor_to_images
+from microt2i.data.store import Store, cache_key, load_store, save_store
+from microt2i.world.pixels import images_to_tensor, tensor_to_images
 
 
 def test_sampler_is_a_permutation_per_epoch_and_resumable():

@@ -27,11 +27,11 @@ from microt2i.diffusion import (
     heun,
     karras_sigmas,
     logsnr_to_sigma,
-    null_text,
-    paper_tau_to_sigma,
     sigma_to_alpha_bar,
     sigma_to_logsnr,
 )
+from microt2i.augment.cutmix import paper_tau_to_sigma
+from microt2i.encoders.text import null_text
 
 F64 = torch.float64
 SIGMAS = torch.tensor([0.002, 0.05, 0.3, 0.9, 1.0, 4.0, 80.0], dtype=F64)

@@ -8,6 +8,7 @@ import torch
 from microt2i import presets
 from microt2i.cli import main
 from microt2i.config import apply_overrides
+from microt2i.eval.live import LiveEval
 from microt2i.train.loop import prepare_data, train
 
 QUIET = {"progress": False, "log": lambda *_: None}
@@ -58,8 +59,8 @@ def test_in_training_eval_logs_lines_and_leaves_training_bit_exact(tmp_path, sto
     plain = train(tiny(), tmp_path / "plain", store=store, **QUIET)
     # with in-training eval, stopped right after the first evaluation and resumed
     live = tiny("eval.every_nimg=64", "eval.fd_n=4", "eval.geneval_per_tag=1")
-    assert not train(live, tmp_path / "eval", store=store, stop_nimg=64, **QUIET)["finished"]
-    evald = train(live, tmp_path / "eval", store=store, **QUIET)
+    assert not train(live, tmp_path / "eval", store=store, stop_nimg=64, evaluate=LiveEval, **QUIET)["finished"]
+    evald = train(live, tmp_path / "eval", store=store, evaluate=LiveEval, **QUIET)
     for a, b in ((plain["net"], evald["net"]), (plain["ema"], evald["ema"])):
         for (k, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(pa, pb), k

@@ -10,7 +10,8 @@ import torch
 from _tiny_models import tiny_clip
 from microt2i.encoders.hub import MissingModelError
 from microt2i.eval import features
-from microt2i.eval.clipscore import HESSEL_PREFIX, clip_score, load_image_text_model
+from microt2i.encoders.clip import load_image_text_model
+from microt2i.eval.clipscore import HESSEL_PREFIX, clip_score
 from microt2i.eval.detectors import ClipColorClassifier, TransformersDetector
 from microt2i.eval.distribution import frechet_distance
 from microt2i.eval.geneval import GENEVAL_COLORS, GenEvalObject, evaluate_images

@@ -10,9 +10,10 @@ import pytest
 from microt2i.eval.detectors import WORLD_THRESHOLDS, WorldDetector
 from microt2i.eval.geneval import (
     COCO_CLASSES, GENEVAL_COLORS, TAGS, GenEvalObject, Thresholds, evaluate_images, filter_detections, make_prompts,
-    read_layout, read_metadata, relative_position, score_image, summarize, world_scene, write_layout, write_prompts,
+    read_layout, read_metadata, relative_position, score_image, summarize, write_layout, write_prompts,
 )  # fmt: skip
 from microt2i.world import CLASSES, COLORS, render
+from microt2i.world.compose import world_scene
 
 # ------------------------------------------------------------------------------------------ the prompt generator
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from microt2i import experiment as E
+from microt2i import experiment_stats
 from microt2i.config import ConfigError
 from microt2i.eval import geneval
 from microt2i.eval.distribution import frechet_distance
@@ -14,7 +15,7 @@ TINY = ("model.width=32", "model.depth=1", "model.heads=2", "model.refiner_depth
 TINY_EXP = E.Experiment(
     name="tiny", preset="world-tiny", base=TINY, question="AIO vs long on world-tiny?",
     arms=(E.Arm("aio", ("data.captions=aio",), "AIO"), E.Arm("long", (), "long")),
-    claims=(E.Claim("geneval", "long", "aio", "000 Table 1"), E.Claim("FD-EffNetLite0", "long", "aio", "none")),
+    claims=(E.Claim("geneval", "long", "aio", "ImageNet-T2I Table 1"), E.Claim("FD-EffNetLite0", "long", "aio", "none")),
     eval=E.EvalSpec(geneval_per_tag=1, geneval_images=2, fd_n=6, steps=2))
 
 
@@ -30,7 +31,7 @@ def test_bootstrap_of_a_constant_is_a_point():
     correct = np.ones((2, 12, 3), bool)
     tags = ["colors"] * 6 + ["position"] * 6
     boot = _boot(correct, tags)
-    assert E._interval(boot) == (1.0, 1.0)
+    assert experiment_stats._interval(boot) == (1.0, 1.0)
 
 
 def test_bootstrap_of_bernoulli_prompts_matches_the_normal_closed_form():
@@ -41,7 +42,7 @@ def test_bootstrap_of_bernoulli_prompts_matches_the_normal_closed_form():
     boot = _boot(correct, ["colors"] * n)
     se = np.sqrt(q * (1 - q) / n)
     assert boot.std() == pytest.approx(se, rel=0.08)
-    lo, hi = E._interval(boot)
+    lo, hi = experiment_stats._interval(boot)
     assert lo == pytest.approx(q - 1.96 * se, abs=0.012) and hi == pytest.approx(q + 1.96 * se, abs=0.012)
 
 
@@ -52,7 +53,7 @@ def test_bootstrap_over_seeds_has_the_binomial_closed_form():
     boot = _boot(correct, ["counting"] * 10, n_boot=8000)
     freq = [np.mean(boot == v) for v in (0.0, 0.5, 1.0)]
     assert freq == pytest.approx([0.25, 0.5, 0.25], abs=0.02)
-    assert E._interval(boot) == (0.0, 1.0)
+    assert experiment_stats._interval(boot) == (0.0, 1.0)
 
 
 def test_prompts_are_resampled_within_their_tag():
@@ -191,6 +192,7 @@ def test_iso_flops_budget_against_a_closed_form_cost(monkeypatch):
         return SimpleNamespace(train=(1.0 if m.masking == "deferred" else kept) + 3 * kept)
 
     monkeypatch.setattr("microt2i.cost.count_train_flops", cost)
+    monkeypatch.setattr("microt2i.experiment_defs.count_train_flops", cost)  # where the budgets are computed
     cfgs = _iso_flops(E.get("masking"))
     n = {arm: c.train.total_nimg for arm, c in cfgs.items()}
     assert n["naive"] == pytest.approx(n["deferred"] * 1.75 / 1.0, abs=16)
@@ -238,7 +240,7 @@ def test_runner_trains_every_arm_seed_and_renders(tiny_runs):
         assert lo <= hi and np.isfinite([p, lo, hi]).all()
     md = (root / "EXPERIMENTS.md").read_text()
     assert "<!-- experiment:tiny:start (generated) -->" in md and "| aio (AIO) | 32 |" in md
-    assert "Paper: 000 Table 1" in md and "seeds: 0, 1" in md
+    assert "Paper: ImageNet-T2I Table 1" in md and "seeds: 0, 1" in md
     assert (root / "experiments" / "tiny" / "curves.png").is_file() and out["report"].is_file()
 
 
@@ -249,7 +251,7 @@ def test_runner_reuses_finished_arms_and_renders_without_training(tiny_runs, mon
     def no_training(*a, **k):
         raise AssertionError("a finished arm was trained again")
 
-    monkeypatch.setattr("microt2i.train.loop.train", no_training)
+    monkeypatch.setattr("microt2i.experiment_run.train", no_training)
     again = E.run_experiment("tiny", seeds=2, root=root / "runs", md_path=None, extra=extra, log=lambda *a: None)
     assert [r["geneval"] for r in again["summary"].rows] == [r["geneval"] for r in first["summary"].rows]
     assert all("geneval★" in r for r in again["summary"].rows)

@@ -43,7 +43,8 @@ def exported(run):
 
 def _reference(run_dir, prompts, seed, **kw):
     from microt2i.encoders import TextEncoder, load_codec
-    from microt2i.sample import generate, load_run
+    from microt2i.diffusion.generate import generate
+    from microt2i.train.artifacts import load_run
 
     cfg, net, null_tokens, null_mask = load_run(run_dir)
     emb = TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, log=None).encode(prompts)

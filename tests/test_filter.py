@@ -33,7 +33,7 @@ def test_world_filter_keeps_exactly_the_images_whose_class_is_detected_above_thr
 
 
 def test_clip_scores_average_cosines_over_templates_and_unlabelled_images_take_their_best_class(tmp_path):
-    from microt2i.eval.clipscore import load_image_text_model
+    from microt2i.encoders.clip import load_image_text_model
 
     folder = tiny_clip(tmp_path / "clip", kind="full")
     model = load_image_text_model(str(folder))

@@ -7,7 +7,8 @@ import torch
 from microt2i import presets
 from microt2i.config import ConfigError, apply_overrides
 from microt2i.models import build, save_pretrained
-from microt2i.train.finetune import init_run, interpolate_positions, world_background_share
+from microt2i.train.finetune import init_run, interpolate_positions
+from microt2i.world.grid import world_background_share
 from microt2i.train.loop import train
 from microt2i.train.optim import lr_at
 from microt2i.train.state import load_latest
@@ -109,7 +110,7 @@ def test_resolution_change_interpolates_cad_positions_and_refuses_mismatches(tmp
 
 
 def test_world_style_finetune_moves_samples_to_the_subset(tmp_path):
-    """Issue 15 item 2 at tiny scale, through the CLI: pre-train on the world, fine-tune on its slate-background
+    """The fine-tune story at tiny scale, through the CLI: pre-train on the world, fine-tune on its slate-background
     subset (an ingested sidecar folder), and held-out prompts of other backgrounds come out on slate."""
     from microt2i.cli import main
 

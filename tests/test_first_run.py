@@ -1,4 +1,4 @@
-"""First-run experience (issue 27): progress on every long job, sample folders that hold exactly one call, the final
+"""First-run experience: progress on every long job, sample folders that hold exactly one call, the final
 grid in the run report, `microt2i serve` (bad input, 50 requests with a memory bound) and the page and run report
 in a real headless browser."""
 

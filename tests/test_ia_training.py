@@ -1,4 +1,4 @@
-"""Training with image augmentation (paper 000 §2.2): CutMix gating inside the trainer's one loader (Algorithm 1),
+"""Training with image augmentation (ImageNet-T2I §2.2): CutMix gating inside the trainer's one loader (Algorithm 1),
 Crop on DiT-I and MicroDiT, exact resume with both on, and the errors for setups that cannot take them."""
 
 import math
@@ -11,7 +11,7 @@ from microt2i.augment.crop import box_keep_mask
 from microt2i.config import ConfigError, apply_overrides
 from microt2i.data.sampler import ResumableSampler
 from microt2i.data.store import Store
-from microt2i.diffusion.noise import paper_tau_to_sigma
+from microt2i.augment.cutmix import paper_tau_to_sigma
 from microt2i.train import loop
 from microt2i.train.loop import train
 from microt2i.train.state import load_latest

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from microt2i.config import ConfigError
-from microt2i.report import save_grid
+from microt2i.eval.pages import save_grid
 from microt2i.train.logger import RunLogger, StatsLog
 
 

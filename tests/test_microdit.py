@@ -74,8 +74,8 @@ def _moe_blocks(model):
 
 
 @pytest.mark.parametrize("name,paper,exact,moe", [
-    ("microdit-xl-2", 1165.4e6, 1_165_442_320, (13, 3)),  # 003: 1.16B; anchors §2.2: 1,165.4M, 13 + 3 MoE blocks
-    ("microdit-tiny-2", 200.7e6, 200_692_752, (7, 2)),  # anchors §2.2: 200.7M, 7 + 2 MoE blocks
+    ("microdit-xl-2", 1165.4e6, 1_165_442_320, (13, 3)),  # MicroDiT: 1.16B; micro_diffusion's models/dit.py: 1,165.4M, 13 + 3 MoE blocks
+    ("microdit-tiny-2", 200.7e6, 200_692_752, (7, 2)),  # micro_diffusion's models/dit.py: 200.7M, 7 + 2 MoE blocks
 ])
 def test_paper_param_counts(name, paper, exact, moe):
     with torch.device("meta"):
@@ -98,7 +98,7 @@ def test_xl_parts_and_dense_variant():
     with torch.device("meta"):
         xl, dense = build(cfg), build(dataclasses.replace(cfg, moe=False))
     part = {k: sum(p.numel() for n, p in xl.named_parameters() if n.startswith(k)) for k in ("mixer", "blocks")}
-    # anchors §2.2: mixer (incl. its width maps) 186.4M, backbone 958.2M
+    # micro_diffusion's models/dit.py: mixer (incl. its width maps) 186.4M, backbone 958.2M
     assert abs(part["mixer"] / 186.4e6 - 1) < 0.001 and abs(part["blocks"] / 958.2e6 - 1) < 0.001
     assert count_params(dense) == 639_980_816 and abs(count_params(dense) / 640.0e6 - 1) < 0.01
     assert _moe_blocks(dense) == ([], [])
@@ -107,7 +107,7 @@ def test_xl_parts_and_dense_variant():
 def test_layerwise_scaling_widths_xl():
     cfg = MICRODIT_CONFIGS["microdit-xl-2"]
     specs = backbone_specs(cfg)
-    # anchors §2.2: block 0 has 8 heads (qkv 512), FFN 512; block 27 has 16 heads (qkv 1024), FFN 4096 → SwiGLU 2816
+    # micro_diffusion's models/dit.py: block 0 has 8 heads (qkv 512), FFN 512; block 27 has 16 heads (qkv 1024), FFN 4096 → SwiGLU 2816
     assert (specs[0].attn_width, specs[0].heads, specs[0].mlp_hidden) == (512, 8, 512)
     assert (specs[27].attn_width, specs[27].heads, specs[27].mlp_hidden) == (1024, 16, 4096)
     assert swiglu_hidden(4096, 256) == 2816 and swiglu_hidden(512, 256) == 512
@@ -396,11 +396,11 @@ def test_write_microdit_md_appends_a_section_without_touching_others(tmp_path):
     write_benchmarks_md(dit, path)  # the other section still gets its rows in its own table
     write_microdit_md(r, path)
     text = path.read_text()
-    assert text.count("## MicroDiT (issue 4)") == 1 and text.count("## Training throughput") == 1
+    assert text.count("## MicroDiT variants (`microt2i bench microdit`)") == 1 and text.count("## Training throughput") == 1
     lines = text.splitlines()
     rows = [ln for ln in lines if ln.startswith("| 2026-11-24")]
     assert len(rows) == 8 and "| moe-masked | 64 of 256 |" in rows[1] and "| 3.00× |" in rows[1]
-    assert before.splitlines()[-1] in lines and lines.index(rows[0]) > lines.index("## MicroDiT (issue 4)")
+    assert before.splitlines()[-1] in lines and lines.index(rows[0]) > lines.index("## MicroDiT variants (`microt2i bench microdit`)")
     assert sum(ln.startswith("| 2026-01-02") for ln in lines) == 2
 
 

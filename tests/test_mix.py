@@ -61,7 +61,7 @@ def test_mixed_stream_ratio_coverage_and_resume():
 
 
 def test_webdataset_and_hf_precompute_into_one_mixed_stream_that_trains(tmp_path):
-    """Done-when of issue 15: a tiny WebDataset and an HF dataset → precompute → one mixed stream → training."""
+    """Done-when: a tiny WebDataset and an HF dataset → precompute → one mixed stream → training."""
     from microt2i import presets
     from microt2i.data.precompute import precompute
     from microt2i.train.loop import train

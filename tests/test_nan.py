@@ -1,4 +1,4 @@
-"""Long-run hygiene (issue 13): a NaN / Inf in a batch or a gradient skips that optimizer step, is counted in
+"""Long-run hygiene: a NaN / Inf in a batch or a gradient skips that optimizer step, is counted in
 stats.jsonl and the run goes on; a streak of `train.nan_abort_streak` aborts with a clear error; resume then works."""
 
 import json

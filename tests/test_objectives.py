@@ -29,7 +29,7 @@ from microt2i.diffusion import (
     sigma_to_logsnr,
 )
 from microt2i.models import build
-from microt2i.sample import generate
+from microt2i.diffusion.generate import generate
 from microt2i.train.loop import train
 from microt2i.train.state import load_latest
 

@@ -10,7 +10,7 @@ from _tiny_models import tiny_t5
 
 from microt2i import presets
 from microt2i.config import ConfigError, apply_overrides
-from microt2i.models import _config_dict, build
+from microt2i.models import config_dict, build
 from microt2i.pipeline import MicroT2IPipeline, MicroT2ITransformer
 
 
@@ -32,7 +32,7 @@ def test_transformer_config_round_trip(tmp_path):
     cfg, net = _net()
     tokens, mask = _null()
     t = MicroT2ITransformer.from_network(net, tokens, mask)
-    assert dict(t.config["model"]) == _config_dict(cfg.model) and t.config["text_len"] == 8
+    assert dict(t.config["model"]) == config_dict(cfg.model) and t.config["text_len"] == 8
     t.save_pretrained(tmp_path / "t")
     back = MicroT2ITransformer.from_pretrained(tmp_path / "t", low_cpu_mem_usage=False)
     assert back.model_config == cfg.model
@@ -50,7 +50,7 @@ def test_transformer_rejects_bad_configs():
         MicroT2ITransformer()
     cfg, _ = _net()
     with pytest.raises(ConfigError, match="format_version"):
-        MicroT2ITransformer(model={**_config_dict(cfg.model), "format_version": 99})
+        MicroT2ITransformer(model={**config_dict(cfg.model), "format_version": 99})
     with pytest.raises(ConfigError, match="family"):
         MicroT2ITransformer(model={"family": "unet"})
 
@@ -72,7 +72,7 @@ def _pipeline(t5_folder, cfg, net, **settings):
 
 def test_pipeline_equals_generate_and_survives_save_load(tmp_path, t5):
     from microt2i.encoders import PixelCodec
-    from microt2i.sample import generate
+    from microt2i.diffusion.generate import generate
 
     cfg, net = _net()
     pipe, text = _pipeline(t5, cfg, net)

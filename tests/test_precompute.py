@@ -137,14 +137,14 @@ def test_token_ids_encoded_on_the_fly_match_stored_states(models, tmp_path):
 
 
 def test_imagenet_tree_caption_precompute_train_end_to_end(models, tree, tmp_path):
-    """Done-when of issue 8: a fabricated ImageNet tree with corrupt files → caption file → precompute → train."""
+    """Done-when: a fabricated ImageNet tree with corrupt files → caption file → precompute → train."""
     from microt2i import presets
     from microt2i.data.captions import read_captions, write_captions
     from microt2i.encoders.captioner import TemplateCaptioner, folder_source, run_caption_job
     from microt2i.train.loop import train
 
     root, expect = tree
-    # caption: the resumable caption job (issue 6) over the train folder; corrupt files fail there too
+    # caption: the resumable caption job over the train folder; corrupt files fail there too
     keys, load = folder_source(root / "train")
     job = run_caption_job(keys, load, TemplateCaptioner(), tmp_path / "captions.tsv", progress=False,
                           log=lambda *_: None)

@@ -86,7 +86,7 @@ def test_transformers_judge_plumbing_with_a_tiny_vlm(tmp_path, monkeypatch):
 
 
 def test_cli_preference_on_world_runs(tmp_path):
-    """Issue 15 done-when: the preference harness reports win rates on the world (run A vs run B)."""
+    """Done-when: the preference harness reports win rates on the world (run A vs run B)."""
     from microt2i import presets
     from microt2i.cli import main
     from microt2i.config import apply_overrides

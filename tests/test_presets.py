@@ -1,4 +1,4 @@
-"""The paper presets as published (issue 20): objectives, augmentation, latent normalisation, CFG scales, parameter
+"""The paper presets as published: objectives, augmentation, latent normalisation, CFG scales, parameter
 counts against the papers' own figures, and every command of docs/presets.md."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from microt2i.augment.cutmix import ia_gate
 from microt2i.cli import main
 from microt2i.config import ConfigError, DataConfig, EvalConfig, LATENT_NORMS, apply_overrides
 from microt2i.data.store import StoreMismatchError, cache_key, check_store_key, store_key
-from microt2i.diffusion.noise import paper_tau_to_sigma
+from microt2i.augment.cutmix import paper_tau_to_sigma
 from microt2i.diffusion.vp import VPSchedule
 from microt2i.encoders import codec as codec_mod
 from microt2i.models import build, count_params
@@ -33,9 +33,16 @@ def _paper_figure(text: str) -> tuple[Decimal, Decimal]:
     return num * unit, Decimal(1).scaleb(num.as_tuple().exponent) * unit
 
 
-@pytest.mark.parametrize("name", list(presets.PAPER_PARAMS))
+# The papers' own figures, written here (not read from the module under test): ImageNet-T2I Table 5 (DiT-I 0.4B,
+# CAD-I 0.3B), MicroDiT Table 8 (1.16B).
+PAPER_FIGURES = {"dit-i-256": "0.4B", "dit-i-512": "0.4B", "cad-i-256": "0.3B", "microdit-xl-2": "1.16B"}
+
+
+@pytest.mark.parametrize("name", list(PAPER_FIGURES))
 def test_paper_parameter_counts_on_meta(name):
     exact, figure, _ = presets.PAPER_PARAMS[name]
+    assert figure == PAPER_FIGURES[name]
+    figure = PAPER_FIGURES[name]
     runs = presets.recipe(name) if name in presets.recipe_names() else [presets.get(name)]
     for run in runs:  # every stage of a recipe has the count
         with torch.device("meta"):
@@ -75,7 +82,7 @@ def test_cad_i_latents_and_clamp():
 
 def test_microdit_cfg_for_metrics_and_grids():
     for run in [presets.get("microdit-xl-2"), *presets.recipe("microdit-xl-2")]:
-        assert (run.eval.cfg_scale, run.eval.grid_scale) == (1.5, 5.0)  # 003 App. B
+        assert (run.eval.cfg_scale, run.eval.grid_scale) == (1.5, 5.0)  # MicroDiT App. B
     tiny = presets.get("microdit-tiny-2").eval
     assert (tiny.cfg_scale, tiny.grid_scale) == (3.0, 5.0)
     assert EvalConfig(cfg_scale=2.0).grid_scale == 2.0  # unset: the metrics' scale
@@ -84,7 +91,6 @@ def test_microdit_cfg_for_metrics_and_grids():
 
 
 def test_sample_uses_the_grid_scale_and_metrics_the_metric_scale(monkeypatch):
-    import microt2i.encoders as enc
     import microt2i.sample as sample_mod
     from microt2i.eval.runner import RunSampler
 
@@ -92,9 +98,9 @@ def test_sample_uses_the_grid_scale_and_metrics_the_metric_scale(monkeypatch):
     seen = []
     monkeypatch.setattr(sample_mod, "check_source", lambda run, model: run)
     monkeypatch.setattr(sample_mod, "load_run", lambda run, device: (cfg, None, None, None))
-    monkeypatch.setattr(enc, "TextEncoder", lambda *a, **k: SimpleNamespace(
+    monkeypatch.setattr(sample_mod, "TextEncoder", lambda *a, **k: SimpleNamespace(
         encode=lambda p: SimpleNamespace(tokens=None, mask=None)))
-    monkeypatch.setattr(enc, "codec_of", lambda *a, **k: None)
+    monkeypatch.setattr(sample_mod, "codec_of", lambda *a, **k: None)
     monkeypatch.setattr(sample_mod, "generate", lambda *a, cfg_scale=None, **k: seen.append(cfg_scale) or [])
     _, settings = sample_mod.sample_prompts(["a cat"], run="runs/x")
     assert seen == [5.0] and settings["cfg_scale"] == 5.0

@@ -1,4 +1,4 @@
-"""The real path of docs/data.md through the CLI, as a researcher runs it on ImageNet, shrunk (issue 20 done-when):
+"""The real path of docs/data.md through the CLI, as a researcher runs it on ImageNet, shrunk:
 caption (tiny LLaVA-NeXT, two jobs) → precompute (+ --verify) → cutmix (composites captioned by the tiny LLaVA with
 the CutMix prompt, two jobs, + --verify) → train the DiT-I preset's architecture shrunk, with its objective, CutMix
 and Crop on → sample. Evaluation against the val reference is appended by the evaluation work."""

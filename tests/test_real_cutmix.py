@@ -1,4 +1,4 @@
-"""CutMix composites of any labelled image source (paper 000 App. D–E): an ImageNet-layout tree captioned by a
+"""CutMix composites of any labelled image source (ImageNet-T2I App. D–E): an ImageNet-layout tree captioned by a
 tiny LLaVA-NeXT with the CutMix prompt, the world through the same sharded engine, resume and machine shards
 equal to one uninterrupted job, training reads them, and one clear error for each bad input."""
 

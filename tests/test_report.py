@@ -14,7 +14,8 @@ from PIL import Image
 from microt2i import presets
 from microt2i.cli import main
 from microt2i.config import apply_overrides, save_yaml
-from microt2i.report import run_report, save_grid, svg_curve, write_report
+from microt2i.report import run_report, svg_curve
+from microt2i.eval.pages import save_grid, write_report
 
 
 class Page(HTMLParser):

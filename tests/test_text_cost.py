@@ -1,17 +1,12 @@
-"""Text-encoder lengths, truncation counts, storage dtypes and the paper 003 Table 2 cost command."""
+"""Text-encoder lengths, truncation counts, storage dtypes and the MicroDiT paper Table 2 cost command."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from microt2i.encoders.text import (
-    PAPER_TABLE2,
-    TextEncoder,
-    format_text_cost_table,
-    measure_text_encoder,
-    storage_bytes,
-)
+from microt2i.cost import format_text_cost_table
+from microt2i.encoders.text import TextEncoder, measure_text_encoder, storage_bytes
 
 from _tiny_models import tiny_clip, tiny_t5
 
@@ -30,7 +25,8 @@ def clip_dir(tmp_path_factory):
 
 
 def test_storage_closed_form_matches_paper_table2():
-    for _, length, dim, _, gb in PAPER_TABLE2:  # fp16, 1M captions: N·L·D·2 bytes
+    # MicroDiT ("Stretching Each Dollar") Table 2, one H100, fp16, per 1M captions: (length, width, storage GB)
+    for length, dim, gb in ((77, 1024, 157), (120, 4096, 983)):  # CLIP ViT-H-14, T5-xxl: N·L·D·2 bytes
         assert int(storage_bytes(10**6, length, dim, torch.float16) / 1e9) == gb
     assert storage_bytes(3, 77, 1024, torch.float32) == 3 * 77 * 1024 * 4
     assert storage_bytes(3, 77, 1024, torch.bfloat16, with_mask=True) == 3 * 77 * (1024 * 2 + 1)

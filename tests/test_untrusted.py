@@ -1,4 +1,4 @@
-"""Untrusted files (issue 13): weights only from safetensors, pickles never run by any loader, no remote code
+"""Untrusted files: weights only from safetensors, pickles never run by any loader, no remote code
 without the user's flag, caption keys confined to the image root, prompts escaped in the HTML report."""
 
 import ast
@@ -20,7 +20,7 @@ from microt2i.data.captions import CaptionFileError, read_captions
 from microt2i.data.precompute import precompute
 from microt2i.data.store import StoreDamagedError, cache_key, cache_root, load_or_build, open_store, shard_name
 from microt2i.encoders import TextEncoder, load_codec
-from microt2i.eval.clipscore import load_image_text_model
+from microt2i.encoders.clip import load_image_text_model
 from microt2i.models import from_pretrained
 from microt2i.train.loop import train
 from microt2i.train.state import checkpoint_path, load_latest
@@ -152,7 +152,7 @@ def test_caption_keys_with_dots_inside_names_are_fine(tmp_path):
 
 
 def test_report_html_escapes_prompts(tmp_path):
-    from microt2i.report import write_report
+    from microt2i.eval.pages import write_report
 
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "g.png")
     attack = "<script>alert('x')</script><img src=x onerror=alert(1)>"

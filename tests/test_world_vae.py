@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from microt2i.data.store import images_to_tensor, tensor_to_images
+from microt2i.world.pixels import images_to_tensor, tensor_to_images
 from microt2i.encoders import load_codec
 from microt2i.world import detect, make_dataset
 from microt2i.world.vae import TARGET_STD, WORLD_VAE_DIR

@@ -27,10 +27,19 @@ import time
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
+from . import presets
+from .bench_common import append_rows, device_string
+from .config import ConfigError
 from .cost import count_train_flops, peak_flops
+from .diffusion.objectives import build_objective
+from .encoders.text import null_text as null_caption
 from .io import atomic_write_text
-from .models import build, count_params
+from .models import build, count_params, sample_keep_mask
+from .train.dist import apply_compile
+from .train.ema import EMA
+from .train.optim import make_optimizer
 
 # paper preset → the tiny world preset standing in for it in the CPU smoke run
 PROOF_PRESETS = {"microdit-xl-2": "world-microdit-tiny", "dit-i-256": "world-tiny", "cad-i-256": "world-cad-tiny"}
@@ -53,12 +62,6 @@ SDPA_OPS = {
 def proof_step(run, batch_size: int, device: torch.device, *, precision: str, seed: int = 0):
     """(step, net) for `run`'s real training step on fixed random data of its shapes; `step()` returns the detached
     loss (a device tensor: nothing is read back to the host). The same seed gives the same init and draws."""
-    from .diffusion.guidance import null_text as null_caption
-    from .diffusion.objectives import build_objective
-    from .models import sample_keep_mask
-    from .train.ema import EMA
-    from .train.optim import make_optimizer
-
     cfg, t = run.model, run.train
     torch.manual_seed(seed)
     net = build(cfg).to(device).train()
@@ -114,8 +117,6 @@ def _img_s(step, batch: int, steps: int, repeats: int, device: torch.device) -> 
 
 def attention_backends(step) -> dict[str, int]:
     """{backend: forward SDPA calls} of one `step()`, read from the ATen ops the profiler records."""
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     counts: dict[str, int] = {}
@@ -131,10 +132,6 @@ def _peak_gib(device: torch.device) -> float | None:
 
 def gpu_proof(*, smoke: bool = False, device: str = "auto", budget_s: float = 450.0, log=print) -> dict:
     """The proof record (see the module doc). Parts that would overrun `budget_s` are skipped and say so."""
-    from . import presets
-    from .bench import device_string
-    from .train.dist import apply_compile
-
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     t_start = time.perf_counter()
     left = lambda: budget_s - (time.perf_counter() - t_start)  # noqa: E731
@@ -270,16 +267,12 @@ def proof_rows(record: dict) -> str:
 
 def write_proof_md(record: dict, path: str | Path = "BENCHMARKS.md") -> None:
     """Append the record's rows to the GPU proof section of `path` (created if absent), atomically."""
-    from .bench import _append_rows
-
-    _append_rows(path, SECTION, HEADER, proof_rows(record), intro=INTRO)
+    append_rows(path, SECTION, HEADER, proof_rows(record), intro=INTRO)
 
 
 def run_cli(args) -> int:
     """`microt2i bench gpu [--smoke] [--json PATH] [--budget-s S] [--out BENCHMARKS.md | --no-write]`."""
     if not args.smoke and args.device in ("auto", "cuda") and not torch.cuda.is_available():
-        from .config import ConfigError
-
         raise ConfigError("microt2i bench gpu needs a CUDA GPU (none here): run it on a GPU machine, or pass --smoke "
                           "for the CPU check of the code path")
     record = gpu_proof(smoke=args.smoke, device=args.device, budget_s=args.budget_s)

@@ -1,4 +1,4 @@
-"""Training cost accounting (paper 003 App. B "Cost analysis", Table 6): FLOPs per image, per stage and in total,
+"""Training cost accounting (MicroDiT App. B "Cost analysis", Table 6): FLOPs per image, per stage and in total,
 GPU-days on 8×A100 / 8×H100 and dollars, and the MFU of a measured throughput.
 
 - **FLOPs per image** are counted, not modelled: the real preset is built on the `meta` device (no memory, no
@@ -6,32 +6,38 @@ GPU-days on 8×A100 / 8×H100 and dollars, and the MFU of a measured throughput.
   matmuls, convolutions and attention (2 FLOPs per multiply-add) and ignores element-wise work. Masked stages
   draw their keep-mask on `meta` as well; `_ShapeOnlyMasks` gives the boolean gathers their known output shape.
   The text encoder and the VAE are not counted: like the paper, latents and caption embeddings are computed once,
-  offline (003 App. B).
+  offline (MicroDiT App. B).
 - **Time** per stage = images / (throughput per GPU · GPUs). Throughput is stated or measured (`img_s`), or
   derived from an assumed MFU on an H100 (`mfu`), or — for `microdit-xl-2` — the one Table 6 implies.
 - **Dollars** at the paper's rates: $1.5 per A100-hour, $3.75 per H100-hour, A100 time = 2.5 × H100 time
-  (003 App. B "We observe a 2.5x reduction in wall-clock time on H100 GPUs"), so both give the same bill.
+  (MicroDiT App. B "We observe a 2.5x reduction in wall-clock time on H100 GPUs"), so both give the same bill.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .config import ConfigError, RunConfig
+from .encoders.text import TextEncoderCost
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+from .diffusion.objectives import build_objective
+from .models import build, sample_keep_mask, sample_route_mask
+from .models.moe import ExpertChoiceMoE, tokens_per_expert
 
 # Dense bf16 tensor-core peak FLOP/s per GPU (vendor datasheets, SXM parts), for MFU. Matched by substring of
 # `torch.cuda.get_device_name()`, first match wins (H200 before H100).
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12), ("A10G", 70e12), ("L4", 121e12),
 )
-PRICE_PER_GPU_HOUR = {"A100": 1.5, "H100": 3.75}  # 003 App. B
-H100_SPEEDUP = 2.5  # 003 App. B: the same run takes 2.5× less wall-clock time on H100 than on A100
-GPUS = 8  # 003 App. B: one 8×H100 node
+PRICE_PER_GPU_HOUR = {"A100": 1.5, "H100": 3.75}  # MicroDiT App. B
+H100_SPEEDUP = 2.5  # MicroDiT App. B: the same run takes 2.5× less wall-clock time on H100 than on A100
+GPUS = 8  # MicroDiT App. B: one 8×H100 node
 
-# Table 6 of paper 003 (MicroDiT_XL_2, global batch 2048): resolution, mask ratio, steps, total FLOPs, 8×A100 days,
+# Table 6 of MicroDiT (MicroDiT_XL_2, global batch 2048): resolution, mask ratio, steps, total FLOPs, 8×A100 days,
 # 8×H100 days, cost ($). Total 3.45e20 FLOPs, 2.6 days on 8×H100, $1,890.
 PAPER_TABLE6: tuple[tuple[int, float, int, float, float, float, int], ...] = (
     (256, 0.75, 250_000, 1.47e20, 2.77, 1.11, 800),
@@ -142,8 +148,6 @@ def conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddi
                         _output_padding, groups, output_mask, out_shape=None, **kwargs) -> int:
     """FLOPs of aten.convolution_backward with groups honoured: torch's formula (torch 2.13) counts the weight
     gradient of a grouped conv as if it were dense, `groups`× too many for Mix-FFN's depthwise conv."""
-    from torch.utils.flop_counter import conv_flop_count
-
     def t(shape):
         return [shape[1], shape[0], *shape[2:]]
 
@@ -157,13 +161,6 @@ def conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddi
 
 
 def _count(run: RunConfig, cfg, L: int, batch: int) -> TrainFlops:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    aten = torch.ops.aten
-    from .diffusion.objectives import build_objective
-    from .models import build, sample_keep_mask, sample_route_mask
-    from .models.moe import ExpertChoiceMoE, tokens_per_expert
-
     keep = sample_keep_mask(cfg, 1)  # a real one on CPU: how many tokens a row keeps, whatever the masking kind
     kept = 0 if keep is None else int(keep.sum())
     objective = build_objective(run.objective)
@@ -192,7 +189,7 @@ def _count(run: RunConfig, cfg, L: int, batch: int) -> TrainFlops:
     with _ShapeOnlyMasks(counts):
         with FlopCounterMode(display=False) as fwd:
             loss = objective.loss(net, x0, tokens, mask, **kwargs).mean()
-        with FlopCounterMode(display=False, custom_mapping={aten.convolution_backward: conv_backward_flops}) as bwd:
+        with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops}) as bwd:
             loss.backward()
     for h in hooks:
         h.remove()
@@ -328,18 +325,41 @@ def format_cost_table(costs: list[StageCost]) -> str:
 
 
 PAPER_NOTES = """\
-How to read ours against Table 6 (paper 003):
+How to read ours against Table 6 (MicroDiT):
 - FLOPs: counted by torch.utils.flop_counter on the real network built on the meta device, forward + backward
   (counted, not estimated: bwd/fwd is 2.00), matmuls and attention at 2 FLOPs per multiply-add. Element-wise work,
-  the optimizer step, the text encoder and the VAE (precomputed once, 003 App. B) are not counted.
+  the optimizer step, the text encoder and the VAE (precomputed once, MicroDiT App. B) are not counted.
 - Our count is 1-12 % below Table 6, more at 512² and unmasked. The whole gap is the reference's expert-choice MoE
   (micro_diffusion `FeedForwardECMoe`): it dispatches tokens to experts and combines them with two einsums against
   a dense one-hot [B, E, k, T] tensor, 2·E·k·T·D FLOPs each, quadratic in the tokens T; ours gathers and scatters
   by index (no FLOPs, same result). Adding those einsums at 3× their forward FLOPs (the DeepSpeed profiler's
-  training convention, 003 App. B) reproduces every row of Table 6 to within 0.5 % ("ours+MoE/paper").
+  training convention, MicroDiT App. B) reproduces every row of Table 6 to within 0.5 % ("ours+MoE/paper").
 - Masking: 75 % of 256 (1024) tokens → 64 (256) kept; the patch-mixer, the caption path and the cross-attention
   K/V do not shrink, so a masked step costs ≈ 40 % (not 25 %) of an unmasked one.
 - Days and dollars: Table 6's own throughputs (img/s per H100 = steps · 2048 / (8 · days · 86 400 s)) reproduce
   its days and dollars; $ = 8 × H100-days × 24 h × $3.75 (= 8 × A100-days × 24 h × $1.5 at A100 time = 2.5 × H100
   time). The MFU these throughputs imply on an H100 (989 TFLOP/s dense bf16) is 17-19 %.
 """
+
+
+# MicroDiT Table 2 (one H100, fp16 storage, per 1M captions): name, sequence length, width, time, storage GB.
+PAPER_TABLE2 = (("CLIP (ViT-H-14)", 77, 1024, "3:20", 157), ("T5 (T5-xxl)", 120, 4096, "33:04", 983))
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def format_text_cost_table(costs: Sequence[TextEncoderCost], device: str) -> str:
+    """MicroDiT Table 2's columns for the measured encoders, then the paper's own rows."""
+    dt = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+    rows = [[c.name, c.kind, str(c.length), str(c.dim), dt[c.dtype], str(c.batch_size),
+             f"{c.seconds_per_batch * 1e3:.1f}", f"{c.batch_size / c.seconds_per_batch:.1f}",
+             _clock(c.seconds_per_million), f"{c.gb_per_million:.1f}", f"{c.truncated:.0%}"] for c in costs]
+    head = ["text encoder", "kind", "sequence length", "embedding size", "storage dtype", "batch", "ms / batch",
+            "captions / s", f"time per 1M ({device}, h:mm:ss)", "storage per 1M (GB)", "truncated"]
+    paper = [[n, str(length), str(d), t, str(gb)] for n, length, d, t, gb in PAPER_TABLE2]
+    return "\n".join(_table(head, rows) + ["", "MicroDiT Table 2 (one H100, fp16):"] + _table(
+        ["text encoder", "sequence length", "embedding size", "time per 1M (min:sec)", "storage (GB)"], paper))

@@ -11,17 +11,25 @@ from pathlib import Path
 
 from . import presets
 from .config import RunConfig, apply_overrides
+from .eval.live import LiveEval
 from .io import atomic_write_text
 from .progress import heartbeat
 from .world.grid import grid_prompts, score_samples  # noqa: F401  (the demo's prompts and scoring live in world/)
+import shutil
+import torch
+from .augment.cutmix import describe as describe_augment
+from .config import save_yaml
+from .diffusion.generate import generate
+from .encoders import TextEncoder, codec_of
+from .eval.pages import loss_plot, read_stats, save_grid, write_report
+from .eval.runner import mini_geneval
+from .train.loop import resolve_device, train
+from .train.recipe import run_recipe
 
 
 def _run_stages(stages: list[RunConfig], run_dir: Path, *, progress: bool, log) -> dict:
     """Run a recipe under run_dir/stages/ and gather its stages' stats into run_dir/stats.jsonl on one nimg axis."""
-    from .report import read_stats
-    from .train.recipe import run_recipe
-
-    results = run_recipe(stages, run_dir / "stages", progress=progress, log=log)
+    results = run_recipe(stages, run_dir / "stages", progress=progress, log=log, evaluate=LiveEval)
     lines, offset = [], 0
     for cfg, r in zip(stages, results):
         for st in read_stats(r["dir"] / "stats.jsonl"):
@@ -31,7 +39,6 @@ def _run_stages(stages: list[RunConfig], run_dir: Path, *, progress: bool, log) 
     last = results[-1]
     finished = last["finished"] and len(results) == len(stages)
     if finished:  # the final stage's inference artifacts next to the demo's, for `microt2i sample run_dir`
-        import shutil
 
         shutil.copytree(last["dir"] / "ema", run_dir / "ema", dirs_exist_ok=True)
         shutil.copy2(last["dir"] / "null_text.safetensors", run_dir / "null_text.safetensors")
@@ -40,16 +47,6 @@ def _run_stages(stages: list[RunConfig], run_dir: Path, *, progress: bool, log) 
 
 def run_demo(run_dir: str | Path = "runs/demo", *, preset: str = "world-s", overrides: list[str] | None = None,
              progress: bool = True, log=print) -> dict:
-    import torch
-
-    from .config import save_yaml
-    from .encoders import TextEncoder, codec_of
-    from .eval.runner import mini_geneval
-    from .report import loss_plot, read_stats, save_grid, write_report
-    from .sample import generate
-    from .augment import describe as describe_augment
-    from .train.loop import resolve_device, train
-
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     if preset in presets.RECIPES:  # a multi-stage recipe (MicroDiT's Table 3 on the world): sample the last stage
@@ -58,7 +55,7 @@ def run_demo(run_dir: str | Path = "runs/demo", *, preset: str = "world-s", over
     else:
         cfg: RunConfig = apply_overrides(presets.get(preset), overrides or [])
         log(f"[demo] image augmentation: {describe_augment(cfg.augment)}")
-        result = train(cfg, run_dir, progress=progress, log=log)
+        result = train(cfg, run_dir, progress=progress, log=log, evaluate=LiveEval)
     t_train = time.perf_counter() - t0
     if not result["finished"]:
         raise RuntimeError(f"training in {run_dir} stopped at {result['nimg']} of {cfg.train.total_nimg} images")

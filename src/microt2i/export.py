@@ -22,8 +22,19 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, RunConfig, _plain, to_dict
+from .config import ConfigError, RunConfig, plain, to_dict
 from .io import atomic_write_text
+import numpy as np
+import yaml
+from .demo import grid_prompts
+from .encoders import TextEncoder, codec_of
+from .encoders.codec import DiffusersVAE
+from .eval.pages import read_stats, save_grid
+from .models import count_params
+from .pipeline import MicroT2IPipeline, MicroT2ITransformer, SAMPLING_KEYS
+from .report import run_metrics
+from .schedulers import make_scheduler
+from .train.artifacts import load_run
 
 EXPORT_MARKER = "microt2i_export.json"  # written into every export; what --overwrite may replace
 
@@ -35,12 +46,6 @@ from microt2i.pipeline import MicroT2IPipeline, MicroT2ITransformer  # noqa: F40
 
 def build_pipeline(run_dir: str | Path, *, device="cpu"):
     """(MicroT2IPipeline in fp32, RunConfig) from a finished run folder (EMA weights, null caption, encoders)."""
-    from .encoders import TextEncoder, codec_of
-    from .encoders.codec import DiffusersVAE
-    from .pipeline import SAMPLING_KEYS, MicroT2IPipeline, MicroT2ITransformer
-    from .sample import load_run
-    from .schedulers import make_scheduler
-
     cfg, net, null_tokens, null_mask = load_run(run_dir, device=device)
     text = TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device, log=None)
     codec = codec_of(cfg.data, device=device)
@@ -142,11 +147,6 @@ def check_target(run_dir: Path, folder: Path, *, overwrite: bool) -> None:
 
 def _sample_grid(pipe, cfg: RunConfig, path: Path, progress: bool = False) -> list[str]:
     """The run's fixed-prompt, fixed-seed grid (the demo's prompts), sampled with the exported weights."""
-    import numpy as np
-
-    from .demo import grid_prompts
-    from .report import save_grid
-
     prompts = [s["prompt"] for s in grid_prompts(cfg.eval.grid_size ** 2, cfg.eval.seed)]
     images = pipe(prompts, output_type="np", progress=progress).images
     save_grid(np.asarray(images), path, nrow=cfg.eval.grid_size, upscale=max(1, 128 // images.shape[1]))
@@ -155,11 +155,6 @@ def _sample_grid(pipe, cfg: RunConfig, path: Path, progress: bool = False) -> li
 
 def model_card(run_dir: Path, cfg: RunConfig, pipe, *, dtype: str, grid_prompts: list[str]) -> str:
     """The export's README.md: what the model is, how to load it, data, training config, metrics, sample grid."""
-    import yaml
-
-    from .models import count_params
-    from .report import read_stats, run_metrics
-
     stats = [s for s in read_stats(run_dir / "stats.jsonl") if "loss" in s]
     last = stats[-1] if stats else {}
     d, m, e = cfg.data, cfg.model, cfg.eval
@@ -208,5 +203,5 @@ Defaults: sampler `{e.sampler}`, {e.steps} steps, CFG scale {e.grid_scale}; over
 ## Training config
 
 ```yaml
-{yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False)}```
+{yaml.safe_dump(plain(to_dict(cfg)), sort_keys=False)}```
 """

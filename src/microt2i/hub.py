@@ -13,12 +13,13 @@ import os
 from pathlib import Path
 
 from .config import ConfigError, load_yaml
+from .encoders.hub import offline
 from .io import atomic_write_text
 
 
 def check_push(repo_id: str) -> None:
     """Fail before any work: a malformed repo id or offline mode is one ConfigError naming the fix."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    from huggingface_hub.utils import HFValidationError, validate_repo_id  # heavy: only for an upload
 
     if not repo_id or not repo_id.strip():
         raise ConfigError("export --push-to-hub needs a repo id, e.g. --push-to-hub your-name/microt2i-demo")
@@ -27,9 +28,7 @@ def check_push(repo_id: str) -> None:
     except HFValidationError as e:
         raise ConfigError(f"--push-to-hub {repo_id!r} is not a Hub repo id ({str(e).splitlines()[0]}); use "
                           f"owner/name, e.g. your-name/microt2i-demo") from None
-    from .encoders.hub import _offline
-
-    if _offline():
+    if offline():
         raise ConfigError("--push-to-hub needs the network but HF_HUB_OFFLINE=1 is set: unset HF_HUB_OFFLINE (and log "
                           "in once with `hf auth login` or set HF_TOKEN), or export without --push-to-hub")
 
@@ -43,7 +42,7 @@ def _base_model(init: str) -> str | None:
 
 def hub_card(folder: str | Path, *, license: str = "other") -> str:
     """The export's README.md with the Hub metadata filled in (huggingface_hub's ModelCard keeps the body)."""
-    from huggingface_hub import ModelCard
+    from huggingface_hub import ModelCard  # heavy: only for an upload
 
     folder = Path(folder)
     card = ModelCard((folder / "README.md").read_text(encoding="utf-8"))
@@ -75,7 +74,7 @@ def hub_card(folder: str | Path, *, license: str = "other") -> str:
 def push_to_hub(folder: str | Path, repo_id: str, *, license: str = "other", private: bool = False,
                 token: str | None = None, log=print) -> str:
     """Complete the model card, create the repo (if needed) and upload the folder; returns the repo URL."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi  # heavy (network client): only for an upload
 
     check_push(repo_id)
     folder = Path(folder)

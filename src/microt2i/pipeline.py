@@ -2,9 +2,9 @@
 `MicroT2IPipeline` (a `DiffusionPipeline`: transformer, text encoder + tokenizer, optional VAE, sampler settings).
 
 The networks in `models/` stay plain `nn.Module`s; the wrapper's registered config is the model config dict
-(`models._config_dict`), so `save_pretrained` / `from_pretrained` rebuild the same network with `models.build`.
+(`models.config_dict`), so `save_pretrained` / `from_pretrained` rebuild the same network with `models.build`.
 It also carries the unconditional caption CFG needs (`null_tokens`, `null_mask` buffers). Sampling is ours:
-`__call__` runs `sample.generate` (the samplers of `diffusion/samplers.py`, per-image seeds), so a pipeline
+`__call__` runs `diffusion.generate.generate` (the samplers of `diffusion/samplers.py`, per-image seeds), so a pipeline
 loaded from an export reproduces `microt2i sample` bit for bit at a fixed seed.
 
 Load an export (`microt2i export RUN FOLDER`) offline with
@@ -16,6 +16,7 @@ class outside diffusers); microt2i must be installed.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,13 @@ from diffusers.utils import BaseOutput
 
 from .config import ConfigError, EvalConfig, ModelConfig, ObjectiveConfig, RunConfig, from_dict
 from .encoders.codec import DiffusersVAE, PixelCodec
-from .encoders.text import TextEncoder, Truncation, _normalizes_pooled
-from .models import FORMAT_VERSION, _config_dict, build
+from .encoders.text import TextEncoder, Truncation, normalizes_pooled
+from .models import FORMAT_VERSION, config_dict, build
+import json
+from PIL import Image
+from .diffusion.generate import generate
+from .diffusion.samplers import clamped
+from .schedulers import run_scheduler
 
 SAMPLING_KEYS = ("sampler", "steps", "cfg_scale", "clamp", "eta", "seed")
 
@@ -48,7 +54,7 @@ class MicroT2ITransformer(ModelMixin, ConfigMixin):
         if version != FORMAT_VERSION:
             raise ConfigError(f"transformer config has format_version={version!r}; this microt2i reads {FORMAT_VERSION}")
         if not d:
-            raise ConfigError("MicroT2ITransformer needs `model`, a model config dict (models._config_dict)")
+            raise ConfigError("MicroT2ITransformer needs `model`, a model config dict (models.config_dict)")
         self.net = build(from_dict(ModelConfig, d, "model"))
         self.register_buffer("null_tokens", torch.zeros(1, text_len, self.net.config.text_dim))
         self.register_buffer("null_mask", torch.zeros(1, text_len, dtype=torch.bool))
@@ -56,7 +62,7 @@ class MicroT2ITransformer(ModelMixin, ConfigMixin):
     @classmethod
     def from_network(cls, net: torch.nn.Module, null_tokens: torch.Tensor, null_mask: torch.Tensor):
         """Wrap a trained network (weights copied) with its unconditional caption [1, L, D] / [1, L]."""
-        out = cls(model=_config_dict(net.config), text_len=null_mask.shape[-1])
+        out = cls(model=config_dict(net.config), text_len=null_mask.shape[-1])
         out.net.load_state_dict(net.state_dict(), strict=True)
         out.null_tokens.copy_(null_tokens.reshape(out.null_tokens.shape))
         out.null_mask.copy_(null_mask.reshape(out.null_mask.shape).bool())
@@ -79,7 +85,7 @@ class _LoadedTextEncoder(TextEncoder):
         self.name, self.kind = getattr(model, "name_or_path", "text_encoder"), model.config.model_type
         self.model, self.tokenizer, self.max_length = model.eval(), tokenizer, max_length
         folder = getattr(model, "name_or_path", "")
-        self.normalize_pooled = bool(folder) and _normalizes_pooled(Path(folder))
+        self.normalize_pooled = bool(folder) and normalizes_pooled(Path(folder))
         self.device, self.dtype, self.batch_size = model.device, model.dtype, 64
         self.storage_dtype, self.log, self.truncation, self._empty = torch.float32, None, Truncation(), None
 
@@ -127,10 +133,8 @@ class MicroT2IPipeline(DiffusionPipeline):
         """Load an export without executing its pipeline.py (no `trust_remote_code`): each component by the class
         model_index.json names, from transformers / diffusers / this module only. Same result as
         `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`."""
-        import json
-
-        import diffusers
-        import transformers
+        import diffusers  # heavy (seconds to import): only when a diffusers model is used
+        import transformers  # heavy (seconds to import): only when this model is loaded
 
         folder = Path(folder)
         if not (folder / "model_index.json").is_file() or not (folder / "transformer").is_dir():
@@ -158,7 +162,7 @@ class MicroT2IPipeline(DiffusionPipeline):
                    **settings).to(device)
 
     def run_config(self) -> RunConfig:
-        """The `RunConfig` `sample.generate` needs: the transformer's model, the objective and sampling settings."""
+        """The `RunConfig` `diffusion.generate.generate` needs: the transformer's model, the objective and sampling settings."""
         unknown = sorted(set(self.config.sampling) - set(SAMPLING_KEYS))
         if unknown:
             raise ConfigError(f"pipeline sampling settings {unknown} are unknown; valid: {', '.join(SAMPLING_KEYS)}")
@@ -180,13 +184,8 @@ class MicroT2IPipeline(DiffusionPipeline):
         scheduler = getattr(self, "scheduler", None)
         if sampler is not None or scheduler is None or scheduler is self._own_scheduler:
             return None
-        import copy
-
-        from .diffusion.samplers import _clamped
-        from .schedulers import run_scheduler
-
         return lambda denoise, x, sigmas, callback=None, clamp=None: run_scheduler(
-            copy.deepcopy(scheduler), _clamped(denoise, clamp), x, sigmas, callback=callback)
+            copy.deepcopy(scheduler), clamped(denoise, clamp), x, sigmas, callback=callback)
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], *, num_images_per_prompt: int = 1,
@@ -194,9 +193,7 @@ class MicroT2IPipeline(DiffusionPipeline):
                  sampler: str | None = None, seed: int | None = None, batch_size: int = 64,
                  output_type: str = "pil", progress: bool = False) -> MicroT2IPipelineOutput:
         """Sample `num_images_per_prompt` images per prompt. Image i of the call uses the noise of (seed, i)
-        (`sample.initial_noise`), so results do not depend on `batch_size`. Unset options come from `sampling`."""
-        from .sample import generate
-
+        (`diffusion.generate.initial_noise`), so results do not depend on `batch_size`. Unset options come from `sampling`."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or num_images_per_prompt < 1:
             raise ValueError("pass at least one prompt and num_images_per_prompt >= 1")
@@ -215,7 +212,5 @@ class MicroT2IPipeline(DiffusionPipeline):
                               cfg_scale=guidance_scale, seed=seed, batch_size=batch_size, device=device,
                               progress=progress, sampler_fn=self._scheduler_fn(sampler))
         if output_type == "pil":
-            from PIL import Image
-
             images = [Image.fromarray(im) for im in images]
         return MicroT2IPipelineOutput(images=images)

@@ -15,13 +15,13 @@ from .models.dit_i import DIT_I_CONFIGS
 from .models.microdit import MICRODIT_CONFIGS
 
 
-# Paper 000's ε objective (Eq. 1, Algorithm 1: x_t = √γ(t)·x0 + √(1−γ(t))·ε). 000 states neither γ(t) nor the
-# sampler, and its DiT-I code is unreleased (anchors §0); the authors' released trainer (CAD-I, anchors §3.4) uses
+# ImageNet-T2I's ε objective (Eq. 1, Algorithm 1: x_t = √γ(t)·x0 + √(1−γ(t))·ε). 000 states neither γ(t) nor the
+# sampler, and its DiT-I code is unreleased (the authors' T2I-ImageNet repository has CAD-I only); the authors' released trainer (CAD-I, T2I-ImageNet's diffusion code) uses
 # γ = 1 − t, the encoded empty caption as the unconditional one and DDIM 250 steps: taken here. The EDM settings
 # (σ_data, P_mean, P_std) stay in the same block, so `--objective edm` (objective.kind=edm) trains DiT-I under EDM.
 _DIT_I_OBJECTIVE = ObjectiveConfig(kind="vp", schedule="linear", cond_drop=0.1, uncond="empty",
                                    sigma_data=0.5, p_mean=-0.6, p_std=1.2)
-# TA + IA (000 §2.2, App. E–F): 000's 512² DiT-I and its 256² initialisation train with Crop (p = 0.5, crops > 50 %
+# TA + IA (ImageNet-T2I §2.2, App. E–F): 000's 512² DiT-I and its 256² initialisation train with Crop (p = 0.5, crops > 50 %
 # of the side): "Both the pretraining and the fine-tuning use the Crop image augmentation strategy" (§2.3). CutMix
 # is reported as a separate model (Tables 2, 3, 6); its settings (CM-all above τ = 400 with p = 0.5, Algorithm 1,
 # Tables 9–11) are kept here, so `augment.cutmix.enabled=true` adds it.
@@ -30,9 +30,9 @@ _DIT_I_AUGMENT = AugmentConfig(cutmix=CutMixConfig(enabled=False, setting="all",
 
 
 def _dit_i_256() -> RunConfig:
-    # Paper 000 §2 / App. C: ImageNet (1,281,167 images) with LLaVA captions, SD VAE latents (sd-vae-ft-ema),
-    # flan-T5-XL tokens; 250k steps at 256² (§2.3). text_len 256: the authors' T5 length (anchors §3.6), which holds a
-    # ≤ 200-token LLaVA caption (docs/presets.md: how it was measured). 439M parameters with the crop token (000
+    # ImageNet-T2I §2 / App. C: ImageNet (1,281,167 images) with LLaVA captions, SD VAE latents (sd-vae-ft-ema),
+    # flan-T5-XL tokens; 250k steps at 256² (§2.3). text_len 256: the authors' T5 length (T2I-ImageNet's captioning code), which holds a
+    # ≤ 200-token LLaVA caption (docs/presets.md: how it was measured). 439M parameters with the crop token (ImageNet-T2I
     # Table 5: 0.4B).
     return RunConfig(
         name="dit-i-256",
@@ -49,7 +49,7 @@ def _dit_i_256() -> RunConfig:
 
 
 def _dit_i_512() -> RunConfig:
-    # Paper 000 §2.3: continue the 256² checkpoint at 512² for 100k steps, same data, same augmentation.
+    # ImageNet-T2I §2.3: continue the 256² checkpoint at 512² for 100k steps, same data, same augmentation.
     base = _dit_i_256()
     return replace(base, name="dit-i-512", model=replace(DIT_I_CONFIGS["dit-i-512"], crop_cond=True),
                    objective=replace(base.objective, p_mean=0.0, p_std=0.6),
@@ -58,7 +58,7 @@ def _dit_i_512() -> RunConfig:
 
 
 def _world_s() -> RunConfig:
-    # The CPU demo: 32 px world images in the shipped world VAE's 4×8×8 latent space (latent diffusion, paper 000
+    # The CPU demo: 32 px world images in the shipped world VAE's 4×8×8 latent space (latent diffusion, ImageNet-T2I
     # App. C), oracle long captions, MiniLM tokens. Class accuracy grows with optimiser steps, not width
     # (EXPERIMENTS.md, time-to-quality): a width-128 DiT-I under rectified flow, small batches, as many steps as
     # the demo's minutes buy. EDM (the former objective) stays one override away: objective.kind=edm.
@@ -87,14 +87,14 @@ def _world_tiny() -> RunConfig:
 
 
 def _cad_i_256() -> RunConfig:
-    # Paper 000 CAD-I = the CAD code's `imagenet_256_rin_L_text_ldm` overrides (anchors §3.2–3.4): VP ε-prediction
+    # ImageNet-T2I CAD-I = the CAD code's `imagenet_256_rin_L_text_ldm` overrides (T2I-ImageNet's CAD configs and sampler): VP ε-prediction
     # with γ = 1 − t (Eq. 1), SD-VAE latents normalised per channel to std 0.5 with SD-1.5 statistics
     # (`data.latent_norm=sd15-channel`, the CAD code's `channel_wise_normalisation`), flan-T5-XL tokens padded to 256,
     # caption dropout 0.1 to the encoded empty caption; LAMB 1e-3, wd 0.01 (none on norms/biases), 5k-step warm-up
     # then cosine with rate 0.7, clip 2, EMA 0.9999 from step 0; DDIM 250 steps with x̂0 clamped to ±1, CAD's cfg
-    # w = 10 (generate.py) i.e. scale 11. TA + CutMix CM-all (τ 400, p 0.5), the CAD-I of 000 Tables 5–6 and of the
+    # w = 10 (generate.py) i.e. scale 11. TA + CutMix CM-all (τ 400, p 0.5), the CAD-I of ImageNet-T2I Tables 5–6 and of the
     # `_cutmix` overrides; the τ gate is on the noise level (ᾱ < 0.6), whatever the latent scale (DESIGN §3).
-    # 330M parameters (000 Table 5: 0.3B).
+    # 330M parameters (ImageNet-T2I Table 5: 0.3B).
     return RunConfig(
         name="cad-i-256",
         model=CAD_I_CONFIGS["cad-i-256"],
@@ -137,20 +137,20 @@ def _world_cad_tiny() -> RunConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# MicroDiT (paper 003): the 4-stage recipe of Table 3, the App. D small-scale setup, and their world versions
+# MicroDiT (MicroDiT): the 4-stage recipe of Table 3, the App. D small-scale setup, and their world versions
 
 _MICRODIT_STEP = 2048  # Table 3: global batch 2048 in every stage; nimg = steps · 2048
 
 
 def _microdit_xl_2_stages() -> list[RunConfig]:
-    """Table 3 (and the reference configs, anchors §2.4): 256² masked 250k steps → 256² unmasked +30k → 512² masked
+    """Table 3 (and the reference configs, micro_diffusion's configs): 256² masked 250k steps → 256² unmasked +30k → 512² masked
     50k → 512² unmasked +5k; AdamW (0.9, 0.999), wd 0.1, eps 1e-8, bf16, σ_data 0.9, caption dropout 0.1 to zero
     embeddings. micro_batch is the reference's per-GPU micro-batch; accumulation rounds are derived from it."""
     B = _MICRODIT_STEP
     xl, xl512 = MICRODIT_CONFIGS["microdit-xl-2"], MICRODIT_CONFIGS["microdit-xl-2-512"]
     obj_256 = ObjectiveConfig(sigma_data=0.9, p_mean=-0.6, p_std=1.2, cond_drop=0.1, uncond="zero")
     obj_512 = replace(obj_256, p_mean=0.0, p_std=0.6)
-    # 37M images (22M real + 15M synthetic, App. B); one stored posterior sample per image (anchors §2.5)
+    # 37M images (22M real + 15M synthetic, App. B); one stored posterior sample per image (micro_diffusion's data pipeline)
     data_256 = DataConfig(resolution=256, codec="stabilityai/sdxl-vae", text_encoder="apple/DFN5B-CLIP-ViT-H-14-378",
                           text_len=77, num_images=37_000_000, latent_mode="sample")
     data_512 = replace(data_256, resolution=512)
@@ -193,7 +193,7 @@ def _microdit_tiny_2() -> RunConfig:
     # App. D small-scale setup: DiT-Tiny/2 on 256² latents, 75 % deferred masking, 60k AdamW steps, cosine, the
     # best Fig. 9 settings (β2 0.999, wd 0.1, (P_mean, P_std) = (−0.6, 1.2), lr 3.2e-4), EMA 0.995 for the last 10k
     # steps; guidance 3 in quantitative evaluation, 5 in qualitative images (App. B). The batch size is not stated in
-    # 003; Table 3's 2048 is used.
+    # MicroDiT; Table 3's 2048 is used.
     B = _MICRODIT_STEP
     base = _microdit_xl_2_stages()[0]
     return replace(base, name="microdit-tiny-2", model=MICRODIT_CONFIGS["microdit-tiny-2"],
@@ -268,10 +268,10 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
 # tests/test_presets.py builds each on the meta device and checks the count, and that the paper's figure is the count
 # rounded or truncated to the figure's digits.
 PAPER_PARAMS: dict[str, tuple[int, str, str]] = {
-    "dit-i-256": (439_197_968, "0.4B", "000 Table 5"),  # incl. the crop-coordinate token (1.05M)
-    "dit-i-512": (439_197_968, "0.4B", "000 Table 5"),  # positions are fixed sin-cos: same count at 512²
-    "cad-i-256": (330_235_152, "0.3B", "000 Table 5"),  # anchors §3.2: 330.2M (the reference RINTextCond)
-    "microdit-xl-2": (1_165_442_320, "1.16B", "003 Table 6"),  # every stage of the recipe has this count
+    "dit-i-256": (439_197_968, "0.4B", "ImageNet-T2I Table 5"),  # incl. the crop-coordinate token (1.05M)
+    "dit-i-512": (439_197_968, "0.4B", "ImageNet-T2I Table 5"),  # positions are fixed sin-cos: same count at 512²
+    "cad-i-256": (330_235_152, "0.3B", "ImageNet-T2I Table 5"),  # T2I-ImageNet's CAD config: 330.2M (the reference RINTextCond)
+    "microdit-xl-2": (1_165_442_320, "1.16B", "MicroDiT Table 8"),  # every stage of the recipe has this count
 }
 
 # Multi-stage recipes (`train/recipe.py` runs them; weights carry from stage to stage)
@@ -279,7 +279,7 @@ RECIPES: dict[str, Callable[[], list[RunConfig]]] = {
     "microdit-xl-2": _microdit_xl_2_stages,  # Table 3: 256 masked → 256 unmasked → 512 masked → 512 unmasked
     "world-microdit-s": lambda: _world_microdit_stages("s"),
     "world-microdit-tiny": lambda: _world_microdit_stages("tiny"),
-    "dit-i": lambda: [_dit_i_256(), _dit_i_512()],  # paper 000 §3.3: 256² then 100k steps at 512²
+    "dit-i": lambda: [_dit_i_256(), _dit_i_512()],  # ImageNet-T2I §3.3: 256² then 100k steps at 512²
 }
 
 

@@ -1,6 +1,6 @@
-"""HTML reports, one self-contained file each (images base64-inlined, every text HTML-escaped).
+"""The run report, one self-contained HTML file (images base64-inlined, every text HTML-escaped; the page parts
+and `write_report`, the demo's and `microt2i eval`'s page, are in `eval/pages.py`).
 
-- `write_report`: the demo's and `microt2i eval`'s page (metrics, figures, per-sample table, config).
 - `run_report` (`microt2i report RUN`): a run's config, loss / grad-norm / lr / eval-metric curves from
   stats.jsonl (inline SVG, no plotting library needed), the grid of every in-training evaluation (eval/live.py),
   the GenEval tables of `microt2i eval geneval`, other eval results, and cost / throughput.
@@ -8,114 +8,17 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from .config import ConfigError
-from .io import atomic_write_bytes, atomic_write_text
-
-
-def save_grid(images: np.ndarray, path: str | Path, *, nrow: int, upscale: int = 4, pad: int = 2) -> Path:
-    """uint8 [N, H, W, 3] → one PNG, `nrow` per row, nearest-neighbour upscaled so small samples are visible."""
-    n, h, w, _ = images.shape
-    ncol = -(-n // nrow)
-    grid = np.full((ncol * (h + pad) + pad, nrow * (w + pad) + pad, 3), 255, np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, nrow)
-        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
-    im = Image.fromarray(grid).resize((grid.shape[1] * upscale, grid.shape[0] * upscale), Image.NEAREST)
-    return _save_png(im, path)
-
-
-def _save_png(im: Image.Image, path: str | Path) -> Path:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
-
-
-def read_stats(path: str | Path) -> list[dict]:
-    p = Path(path)
-    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()] if p.exists() else []
-
-
-def loss_plot(stats: list[dict], path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    stats = [s for s in stats if s.get("loss") is not None]  # eval lines carry no loss; all-skipped intervals None
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
-    if stats:
-        ax.plot([s["nimg"] for s in stats], [s["loss"] for s in stats], lw=1.5)
-    ax.set_xlabel("images seen")
-    ax.set_ylabel("EDM loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
-
-
-def _table(rows: list[dict]) -> str:
-    if not rows:
-        return "<p>(none)</p>"
-    cols = list(dict.fromkeys(c for r in rows for c in r))
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def data_uri(path: str | Path) -> str:
-    """A PNG / JPEG file as a `data:` URI, so the page needs no other file."""
-    p = Path(path)
-    mime = "image/jpeg" if p.suffix.lower() in (".jpg", ".jpeg") else "image/png"
-    return f"data:{mime};base64,{base64.b64encode(p.read_bytes()).decode()}"
-
-
-def _figure(src: str, caption: str) -> str:
-    return f'<figure><img src="{src}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
-
-
-_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
-table{border-collapse:collapse;font-size:13px;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}
-figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}img{max-width:520px;image-rendering:pixelated}
-figcaption{font-size:12px;color:#555;max-width:520px}svg{margin:0 1em 1em 0}
-pre{background:#f6f6f6;padding:1em;font-size:12px;overflow:auto}"""
-
-
-def _page(title: str, body: str) -> str:
-    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
-
-
-def write_report(run_dir: str | Path, *, title: str, metrics: dict, images: dict[str, str], samples: list[dict],
-                 config_text: str) -> Path:
-    """Write run_dir/report.html; `images` maps captions to PNG paths relative to run_dir (inlined as data URIs,
-    each followed by an HTML comment naming the file)."""
-    run_dir = Path(run_dir)
-    figs = "".join(_figure(data_uri(run_dir / src), cap) + f"<!-- {html.escape(src)} -->" for cap, src in images.items())
-    body = (f'<h2>Metrics</h2>{_table([{"metric": k, "value": v} for k, v in metrics.items()])}'
-            f"<h2>Figures</h2>{figs}<h2>Samples</h2>{_table(samples)}"
-            f"<h2>Resolved config</h2><pre>{html.escape(config_text)}</pre>")
-    path = run_dir / "report.html"
-    atomic_write_text(path, _page(title, body))
-    return path
+from .eval.pages import data_uri, html_figure, html_page, html_table, read_stats, save_grid
+from .io import atomic_write_text
+from .config import ConfigError, load_yaml
+from .cost import count_train_flops
+from .data.prompts import grid_nrow, grid_prompts
+from .sample import Source
 
 
 # ------------------------------------------------------------------------------------------------ run report
@@ -182,7 +85,7 @@ def _curves(stats: list[dict]) -> str:
     charts += [svg_curve([(s["nimg"], s[k]) for s in evals if k in s], title=k) for k in keys]
     rows = [{"images seen": s["nimg"], **{k[5:]: v for k, v in s.items() if k.startswith("eval/") and k != "eval/grid"}}
             for s in evals]
-    return "".join(charts) + (f"<h3>In-training evaluation</h3>{_table(rows)}" if rows else "")
+    return "".join(charts) + (f"<h3>In-training evaluation</h3>{html_table(rows)}" if rows else "")
 
 
 def _cost(run_dir: Path, stats: list[dict], cfg) -> list[dict]:
@@ -200,8 +103,6 @@ def _cost(run_dir: Path, stats: list[dict], cfg) -> list[dict]:
     if evals:
         rows.append({"quantity": "in-training evaluation time (s)", "value": float(sum(evals))})
     if cfg is not None:
-        from .cost import count_train_flops  # counted on the meta device (cost.py)
-
         flops = count_train_flops(cfg).train
         rows.append({"quantity": "training FLOPs per image (forward + backward)", "value": float(flops)})
         rows.append({"quantity": "training FLOPs total", "value": float(flops) * last["nimg"]})
@@ -218,15 +119,12 @@ def _geneval_tables(run_dir: Path) -> str:
     rows = [{"tag": tag, **{k: v for k, v in s.items() if isinstance(v, (int, float, str))}}
             for tag, s in summary.get("tags", {}).items()]
     rows.append({"tag": "overall", "score": summary.get("overall")})
-    return _table(rows)
+    return html_table(rows)
 
 
 def final_grid(run_dir: str | Path, *, device="cpu", progress: bool = False) -> Path:
     """`<run>/grid.png`: the run's fixed-prompt, fixed-seed grid with its final EMA weights (the demo's grid; the
     prompts are listed in the run report)."""
-    from .data.prompts import grid_nrow, grid_prompts  # eval.prompts, the world grid or the data's captions
-    from .sample import Source  # demo and sample import this module: imported here to avoid a cycle
-
     src = Source(run=run_dir, device=device)
     e = src.cfg.eval
     prompts, _ = grid_prompts(src.cfg)
@@ -237,8 +135,6 @@ def final_grid(run_dir: str | Path, *, device="cpu", progress: bool = False) -> 
 
 def run_report(run_dir: str | Path, out: str | Path | None = None, *, title: str | None = None) -> Path:
     """Write the self-contained HTML report of a run folder (default `<run>/run_report.html`); returns its path."""
-    from .config import load_yaml
-
     run_dir = Path(run_dir)
     if not (run_dir / "stats.jsonl").is_file() and not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} has neither stats.jsonl nor config.yaml: not a run folder "
@@ -254,28 +150,26 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, *, title: str
         grids.append(("final", "grid.png"))
     prompts = ""
     if cfg is not None:
-        from .data.prompts import grid_prompts
-
         try:
             listed = grid_prompts(cfg)[0]
         except (ConfigError, OSError) as e:  # a prompts file or store moved since training: the page still renders
             listed = [f"(prompts unavailable: {e})"]
         prompts = "<ol>" + "".join(f"<li>{html.escape(p)}</li>" for p in listed) + "</ol>"
-    figs = "".join(_figure(data_uri(run_dir / p), f"EMA samples at {n} images" if n != "final" else "final EMA samples")
+    figs = "".join(html_figure(data_uri(run_dir / p), f"EMA samples at {n} images" if n != "final" else "final EMA samples")
                    for n, p in grids)
     parts.append(f"<h2>Sample grids per evaluation</h2>{figs or '<p>(none yet: a finished run gets its final grid; set eval.every_nimg for grids during training)</p>'}"
                  f"<details><summary>grid prompts (row-major)</summary>{prompts}</details>")
     if (run_dir / "finetune_before.png").is_file() and (run_dir / "finetune_after.png").is_file():  # train --init
         parts.append("<h2>Fine-tuning: before / after</h2>" + "".join(
-            _figure(data_uri(run_dir / f"finetune_{w}.png"), f"{w} fine-tuning (same prompts and seed)")
+            html_figure(data_uri(run_dir / f"finetune_{w}.png"), f"{w} fine-tuning (same prompts and seed)")
             for w in ("before", "after")))
     parts.append(f"<h2>GenEval</h2>{_geneval_tables(run_dir)}")
     metrics = run_metrics(run_dir)
     rows = [{"source": src, "metric": k, "value": v} for src, vals in metrics.items() for k, v in vals.items()
             if isinstance(v, (int, float, str))]
-    parts.append(f"<h2>Metrics</h2>{_table(rows)}")
-    parts.append(f"<h2>Cost and throughput</h2>{_table(_cost(run_dir, stats, cfg))}")
+    parts.append(f"<h2>Metrics</h2>{html_table(rows)}")
+    parts.append(f"<h2>Cost and throughput</h2>{html_table(_cost(run_dir, stats, cfg))}")
     parts.append(f"<h2>Config</h2><pre>{html.escape(cfg_text)}</pre>")
     path = Path(out) if out else run_dir / "run_report.html"
-    atomic_write_text(path, _page(title or f"microt2i run — {cfg.name if cfg else run_dir.name}", "\n".join(parts)))
+    atomic_write_text(path, html_page(title or f"microt2i run — {cfg.name if cfg else run_dir.name}", "\n".join(parts)))
     return path

@@ -1,4 +1,5 @@
-"""Prompts → images: text encoding, seeded noise, a sampler from `diffusion.samplers`, CFG, codec decode."""
+"""`microt2i sample`: prompts → images from a run folder or an export (`Source`), written as PNGs, a grid and an
+index; the sampling itself is `diffusion.generate`."""
 
 from __future__ import annotations
 
@@ -7,118 +8,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors.torch import load_file
-from .config import RunConfig, check_sampling, load_yaml
-from .data.store import tensor_to_images
-from .diffusion.objectives import build_objective
-from .diffusion.guidance import cfg_denoiser
-from .diffusion.samplers import count_diverged, get_sampler
+
+from .diffusion.generate import generate, latent_size
 from .io import atomic_write_bytes, atomic_write_text
-from .models import from_pretrained
-from .progress import Progress
-
-
-def initial_noise(n: int, shape: tuple[int, ...], sigma_max: float, seed: int, device,
-                  first_index: int = 0) -> torch.Tensor:
-    """Image i's noise depends only on (seed, i): a grid is the same whatever the batch size. `first_index` numbers
-    the images from there, so a long list sampled in chunks equals the list sampled at once."""
-    out = [torch.randn(shape, generator=torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i])
-                        .generate_state(1)[0]))) for i in range(first_index, first_index + n)]
-    return torch.stack(out).to(device, torch.float64) * sigma_max
-
-
-def latent_size(cfg: RunConfig, size: tuple[int, int] | None = None) -> tuple[int, int]:
-    """The latent (h, w) of pixel `size` = (height, width): the model's square when None; else DiT-I only, each side
-    a multiple of the VAE factor × patch and height·width within data.resolution² (an aspect bucket, data/buckets.py)."""
-    m, res = cfg.model, cfg.data.resolution
-    if size is None:
-        return m.input_size, m.input_size
-    h, w = size
-    f = res // m.input_size
-    mult = f * m.patch_size
-    if m.family != "dit-i":
-        raise ValueError(f"--width/--height sample DiT-I only (model.family={m.family!r} samples its {res}² square)")
-    if h <= 0 or w <= 0 or h % mult or w % mult or h * w > res * res:
-        raise ValueError(f"--height {h} --width {w}: each must be a multiple of {mult} (VAE factor {f} × patch "
-                         f"{m.patch_size}) with height·width <= {res}² (e.g. the run's buckets: `microt2i sample "
-                         f"--height {res // 2 // mult * mult or mult} --width {res * 2 // mult * mult}`)")
-    return h // f, w // f
-
-
-@torch.no_grad()
-def generate(net, cfg: RunConfig, text_tokens, text_mask, null_tokens, null_mask, *, codec, sampler: str | None = None,
-             steps: int | None = None, cfg_scale: float | None = None, seed: int | None = None,
-             batch_size: int = 64, device="cpu", progress: bool = False, first_index: int = 0,
-             desc: str = "sample", work: str = "", sampler_fn=None, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Sample one image per caption embedding; returns uint8 [N, H, W, 3].
-
-    `eval.clamp` clips x̂0 in every step; `eval.eta` > 0 (ddim only) draws its fresh noise from a generator seeded by
-    (seed, first image of the batch), so those samples also depend on `batch_size`. `progress` reports every sampler step
-    (progress.py: a bar with images/s and ETA on a terminal, status lines in a log). Image k of the call uses the noise
-    of (seed, first_index + k), so one image of a larger call can be drawn alone (serve.py). `size` = (height, width)
-    in pixels samples DiT-I at an aspect bucket's size (`latent_size`); None = the model's square."""
-    e = cfg.eval
-    name = sampler or e.sampler
-    sampler_fn = sampler_fn or get_sampler(name)  # sampler_fn: a diffusers scheduler run by the pipeline
-    if e.eta and name != "ddim":
-        raise ValueError(f"eval.eta={e.eta} applies to the ddim sampler only, not {name!r}; set eval.eta=0")
-    steps = e.steps if steps is None else steps
-    scale = e.cfg_scale if cfg_scale is None else cfg_scale
-    check_sampling(steps, scale)
-    seed = e.seed if seed is None else seed
-    m = cfg.model
-    objective = build_objective(cfg.objective)
-    net = net.to(device).eval()
-    sigmas = objective.sampling_sigmas(steps, device=device)
-    n = text_tokens.shape[0]
-    noise = initial_noise(n, (m.in_channels, *latent_size(cfg, size)), float(sigmas[0]), seed, device, first_index)
-    images = []
-    bar = Progress(n, desc=desc, unit="img", enabled=progress, decimals=1,
-                   work=work or f"{name} {steps} steps, CFG {scale:g}, batches of {min(batch_size, n)}")
-    n_steps = len(sigmas) - 1
-    for i in range(0, n, batch_size):
-        sl = slice(i, i + batch_size)
-        b = noise[sl].shape[0]
-        precond = objective.denoiser(net)  # one per trajectory: a self-conditioning network carries state in it
-        denoise = cfg_denoiser(precond, text_tokens[sl].to(device).float(), text_mask[sl].to(device),
-                               null_tokens.to(device).float().expand(b, -1, -1), null_mask.to(device).expand(b, -1), scale)
-        opts = {"clamp": e.clamp} if e.clamp else {}
-        if e.eta:
-            gen_seed = int(np.random.SeedSequence([seed, first_index + i, 1]).generate_state(1)[0])
-            opts.update(eta=e.eta, generator=torch.Generator().manual_seed(gen_seed))
-        x0 = sampler_fn(denoise, noise[sl], sigmas, callback=lambda _, b=b: bar.update(b / n_steps), **opts)
-        bad = count_diverged(x0)
-        if bad:  # a diverged network: refuse rather than write black squares or score them
-            raise FloatingPointError(f"the network produced NaN / Inf (or overflowing) images for {bad} of {b} samples: "
-                                     f"its weights diverged in training. Re-train it with a lower train.lr (it "
-                                     f"resumes from the newest finite checkpoint)")
-        images.append(tensor_to_images(codec.decode(x0.float())))
-    bar.close()
-    return np.concatenate(images)
-
-
-def load_run(run_dir: str | Path, device="cpu"):
-    """(config, EMA network, null tokens, null mask) of a finished run folder."""
-    run_dir = check_source(run=run_dir)
-    null = load_file(str(run_dir / "null_text.safetensors"))
-    return (load_yaml(run_dir / "config.yaml"), from_pretrained(run_dir / "ema", device=device),
-            null["tokens"], null["mask"].bool())
-
-
-def check_source(run: str | Path | None = None, model: str | Path | None = None) -> Path:
-    """The run folder (with its final EMA weights) or export folder to sample from; a clear error otherwise."""
-    if (run is None) == (model is None):
-        from .config import ConfigError
-
-        raise ConfigError("sample from exactly one of a run folder (--run) or an exported model folder (--model)")
-    if run is not None:
-        if not (Path(run) / "ema" / "model.safetensors").exists():
-            raise FileNotFoundError(f"{run} has no ema/model.safetensors; train it to the end first (`microt2i train`)")
-        return Path(run)
-    if not (Path(model) / "model_index.json").is_file():
-        raise FileNotFoundError(f"{model} has no model_index.json: not an export (`microt2i export RUN {model}`)")
-    return Path(model)
+from .train.artifacts import check_source, load_run
+import re
+from PIL import Image
+from .data.captions import read_text_utf8
+from .encoders import TextEncoder, codec_of
+from .eval.pages import save_grid
+from .pipeline import MicroT2IPipeline
 
 
 def read_prompts(prompts: list[str] | None = None, prompts_file: str | Path | None = None) -> list[str]:
@@ -128,7 +27,6 @@ def read_prompts(prompts: list[str] | None = None, prompts_file: str | Path | No
         p = Path(prompts_file)
         if not p.is_file():
             raise FileNotFoundError(f"prompts file {str(p)!r} does not exist; pass one prompt per line")
-        from .data.captions import read_text_utf8
 
         lines = [ln.strip() for ln in read_text_utf8(p).splitlines() if ln.strip()]
         out += [json.loads(ln)["prompt"] for ln in lines] if p.suffix == ".jsonl" else lines
@@ -145,13 +43,9 @@ class Source:
         self.path = check_source(run, model)
         self.is_export, self.device = model is not None, device
         if self.is_export:
-            from .pipeline import MicroT2IPipeline
-
             self.pipe = MicroT2IPipeline.from_export(model, device=device)
             self.cfg = self.pipe.run_config()
         else:
-            from .encoders import TextEncoder, codec_of
-
             self.cfg, self.net, self.null_tokens, self.null_mask = load_run(run, device=device)
             self.text = TextEncoder(self.cfg.data.text_encoder, max_length=self.cfg.data.text_len, device=device)
             self.codec = codec_of(self.cfg.data, device=device)
@@ -208,8 +102,6 @@ def clean_samples(out_dir: Path) -> int:
     """Delete what an earlier `write_samples` left in `out_dir` (NNNN.png, grid.png, samples.jsonl); other files stay.
     Only a folder with a samples.jsonl is a samples folder: elsewhere (e.g. a folder of your own pictures) nothing
     is deleted."""
-    import re
-
     if not (out_dir / "samples.jsonl").is_file():
         return 0
     old = [p for p in out_dir.iterdir() if p.is_file() and (re.fullmatch(r"\d{4,}\.png", p.name)
@@ -225,10 +117,6 @@ def write_samples(images: np.ndarray, prompts: list[str], out_dir: str | Path, s
     """One PNG per image (`out_dir/0000.png`, …), a grid (`grid`, default `out_dir/grid.png`) and `samples.jsonl`
     (file, prompt, the prompt before extension, image index = its noise seed's index, settings). The previous call's
     images and grid in `out_dir` are removed first, so the folder and its index hold exactly this call's images."""
-    from PIL import Image
-
-    from .report import save_grid
-
     out_dir = Path(out_dir)
     removed = clean_samples(out_dir)
     if removed:

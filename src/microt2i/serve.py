@@ -28,7 +28,8 @@ from PIL import Image
 
 from .config import ConfigError, load_yaml
 from .encoders.extender import make_extender
-from .report import read_stats, run_metrics
+from .report import run_metrics
+from .eval.pages import read_stats
 from .sample import Source
 
 MAX_LOADED = 2  # runs kept in memory (least recently used one is dropped)

@@ -1,4 +1,4 @@
-"""Crop image augmentation (paper 000 §2.2, App. F): the model sees only a square crop of the image's tokens.
+"""Crop image augmentation (ImageNet-T2I §2.2, App. F): the model sees only a square crop of the image's tokens.
 
 The authors never released Crop, so every choice here is ours and written down:
 
@@ -11,7 +11,7 @@ The authors never released Crop, so every choice here is ours and written down:
   every row of `keep_mask`, so the Bernoulli(p) and the side are drawn once per micro-batch and the top-left
   corner per sample. The expected fraction of cropped samples is still p.
 - **Crop-coordinate token**: the normalised box (x0, y0, x1, y1) ∈ [0, 1]⁴ is embedded by a small learned MLP
-  (`CropEmbedder`) into one token appended to the caption tokens (always visible, also when the caption is
+  (`models.layers.CropEmbedder`) into one token appended to the caption tokens (always visible, also when the caption is
   dropped for CFG). Uncropped samples and inference say "whole image", the box (0, 0, 1, 1).
 - **Caption**: the whole image's (App. F: "We keep the same captions").
 - **MicroDiT**: its patch-mixer runs on the crop's tokens only (the network reads the crop from `crop_tokens`),
@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 
 from ..config import CropConfig
 
@@ -76,44 +75,3 @@ def sample_crop(cfg: CropConfig, grid: int, batch: int, *, generator=None,
     boxes = torch.cat([start, start + s], dim=1) / grid  # (x0, y0, x1, y1)
     boxes = boxes.to(device, torch.float32)
     return box_keep_mask(boxes, grid), boxes
-
-
-def crop_patch_mask(crop_keep: torch.Tensor, mask_ratio: float, *, generator=None) -> torch.Tensor:
-    """MicroDiT under Crop: keep a uniform random ⌊N_crop·(1 − mask_ratio)⌋ (≥ 1) of each row's crop tokens;
-    [B, N] bool, a subset of `crop_keep`."""
-    from ..models.microdit import num_kept
-
-    B, N = crop_keep.shape
-    n_crop = int(crop_keep[0].sum())
-    gen_device = generator.device if generator is not None else crop_keep.device
-    noise = torch.rand(B, N, generator=generator, device=gen_device).to(crop_keep.device)
-    noise = noise.masked_fill(~crop_keep, 2.0)  # tokens outside the crop sort last
-    ids = noise.argsort(dim=1)[:, : num_kept(n_crop, mask_ratio)]
-    return torch.zeros_like(crop_keep).scatter_(1, ids, True)
-
-
-class CropEmbedder(nn.Module):
-    """Normalised crop box [B, 4] → one crop-coordinate token [B, 1, D]: an MLP on the box mapped to [−1, 1]."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(4, dim), nn.SiLU(), nn.Linear(dim, dim))
-
-    def forward(self, boxes: torch.Tensor) -> torch.Tensor:
-        if boxes.ndim != 2 or boxes.shape[-1] != 4:
-            raise ValueError(f"crop_tokens must be normalised boxes [B, 4] = (x0, y0, x1, y1), got "
-                             f"{list(boxes.shape)}; pass augment.crop.whole_image_boxes(B) for the whole image")
-        return self.mlp(boxes.to(self.mlp[0].weight.dtype) * 2 - 1).unsqueeze(1)
-
-
-def append_crop_token(embedder: CropEmbedder, y: torch.Tensor, y_mask: torch.Tensor | None,
-                      boxes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Caption tokens y [B, L, D] (mask [B, L]) with the crop token appended: [B, L+1, D], [B, L+1]. A missing box
-    means the whole image (inference)."""
-    B, L = y.shape[:2]
-    if boxes is None:
-        boxes = whole_image_boxes(B, y.device)
-    y = torch.cat([y, embedder(boxes.to(y.device)).to(y.dtype)], dim=1)
-    if y_mask is None:
-        y_mask = torch.ones(B, L, dtype=torch.bool, device=y.device)
-    return y, torch.cat([y_mask.bool(), y_mask.new_ones(B, 1, dtype=torch.bool)], dim=1)

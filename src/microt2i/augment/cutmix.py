@@ -1,4 +1,4 @@
-"""CutMix image augmentation (paper 000 §2.2, App. E; the original code: reference/anchors.md §3.5).
+"""CutMix image augmentation (ImageNet-T2I §2.2, App. E; the original code: reference/anchors.md §3.5).
 
 Offline: every source image i gets `times` composites, k = i·times + j. Composite k pastes a partner image of a
 **different class** (the released code may pick the same class; we never do) into the source following one of
@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from collections.abc import Sequence
@@ -45,8 +46,16 @@ import torch
 from PIL import Image
 
 from ..config import CutMixConfig, DataConfig
-from ..diffusion.noise import paper_tau_to_sigma
 from ..world.scenes import article
+import multiprocessing as mp
+from ..data.captions import append_captions, read_captions, repair_tail
+from ..data.imagenet import ImageItem, try_load
+from ..data.precompute import check_shard_args, list_items, make_plan, run_store_job, world_key
+from ..data.store import (MANIFEST, Store, StoreMismatchError, cache_key, cache_root, encode_set, load_store,
+                          model_revision, open_store, save_store, store_key)
+from ..encoders.captioner import LLAVA_HUB_ID, LlavaCaptioner, shard_path
+from ..world import make_dataset, render
+from ..world.scenes import cutmix_caption, sample_scene
 
 PATTERNS = ("1/2", "1/4", "1/9", "1/16")
 FRACTION = {"1/2": 1.0, "1/4": 1 / 2, "1/9": 1 / 3, "1/16": 1 / 4}  # side of the pasted square (1/2: full side)
@@ -154,8 +163,6 @@ def make_composites(images: np.ndarray, scenes: list, cfg: CutMixConfig, *, capt
                     sources=None) -> tuple[np.ndarray, list[str], list[dict]]:
     """Composites k = i·times + j of the sources (all by default), their oracle captions and metadata
     (source, partner, pattern, box, src). A pure function of (images, scenes, cfg, k)."""
-    from ..world.scenes import cutmix_caption
-
     classes = np.array([s.main.cls for s in scenes])
     sources = range(len(images)) if sources is None else sources
     S, cache = images.shape[1], {}
@@ -181,7 +188,7 @@ def pair_caption(names: Sequence[str]) -> str:
 
 def ia_gate(sigma: torch.Tensor, tau: float, p: float, *, generator=None) -> torch.Tensor:
     """[B] bool: sample b takes its augmented twin iff σ_b > σ(τ) (τ on the paper's 1000-step linear-ᾱ scale,
-    `noise.paper_tau_to_sigma`) and Bernoulli(p) fires (Eq. 3). One uniform is drawn per sample either way."""
+    `paper_tau_to_sigma`) and Bernoulli(p) fires (Eq. 3). One uniform is drawn per sample either way."""
     gen_device = generator.device if generator is not None else sigma.device
     u = torch.rand(sigma.shape, generator=generator, device=gen_device).to(sigma.device)
     return (sigma > paper_tau_to_sigma(tau)) & (u < p)
@@ -201,16 +208,12 @@ def twin_index(idx, times: int, *, generator=None) -> np.ndarray:
 
 def cutmix_key(data_cfg: DataConfig, cfg: CutMixConfig) -> str:
     """Cache key of the composite set: the base set's key plus the augmentation parameters."""
-    from ..data.store import cache_key
-
     d = {"data": cache_key(data_cfg), "setting": cfg.setting, "times": cfg.times, "seed": cfg.seed,
          "format_version": FORMAT_VERSION}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cutmix_path(data_cfg: DataConfig, cfg: CutMixConfig) -> Path:
-    from ..data.store import cache_root
-
     return cache_root(data_cfg) / "stores" / f"cutmix-{cutmix_key(data_cfg, cfg)}"
 
 
@@ -220,9 +223,6 @@ def build_cutmix_store(data_cfg: DataConfig, cfg: CutMixConfig, make_encoders, *
     encoded and saved under `<path>.parts/`, so an interrupted build resumes at its first missing chunk; the parts
     are merged into `<path>.safetensors` at the end. `stop_after_chunks` interrupts on purpose (tests).
     Returns None when stopped early."""
-    from ..data.store import Store, encode_set, load_store, save_store
-    from ..world import make_dataset
-
     if data_cfg.source != "world":
         raise ValueError(f"the one-file composite store is the world's; data.source={data_cfg.source!r} builds its "
                          f"composites into data.store_dir with `microt2i cutmix` (build_cutmix_shards)")
@@ -299,9 +299,6 @@ class CompositeSource:
     base_key: str
 
     def load_many(self, idx, pool=None) -> dict[int, np.ndarray]:
-        from ..data.imagenet import try_load
-        from ..world import render
-
         idx = sorted(set(int(i) for i in idx))
         if self.paths is None:
             return {i: render(self.scenes[i], self.resolution) for i in idx}
@@ -324,17 +321,11 @@ def _class_of(key: str, label: int) -> str:
 def composite_source(data_cfg: DataConfig) -> CompositeSource:
     """The finished base store of `data_cfg` (refusing one built with other settings) and what CutMix needs of it;
     one clear error for a source without classes, a single class, or a missing base store."""
-    from ..data.imagenet import ImageItem
-    from ..data.precompute import list_items, world_key
-    from ..data.store import open_store, store_key
-
     if data_cfg.source not in CUTMIX_SOURCES:
         raise ValueError(f"CutMix pastes an image of another class, and data.source={data_cfg.source!r} has no "
                          f"classes; use data.source=imagenet, or data.source=folder with one sub-folder per class")
     items = list_items(data_cfg)
     if data_cfg.source == "world":
-        from ..world.scenes import sample_scene
-
         scenes = {world_key(data_cfg.seed, i): sample_scene(np.random.default_rng([data_cfg.seed, i]),
                                                             max_objects=data_cfg.max_objects) for i in items}
         by_key = {k: (s.main.cls, s.main.cls) for k, s in scenes.items()}
@@ -384,7 +375,6 @@ def composite_captioner(data_cfg: DataConfig, model: str, max_new_tokens: int) -
         return {"kind": "world", "captioner": f"world-oracle:{data_cfg.captions}"}
     if data_cfg.captions == "aio":
         return {"kind": "aio", "captioner": "aio-pair"}
-    from ..data.store import model_revision
 
     return {"kind": "llava", "captioner": f"llava:{model}", "max_new_tokens": max_new_tokens,
             "captioner_revision": model_revision(model, "LLaVA-NeXT captioner")}  # a model not on disk: fails here
@@ -401,11 +391,6 @@ def build_cutmix_shards(data_cfg: DataConfig, cfg: CutMixConfig, *, model: str |
     (fixed batches from the shard's start) to this job's `captions[.shardI-of-N].tsv` in the folder, so a killed job
     redoes at most one batch and the same batches as an uninterrupted one. `captioner` replaces the LLaVA model
     (anything with `caption(images, metas=)`). Returns precompute's summary."""
-    from ..data.captions import append_captions, read_captions, repair_tail
-    from ..data.precompute import check_shard_args, make_plan, run_store_job
-    from ..data.store import store_key
-    from ..encoders.captioner import LLAVA_HUB_ID, LlavaCaptioner, shard_path
-
     check_shard_args(num_shards, shard_index)
     model = model or LLAVA_HUB_ID
     src = composite_source(data_cfg)
@@ -438,13 +423,9 @@ def build_cutmix_shards(data_cfg: DataConfig, cfg: CutMixConfig, *, model: str |
         return [done.get(k, out.get(k)) for k in ks]
 
     def load_shard(s: int, report):
-        from ..world.scenes import cutmix_caption
-
         ks = list(range(s * data_cfg.shard_size, min((s + 1) * data_cfg.shard_size, len(keys))))
         plans = [(k // T, *plan_composite(k // T, k % T, src.classes, cfg, size, state["partners"])) for k in ks]
         if workers > 0 and state["pool"] is None and src.paths is not None:
-            import multiprocessing as mp
-
             state["pool"] = mp.get_context("spawn").Pool(workers)
         pixels = src.load_many([i for i, *_ in plans] + [p for _, p, *_ in plans], state["pool"])
         images, records, texts = [], [], []
@@ -478,8 +459,6 @@ def build_cutmix_shards(data_cfg: DataConfig, cfg: CutMixConfig, *, model: str |
 def open_cutmix_store(data_cfg: DataConfig, cfg: CutMixConfig):
     """The finished composite store of (data_cfg, cfg) for training, refusing one that pairs another base store or
     was built with other settings (one error naming the fields and the fix)."""
-    from ..data.store import MANIFEST, StoreMismatchError, open_store, store_key
-
     path = cutmix_dir(data_cfg, cfg)
     if not (path / MANIFEST).is_file():
         raise FileNotFoundError(f"the CutMix composites of this config ({path}) are not built: run `microt2i cutmix "
@@ -497,3 +476,27 @@ def open_cutmix_store(data_cfg: DataConfig, cfg: CutMixConfig):
         raise StoreMismatchError(f"the CutMix composites {path} were built with other settings ({what}); delete "
                                  f"{path} and run `microt2i cutmix` with this config again")
     return store
+
+
+def paper_tau_to_sigma(tau: float = 400, T: int = 1000) -> float:
+    """The ImageNet paper's IA threshold τ (of T steps) as an EDM σ: IA applies iff σ > this.
+
+    That paper's schedule is linear in ᾱ: ᾱ = 1 − t with t = τ/T, so τ = 400 ⇒ ᾱ = 0.6 ⇒ σ = √(0.4/0.6) ≈ 0.816.
+    """
+    if not 0 < tau < T:
+        raise ValueError(f"tau={tau} must lie strictly between 0 and T={T}")
+    alpha_bar = 1 - tau / T
+    return math.sqrt((1 - alpha_bar) / alpha_bar)  # diffusion.noise.alpha_bar_to_sigma, in floats
+
+
+def describe(aug) -> str:
+    """One line naming the active image augmentation of an `AugmentConfig` ("none" when off)."""
+    parts = []
+    cm, crop = aug.cutmix, aug.crop
+    if cm.enabled:
+        sigma = paper_tau_to_sigma(cm.tau)
+        parts.append(f"CutMix CM-{cm.setting} p={cm.p} above τ={cm.tau:g}/1000 (σ > {sigma:.3f}), "
+                     f"{cm.times} composite(s) per image")
+    if crop.enabled:
+        parts.append(f"Crop p={crop.p}, side ≥ {crop.min_side:.0%}")
+    return "; ".join(parts) or "none"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from PIL import Image
 
 from ..config import ConfigError
 
@@ -62,8 +63,6 @@ def assign_bucket(h: int, w: int, buckets: list[tuple[int, int]]) -> int:
 
 def resize_to_bucket(img, h: int, w: int):
     """PIL image → PIL image of exactly w × h: scaled (bicubic) to cover it, then the central crop."""
-    from PIL import Image
-
     img = img.convert("RGB")
     W, H = img.size
     s = max(w / W, h / H)

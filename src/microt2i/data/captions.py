@@ -1,7 +1,7 @@
-"""Caption files: image key → one or more captions (paper 000 §2.1: long LLaVA captions replace AIO captions).
+"""Caption files: image key → one or more captions (ImageNet-T2I §2.1: long LLaVA captions replace AIO captions).
 
 Formats, picked by the path:
-- TSV (`.tsv`, `.txt`): `filename<TAB>caption` per line, as the authors' `captions.tsv` (anchors §3.6); a key may
+- TSV (`.tsv`, `.txt`): `filename<TAB>caption` per line, as the authors' `captions.tsv` (T2I-ImageNet's captioning code); a key may
   repeat (several captions per image); an optional header line `filename<TAB>caption` is skipped.
 - CSV (`.csv`, read only): a header naming the key and caption columns.
 - JSONL (`.jsonl`): one object per line, `{"key" | "filename": ..., "caption": str}` or `"captions": [str, ...]`.
@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from ..io import atomic_write_text
+from ..encoders.hub import offline
 
 KEY_COLUMNS = ("key", "filename", "file_name", "image", "path", "image_id", "id", "__key__")
 CAPTION_COLUMNS = ("caption", "captions", "text", "long_caption", "llava_caption")
@@ -145,16 +146,14 @@ def load_hf_dataset(source: str, split: str = "train", *, error=ValueError, spli
     """A HF `datasets` set from a `save_to_disk` folder or a hub id, split `split` of a DatasetDict. A failed load
     raises `error` (a missing split `split_error`, default `error`) with one line naming the input and the fix;
     with HF_HUB_OFFLINE set after import, the hub is not retried."""
-    import datasets
-    import huggingface_hub
-
-    from ..encoders.hub import _offline
+    import datasets  # optional extra `data`: Hub / saved data sets only
+    import huggingface_hub  # only when a Hub id has to be resolved
 
     # both libraries read HF_HUB_OFFLINE once at import; honour a later setting instead of retrying the hub
     flags = [(datasets.config, "HF_HUB_OFFLINE"), (huggingface_hub.constants, "HF_HUB_OFFLINE")]
     saved = [getattr(m, a) for m, a in flags]
     try:
-        if _offline():
+        if offline():
             for m, a in flags:
                 setattr(m, a, True)
         folder = Path(source).expanduser()

@@ -1,4 +1,4 @@
-"""Filtered dataset builder (paper 003 §4 "CIFAR-Captions"): keep images whose image–text score for a class prompt
+"""Filtered dataset builder (MicroDiT §4 "CIFAR-Captions"): keep images whose image–text score for a class prompt
 exceeds a threshold, and write the kept set with its scores.
 
 The paper scores web images with CLIP ViT-H-14, averaging the CLIP score over CLIP's eighteen CIFAR prompt
@@ -21,8 +21,13 @@ import numpy as np
 
 from ..config import DataConfig
 from ..io import atomic_write_text
+import torch.nn.functional as F
+from .imagenet import IngestReport, try_load
+from .precompute import list_items, world_key
+from ..encoders.clip import load_image_text_model
+from ..world import CLASSES, detect, make_dataset
 
-# CLIP's eighteen CIFAR-10 prompt templates (paper 003 §4 averages the CLIP score over them)
+# CLIP's eighteen CIFAR-10 prompt templates (MicroDiT §4 averages the CLIP score over them)
 CIFAR_TEMPLATES = tuple(f"a {q}photo of {a} {{}}." for a in ("a", "the") for q in (
     "", "blurry ", "black and white ", "low contrast ", "high contrast ", "bad ", "good ")) + tuple(
     f"a photo of {a} {s} {{}}." for a in ("a", "the") for s in ("small", "big"))
@@ -31,8 +36,6 @@ PAPER_THRESHOLD = 0.25  # CLIP ViT-H-14 score threshold of CIFAR-Captions
 
 def clip_class_scores(images: np.ndarray, classes: Sequence[str], model, templates=CIFAR_TEMPLATES) -> np.ndarray:
     """[N, K] mean over templates of cos(image, template(class)) for `model` (eval.clipscore.ImageTextModel)."""
-    import torch.nn.functional as F
-
     img = F.normalize(model.embed_images(images), dim=-1)  # [N, E]
     texts = [t.format(c) for c in classes for t in templates]
     txt = F.normalize(model.embed_texts(texts)[0], dim=-1).view(len(classes), len(templates), -1)
@@ -41,8 +44,6 @@ def clip_class_scores(images: np.ndarray, classes: Sequence[str], model, templat
 
 def world_class_scores(images: np.ndarray, classes: Sequence[str]) -> np.ndarray:
     """[N, K] highest detector confidence of each class in each image (0 when not detected)."""
-    from ..world import detect
-
     out = np.zeros((len(images), len(classes)))
     col = {c: k for k, c in enumerate(classes)}
     for i, img in enumerate(images):
@@ -54,14 +55,9 @@ def world_class_scores(images: np.ndarray, classes: Sequence[str]) -> np.ndarray
 
 def _batches(data: DataConfig, batch_size: int):
     """(images uint8 [n, R, R, 3], keys, labels, class names) per batch; unreadable images are dropped and counted."""
-    from .imagenet import IngestReport, try_load
-    from .precompute import list_items, world_key
-
     items = list_items(data)
     report = IngestReport()
     if data.source == "world":
-        from ..world import CLASSES, make_dataset
-
         images, _, scenes = make_dataset(len(items), seed=data.seed, resolution=data.resolution, captions="aio",
                                          max_objects=data.max_objects)
         report.total = report.kept = len(items)
@@ -98,8 +94,6 @@ def filter_dataset(data: DataConfig, out: str | Path, *, classes: Sequence[str],
     if scorer == "world":
         score_fn = world_class_scores
     else:
-        from ..eval.clipscore import load_image_text_model
-
         model = load_image_text_model(scorer, device=device)
         score_fn = lambda imgs, cls: clip_class_scores(imgs, cls, model, templates)  # noqa: E731
     col = {c: k for k, c in enumerate(classes)}

@@ -1,6 +1,6 @@
 """ImageNet as users have it on disk, and plain image folders: listing, labels, decoding, resize + centre crop.
 
-Layouts (paper 000 trains on ImageNet-1k train, 256² and 512²):
+Layouts (ImageNet-T2I trains on ImageNet-1k train, 256² and 512²):
 - `train/<synset>/*.JPEG` (the official train tarball, extracted);
 - `val/<synset>/*.JPEG` (after the usual `valprep.sh`), or flat `val/*.JPEG` plus a labels file: lines
   `filename synset` / `filename,synset` / `filename class-index`, or Kaggle's `LOC_val_solution.csv`.
@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .synsets import imagenet_classes, synset_to_index
+from .captions import read_text_utf8
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".webp", ".bmp")
 _SYNSET = re.compile(r"n\d{8}")
@@ -77,7 +78,6 @@ def _read_labels(labels_file: Path) -> dict[str, str]:
                                 f"'filename synset' lines or LOC_val_solution.csv>, or use the val/<synset>/ layout")
     synsets = [s for s, _ in imagenet_classes()]
     out: dict[str, str] = {}
-    from .captions import read_text_utf8
 
     text = read_text_utf8(labels_file)
     rows = (list(csv.reader(io.StringIO(text, newline=""))) if labels_file.suffix.lower() == ".csv"

@@ -1,4 +1,4 @@
-"""Your own image–caption data into the sharded store (issue 15): listing, decoding, filtering, caption cleaning.
+"""Your own image–caption data into the sharded store: listing, decoding, filtering, caption cleaning.
 
 Sources (`data.source`, `data.root`), beside `world`, `imagenet` and `folder` (data/imagenet.py):
 - `sidecar`: a folder of images, each with a caption next to it: `cat.jpg` + `cat.txt` (the whole file) or
@@ -12,7 +12,7 @@ Sources (`data.source`, `data.root`), beside `world`, `imagenet` and `folder` (d
 - `hf`: a `datasets` dataset with an image and a text column: a `save_to_disk` folder or a hub id (`data.split`),
   columns `data.image_column` / `data.caption_column` or the usual names.
 
-`data.min_resolution` skips images whose short side is smaller (MicroDiT trains its 512² stage on images ≥ 512, 003
+`data.min_resolution` skips images whose short side is smaller (MicroDiT trains its 512² stage on images ≥ 512, MicroDiT
 §4 and its `convert.py`'s `min_image_size`); `data.clean_captions` runs `clean_caption`, MicroDiT's caption cleaner
 (DeepFloyd-IF's: URLs, HTML, handles, ids, file names, shop spam and stray punctuation removed, lower-cased).
 Skips are counted per reason in the precompute report ("below min_resolution", "no caption", "empty caption", …).
@@ -38,6 +38,14 @@ from PIL import Image, UnidentifiedImageError
 from ..config import DataConfig
 from .captions import CAPTION_COLUMNS, KEY_COLUMNS, decode_utf8, read_text_utf8
 from .imagenet import IMAGE_SUFFIXES, ImageItem, UnreadableImage, list_folder, resize_center_crop, try_load
+from .captions import load_hf_dataset, pick_caption
+from .buckets import assign_bucket, resize_to_bucket
+from .remote import fetch_shards, is_remote
+from .store import cache_root
+from ..encoders.captioner import TemplateCaptioner
+from ..io import atomic_write_bytes, atomic_write_text
+from ..world import make_dataset
+from ..world.scenes import BACKGROUNDS
 
 INGEST_SOURCES = ("sidecar", "webdataset", "hf")
 IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "img")
@@ -63,8 +71,6 @@ def list_ingest(data: DataConfig) -> list[IngestItem]:
     if data.source == "sidecar":
         return list_sidecar(data.root, data.caption_column)
     if data.source == "webdataset":
-        from .store import cache_root
-
         return list_webdataset(data.root, data.image_column, data.caption_column, cache=cache_root(data))
     if data.source == "hf":
         return list_hf(data.root, data.split, data.image_column, data.caption_column)
@@ -129,13 +135,9 @@ def _split_member(name: str) -> tuple[str, str]:
 def list_webdataset(root: str, image_column: str = "", caption_column: str = "", cache=None) -> list[IngestItem]:
     """Every sample of every shard; a sample is the members sharing a key. Key = `<shard stem>/<sample key>`.
     A URL or `pipe:` root is fetched into `cache` first (data/remote.py), then read like local shards."""
-    from .remote import fetch_shards, is_remote
-
     items = []
     image_exts = (image_column,) if image_column else _EXTS
     if is_remote(root):
-        from .store import cache_root
-
         shards = fetch_shards(root, Path(cache) if cache else cache_root())
     else:
         shards = expand_shards(root)
@@ -209,9 +211,7 @@ def open_hf(source: str, split: str = "train", image_column: str = ""):
     key = (source, split, image_column)
     if key in _HF_CACHE:
         return _HF_CACHE[key]
-    import datasets
-
-    from .captions import load_hf_dataset
+    import datasets  # optional extra `data`: Hub / saved data sets only
 
     ds = load_hf_dataset(source, split, error=FileNotFoundError, split_error=ValueError, hint="set data.root/data.split")
     col = image_column or next((c for c in IMAGE_COLUMNS if c in ds.column_names), None)
@@ -258,8 +258,6 @@ def decode_image(src, resolution: int, min_resolution: int = 0, buckets=None) ->
             if img.mode != "RGB":
                 img = img.convert("RGBA").convert("RGB") if "transparency" in img.info else img.convert("RGB")
             if buckets:
-                from .buckets import assign_bucket, resize_to_bucket
-
                 h, w = buckets[assign_bucket(img.size[1], img.size[0], buckets)]
                 return np.asarray(resize_to_bucket(img, h, w), dtype=np.uint8)
             return np.asarray(resize_center_crop(img, resolution), dtype=np.uint8)
@@ -317,13 +315,9 @@ def item_caption(item, seed: int) -> str | None:
     """The caption precompute stores for `item`: the AIO template of an ImageNet / folder class name, one fixed draw
     among an ingest item's captions (as `precompute._set_caption`), None when it has none."""
     if isinstance(item, ImageItem):
-        from ..encoders.captioner import TemplateCaptioner
-
         return TemplateCaptioner.for_name(item.name)
     if not item.captions:
         return None
-    from .captions import pick_caption
-    from .precompute import hash_key
 
     return pick_caption(list(item.captions), seed, 0, hash_key(item.key))
 
@@ -411,12 +405,7 @@ def write_world_folder(out: str | Path, n: int, *, seed: int = 0, resolution: in
                        captions: str = "long", max_objects: int = 3, scan: int | None = None) -> list[str]:
     """The world as a `sidecar` folder: PNG + .txt caption per item, keeping only the first `n` world items (in
     index order) whose background is in `backgrounds` (all when empty) — a "style" subset of the pre-training world
-    for fine-tuning (paper 000 §5: fine-tune on task-specific data). Keys are `world_key`s. Returns them."""
-    from ..io import atomic_write_bytes, atomic_write_text
-    from ..world import make_dataset
-    from ..world.scenes import BACKGROUNDS
-    from .precompute import world_key
-
+    for fine-tuning (ImageNet-T2I §5: fine-tune on task-specific data). Keys are `world_key`s. Returns them."""
     bad = [b for b in backgrounds if b not in BACKGROUNDS]
     if bad:
         raise ValueError(f"unknown world background(s) {bad}; choose among {', '.join(BACKGROUNDS)}")
@@ -441,3 +430,13 @@ def write_world_folder(out: str | Path, n: int, *, seed: int = 0, resolution: in
     if len(keys) < n:
         raise ValueError(f"only {len(keys)} of the first {limit} world items have background {list(backgrounds)}")
     return keys
+
+
+def world_key(seed: int, i: int) -> str:
+    """The key of world item i (the keys `microt2i caption --source world` writes)."""
+    return f"world-{seed}/{i:07d}"
+
+
+def hash_key(key: str) -> int:
+    """A stable integer of a sample key (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")

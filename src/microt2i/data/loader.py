@@ -19,6 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .sampler import ResumableSampler
+from safetensors.torch import save
+from .store import EMPTY, PLAN, ShardedStore, finalize_store, write_shard
+from ..io import atomic_write_bytes, atomic_write_text
 
 
 class _Rows(Dataset):
@@ -90,11 +93,6 @@ def iterate(store, sampler: ResumableSampler, *, start: int, end: int, micro: in
 
 def _bench_store(folder: Path, num_samples: int, shard_size: int, latent_shape, text_shape) -> None:
     """A store of random fp16 latents and text states in `folder`, in the layout precompute writes."""
-    from safetensors.torch import save
-
-    from ..io import atomic_write_bytes, atomic_write_text
-    from .store import EMPTY, PLAN, finalize_store, write_shard
-
     num_shards = -(-num_samples // shard_size)
     fields = {"text_store": "embeddings", "latent_mode": "sample", "bench": True}
     atomic_write_text(folder / PLAN, json.dumps({"key": "bench", "fields": fields, "content": {},
@@ -119,8 +117,6 @@ def loader_throughput(*, num_samples: int = 4096, workers: int = 0, micro: int =
     """Samples/s of the loader over a temporary store of 256²-SD-VAE-shaped fp16 latents (4×32×32) and 77×1024 fp16
     text states (MicroDiT's caption features): shuffled micro-batches read by memory map through `workers`
     processes. The first epoch warms the page cache; the median of the following epochs is reported."""
-    from .store import ShardedStore
-
     with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="microt2i-loader-bench-") as d:
         t0 = time.perf_counter()
         _bench_store(Path(d), num_samples, shard_size, latent_shape, text_shape)

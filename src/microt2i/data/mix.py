@@ -1,5 +1,5 @@
 """Several stores mixed by weight into one training stream (MicroDiT trains on CC12M, SA-1B, JourneyDB, DiffusionDB
-and TextCaps at once, 003 §4).
+and TextCaps at once, MicroDiT §4).
 
 `MixedStore(stores, weights)` is one Store-like object (`len`, `batch`, `null_text`, `text_tokens.shape`) that the
 trainer reads through its usual `ResumableSampler`, so the stream stays a pure function of (seed, images seen):
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, DataConfig
+from .store import CONFIG_KEY_FIELDS, StoreMismatchError, open_store, store_key
 
 
 def mixture_quotas(sizes: list[int], weights: list[float]) -> list[int]:
@@ -115,8 +116,6 @@ def open_mixture(data: DataConfig, *, seed: int = 0, text_encoder=None, log=prin
     """The mixture of `data.mix`'s finished stores; each must have been built with the config's codec, resolution
     and text encoder (the fields `store_key` checks, except the source-specific ones). `text_encoder()` makes the
     encoder that stores of token ids (`data.text_store=ids`) need."""
-    from .store import CONFIG_KEY_FIELDS, StoreMismatchError, open_store, store_key
-
     if not data.mix:
         raise ConfigError("data.mix is empty: list the stores, e.g. data.mix='[{store_dir: a, weight: 2}, "
                           "{store_dir: b, weight: 1}]'")

@@ -25,9 +25,16 @@ from ..config import DataConfig
 from ..io import atomic_write_bytes, atomic_write_text
 from ..progress import Progress
 from .imagenet import IngestReport, list_folder, list_imagenet
-from .ingest import INGEST_SOURCES, finish_caption, ingest_content, item_caption, item_loader, list_ingest
-from .store import (CONFIG_KEY_FIELDS, EMPTY, PLAN, StoreMismatchError, finalize_store, images_to_tensor, key_hash,
+from .ingest import (INGEST_SOURCES, finish_caption, hash_key, ingest_content, item_caption, item_loader, list_ingest,
+                     world_key)
+from .store import (CONFIG_KEY_FIELDS, EMPTY, PLAN, StoreMismatchError, finalize_store, key_hash,
                     shard_info, shard_name, store_key, write_shard)
+from ..world.pixels import images_to_tensor
+import glob
+from safetensors.torch import save
+from .captions import pick_caption, read_captions
+from ..encoders import TextEncoder, codec_of
+from ..world import CLASSES, make_dataset
 
 _DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -43,11 +50,6 @@ def list_items(data: DataConfig) -> list:
     return list_folder(data.root)
 
 
-def world_key(seed: int, i: int) -> str:
-    """The key of world item i (the keys `microt2i caption --source world` writes)."""
-    return f"world-{seed}/{i:07d}"
-
-
 def caption_table(data: DataConfig) -> dict[str, list[str]] | None:
     """Key → captions from `data.caption_file`, or None when captions come from the AIO template / world oracle."""
     if not data.caption_file:
@@ -56,7 +58,6 @@ def caption_table(data: DataConfig) -> dict[str, list[str]] | None:
                                     f"file (write one with `microt2i caption`); or set data.captions=aio for the "
                                     f"'An image of <class>' template")
         return None
-    from .captions import read_captions
 
     return read_captions(data.caption_file)
 
@@ -103,8 +104,6 @@ def make_plan(fields: dict, keys: list[str], content: dict, shard_size: int) -> 
 
 
 def _file_sha(spec: str) -> str:
-    import glob
-
     h = hashlib.sha256()
     for f in sorted(glob.glob(spec)) or [spec]:
         p = Path(f)
@@ -140,16 +139,12 @@ class _Encoders:
     @property
     def codec(self):
         if self._codec is None:
-            from ..encoders import codec_of
-
             self._codec = codec_of(self.data, device=self.device)
         return self._codec
 
     @property
     def text(self):
         if self._text is None:
-            from ..encoders import TextEncoder
-
             self._text = TextEncoder(self.data.text_encoder, max_length=self.data.text_len, device=self.device)
         return self._text
 
@@ -167,7 +162,6 @@ def _encode_text(enc: _Encoders, data: DataConfig, captions: list[str]) -> dict[
 def _write_empty(store_dir: Path, enc: _Encoders, data: DataConfig) -> None:
     if (store_dir / EMPTY).is_file():
         return
-    from safetensors.torch import save
 
     t = _encode_text(enc, data, [""])
     out = {"mask": t["text_mask"]}
@@ -179,8 +173,6 @@ def load_shard_images(data: DataConfig, items: list, table, pool, report: Ingest
     """(uint8 images [n, R, R, 3], records) of one shard's items; unreadable / uncaptioned ones go to `report`.
     With `buckets` (data.buckets) the images are a list of uint8 [h, w, 3], each in its aspect bucket."""
     if data.source == "world":
-        from ..world import CLASSES, make_dataset
-
         stop = items[-1] + 1  # item i depends only on (seed, i): render up to the shard's end and keep its part
         images, captions, scenes = make_dataset(stop, seed=data.seed, resolution=data.resolution,
                                                 captions=data.captions, max_objects=data.max_objects)
@@ -215,20 +207,13 @@ def load_shard_images(data: DataConfig, items: list, table, pool, report: Ingest
 
 def _set_caption(record: dict, table: dict[str, list[str]], seed: int, report: IngestReport) -> bool:
     """Give `record` its caption from the caption file; False (and a "no caption" skip) when the file has none.
-    Several captions per image: one fixed draw per sample (paper 000 §2.1 trains on one long caption each)."""
-    from .captions import pick_caption
-
+    Several captions per image: one fixed draw per sample (ImageNet-T2I §2.1 trains on one long caption each)."""
     caps = _lookup(table, record["key"])
     if not caps:
         report.add_skip(record["key"], "no caption")
         return False
     record["caption"] = pick_caption(caps, seed, 0, hash_key(record["key"]))
     return True
-
-
-def hash_key(key: str) -> int:
-    """A stable integer of a sample key (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
 
 def bytes_per_sample(data: DataConfig, latent_shape: tuple[int, ...], text_dim: int) -> dict[str, int]:

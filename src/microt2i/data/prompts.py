@@ -17,6 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ConfigError
+from ..world.grid import grid_prompts as world_grid
+from .captions import read_text_utf8
+from .holdout import split_indices
+from .mix import open_mixture
+from .store import open_store
 
 
 def read_prompts_spec(spec, key: str = "eval.prompts") -> list[str]:
@@ -27,8 +32,6 @@ def read_prompts_spec(spec, key: str = "eval.prompts") -> list[str]:
         if not p.is_file():
             raise ConfigError(f"{key}={spec!r}: no such prompts file; write one prompt per line (or pass a list: "
                               f"{key}='[\"a red cube\", \"two blue spheres\"]')")
-        from .captions import read_text_utf8
-
         lines = [ln.strip() for ln in read_text_utf8(p).splitlines() if ln.strip()]
         if p.suffix == ".jsonl":
             try:
@@ -67,27 +70,19 @@ def grid_prompts(cfg, captions=None) -> tuple[list[str], str]:
     if e.prompts:
         return read_prompts_spec(e.prompts), "eval.prompts"
     if cfg.data.source == "world":
-        from ..world.grid import grid_prompts as world_grid
-
         return [s["prompt"] for s in world_grid(e.grid_size ** 2, e.seed)], "world"
     caps = captions() if callable(captions) else captions
     if caps is None:
         caps = data_captions(cfg)
     held = None
     if getattr(cfg.data, "val_fraction", 0.0):
-        from .holdout import split_indices
-
         held = split_indices(len(caps), cfg.data.val_fraction, cfg.data.seed)[1]
     return caption_prompts(caps, e.grid_size ** 2, held), "captions"
 
 
 def data_captions(cfg) -> list[str]:
     """The captions of the run's training store (`data.store_dir`, or the mixture of `data.mix`)."""
-    from .store import open_store
-
     if cfg.data.mix:
-        from .mix import open_mixture
-
         return open_mixture(cfg.data, seed=cfg.train.seed, text_encoder=lambda: None, log=lambda *a, **k: None).captions
     if not cfg.data.store_dir:
         raise ConfigError(f"data.source={cfg.data.source!r} without data.store_dir has no captions for the sample "

@@ -27,8 +27,13 @@ import torch
 from safetensors.torch import load_file, save
 
 from ..config import ConfigError, DataConfig
-from ..diffusion.guidance import null_text
+from ..encoders.text import null_text
 from ..io import atomic_write_bytes, atomic_write_text, file_sha256
+from ..world.pixels import images_to_tensor
+from ..encoders.hub import resolve_pretrained
+from ..encoders.text import local_folder
+from ..world import make_dataset
+from ..world.vae import WORLD_VAE_DIR
 
 FORMAT_VERSION = 1
 _NOT_IN_WORLD_KEY = ("cache_dir", "store_dir", "root", "split", "labels_file", "caption_file", "latent_mode",
@@ -76,7 +81,6 @@ def cache_key(data_cfg: DataConfig) -> str:
     if d.get("latent_norm") == "scaling":  # the default before the field existed: earlier caches keep their key
         d.pop("latent_norm")
     if data_cfg.codec == "world-vae":  # the shipped VAE can be retrained: key on its config (holds scaling_factor)
-        from ..world.vae import WORLD_VAE_DIR
 
         cfg_file = WORLD_VAE_DIR / "config.json"
         d["codec_config"] = cfg_file.read_text() if cfg_file.exists() else ""
@@ -105,17 +109,6 @@ def load_store(path: str | os.PathLike) -> Store:
                  t["empty_tokens"], t["empty_mask"].bool())
 
 
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W, 3] → float [N, 3, H, W] in [−1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def tensor_to_images(x: torch.Tensor) -> np.ndarray:
-    """float [N, 3, H, W] in [−1, 1] → uint8 [N, H, W, 3]."""
-    x = (x.detach().float().clamp(-1, 1) + 1) * 127.5
-    return x.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def encode_set(images: np.ndarray, captions: list[str], codec, text_encoder, batch_size: int = 256):
     """(latents [N, C, h, w] float32, text tokens [N, L, D] float16, mask [N, L]) of uint8 images and captions, on
     the CPU; images go through the codec `batch_size` at a time."""
@@ -127,8 +120,6 @@ def encode_set(images: np.ndarray, captions: list[str], codec, text_encoder, bat
 
 
 def build_store(data_cfg: DataConfig, codec, text_encoder, *, batch_size: int = 256, log=print) -> Store:
-    from ..world import make_dataset
-
     log(f"[data] rendering {data_cfg.num_images} world images at {data_cfg.resolution}px ({data_cfg.captions} captions)")
     images, captions, _ = make_dataset(data_cfg.num_images, seed=data_cfg.seed, resolution=data_cfg.resolution,
                                        captions=data_cfg.captions, max_objects=data_cfg.max_objects)
@@ -185,14 +176,10 @@ def model_revision(spec: str, what: str) -> str:
     if spec == "pixel":
         return "pixel"
     if spec == "world-vae":
-        from ..world.vae import WORLD_VAE_DIR as folder
+        folder = WORLD_VAE_DIR
     elif what == "text encoder":
-        from ..encoders.text import _local_folder
-
-        folder = _local_folder(spec)
+        folder = local_folder(spec)
     else:
-        from ..encoders.hub import resolve_pretrained
-
         folder = resolve_pretrained(spec, what=what)
     folder = Path(folder)
     if folder.parent.name == "snapshots":

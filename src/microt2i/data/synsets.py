@@ -2,7 +2,7 @@
 
 `imagenet_classes.tsv` (shipped next to this file) holds `synset<TAB>lemmas` for class indices 0..999 (the sorted
 synset order every ImageNet-1k loader uses); the lemmas are WordNet's comma-separated names. The short human name
-is the first lemma, which is what AIO captions ("An image of <class>", paper 000 §2.1) use.
+is the first lemma, which is what AIO captions ("An image of <class>", ImageNet-T2I §2.1) use.
 """
 
 from __future__ import annotations

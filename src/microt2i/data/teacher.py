@@ -21,11 +21,12 @@ from safetensors.torch import load_file, save
 from ..config import DataConfig
 from ..io import atomic_write_bytes
 from .store import cache_key, cache_root, shard_info
+from .imagenet import IngestReport
+from .precompute import caption_table, list_items, load_shard_images
+from ..world import make_dataset
 
 
 def _world_images(data: DataConfig, n: int) -> np.ndarray:
-    from ..world import make_dataset
-
     images, _, _ = make_dataset(n, seed=data.seed, resolution=data.resolution, captions=data.captions,
                                 max_objects=data.max_objects)
     return images
@@ -34,9 +35,6 @@ def _world_images(data: DataConfig, n: int) -> np.ndarray:
 def _sharded_images(data: DataConfig, store, log):
     """Yield uint8 images of every sample of a sharded store, in store order, shard by shard: each shard's items
     loaded again the way precompute loaded them (`precompute.load_shard_images`), checked against its records."""
-    from .imagenet import IngestReport
-    from .precompute import caption_table, list_items, load_shard_images
-
     items, table, size = list_items(data), caption_table(data), data.shard_size
     for shard in store.manifest["shards"]:
         s = shard["index"]

@@ -18,6 +18,8 @@ A backbone self-conditions when it has `self_cond_rate > 0` and its forward acce
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -71,6 +73,14 @@ def for_sampling(net):
     return _SelfCondForSampling(net) if self_cond_rate(net) > 0 else net
 
 
-def kept(net, x: torch.Tensor, keep_mask: torch.Tensor | None) -> torch.Tensor:
-    """x [B, C, H, W] laid out as `net`'s output under a patch keep-mask: [B, N_keep, p²·C] (x itself if None)."""
-    return x if keep_mask is None else keep_tokens(patchify(x, net.config.patch_size), keep_mask)
+def kept(x: torch.Tensor, keep_mask: torch.Tensor | None) -> torch.Tensor:
+    """x [B, C, H, W] laid out as the backbone's output under a patch keep-mask [B, N]: [B, N_keep, p²·C] (x itself
+    if None). The patch size follows from the mask, N = H·W / p², so no network (nor a DDP/FSDP wrapper of one) is
+    asked for its config."""
+    if keep_mask is None:
+        return x
+    patch = math.isqrt(x.shape[-2] * x.shape[-1] // keep_mask.shape[-1])
+    if patch * patch * keep_mask.shape[-1] != x.shape[-2] * x.shape[-1]:
+        raise ValueError(f"keep_mask has {keep_mask.shape[-1]} tokens, which no patch size gives for a "
+                         f"{x.shape[-2]}×{x.shape[-1]} latent")
+    return keep_tokens(patchify(x, patch), keep_mask)

@@ -1,7 +1,7 @@
 """EDM: preconditioning, log-normal σ training loss, Karras sampling schedule.
 
 Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models" (EDM). The noisy input is
-x = x0 + σ·n with n ~ N(0, I); the denoiser D(x; σ) estimates x0. MicroDiT (003 §B) trains with the EDM defaults
+x = x0 + σ·n with n ~ N(0, I); the denoiser D(x; σ) estimates x0. MicroDiT (MicroDiT §B) trains with the EDM defaults
 except σ_data, raised to the latent std (0.9 for SD latents), and P_mean/P_std = −0.6/1.2 at 256 px, 0/0.6 at 512 px.
 
 The backbone knows nothing of EDM: `EDMPrecond` maps (x, σ) to its inputs and its output back to D(x; σ).
@@ -48,7 +48,7 @@ class EDMPrecond(nn.Module):
 
     def kept(self, x: torch.Tensor, keep_mask: torch.Tensor | None) -> torch.Tensor:
         """x [B, C, H, W] as the backbone's kept-token output is laid out: [B, N_keep, p²·C] (x itself if no mask)."""
-        return backbone.kept(self.net, x, keep_mask)
+        return backbone.kept(x, keep_mask)
 
     def forward(self, x: torch.Tensor, sigma, text_tokens, text_mask, *, keep_mask=None, **kw) -> torch.Tensor:
         x32 = x.to(torch.float32)
@@ -67,7 +67,7 @@ class EDMLoss:
 
     Returns the per-sample loss [B] (mean over non-batch dims), and the sampled σ [B] with `return_sigma=True`.
     With a `keep_mask` in the net kwargs (MicroDiT) the loss is averaged over the kept patches only: the target is
-    `precond.kept(x0, keep_mask)`, the clean patches of the kept tokens (003 Eq. 3; reference: masked mean).
+    `precond.kept(x0, keep_mask)`, the clean patches of the kept tokens (MicroDiT Eq. 3; reference: masked mean).
     All randomness comes from `generator` (drawn on the generator's device, so a CPU generator gives the same
     noise on every device); the trainer reseeds it every step for bit-exact resume.
     """

@@ -57,7 +57,7 @@ class FlowObjective:
         t = torch.sigmoid(sigma.log()).view(-1, *[1] * (x0.ndim - 1))  # σ/(1+σ), finite for any σ
         x_t = (1 - t) * x0 + t * noise
         v = backbone.for_loss(net, generator)(x_t, t.flatten(), text_tokens, text_mask, **net_kwargs)
-        target = backbone.kept(net, noise - x0, net_kwargs.get("keep_mask"))
+        target = backbone.kept(noise - x0, net_kwargs.get("keep_mask"))
         loss = per_sample_mse(v, target)
         if self.snr_gamma:  # min-SNR-γ: × min(SNR, γ)·t² (Hang et al. 2023 §3.4 in x0 space; noise.min_snr_weight)
             loss = loss * min_snr_weight(sigma, self.snr_gamma, "flow")

@@ -2,9 +2,9 @@
 
 `scale` follows DESIGN §3: scale = 1 is the conditional model, scale = 0 the unconditional one. CAD-I writes the
 same rule with a guidance weight w, D_cond + w·(D_cond − D_uncond), i.e. scale = 1 + w. MicroDiT samples with
-scale 3 (1.5 for its large models, 5 for qualitative grids), 003 §B.
+scale 3 (1.5 for its large models, 5 for qualitative grids), MicroDiT §B.
 
-The unconditional branch is configurable (`ObjectiveConfig.uncond`): "zero" embeddings (MicroDiT), or the text encoder's encoding of the empty string (CAD-I). Training with caption dropout must
+The unconditional branch is configurable (`ObjectiveConfig.uncond`, built by `encoders.text.null_text`): "zero" embeddings (MicroDiT), or the text encoder's encoding of the empty string (CAD-I). Training with caption dropout must
 use the same choice as sampling.
 """
 
@@ -47,20 +47,3 @@ def cfg_denoiser(precond, text_tokens, text_mask, uncond_tokens, uncond_mask, sc
         return cfg(cond, uncond, scale)
 
     return denoise
-
-
-def null_text(mode: str, empty_tokens: torch.Tensor, empty_mask: torch.Tensor):
-    """The unconditional caption (tokens [1, L, C], mask [1, L]) for CFG and for caption dropout in training.
-
-    "empty": the text encoder's encoding of "" (CAD-I). "zero": all-zero token embeddings (MicroDiT) behind a
-    single visible slot, so the null caption carries no trace of any caption's length and attention has one key.
-    `empty_tokens`/`empty_mask` ([L, C] or [1, L, C] / [L] or [1, L]) give the shape in both modes.
-    """
-    empty_tokens, empty_mask = empty_tokens.reshape(1, *empty_tokens.shape[-2:]), empty_mask.reshape(1, -1)
-    if mode == "empty":
-        return empty_tokens.float(), empty_mask.bool()
-    if mode == "zero":
-        mask = torch.zeros_like(empty_mask, dtype=torch.bool)
-        mask[:, 0] = True
-        return torch.zeros_like(empty_tokens, dtype=torch.float32), mask
-    raise ValueError(f"null_text mode {mode!r} is not one of zero, empty")

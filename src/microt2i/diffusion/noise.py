@@ -35,16 +35,6 @@ def sigma_to_alpha_bar(sigma):
     return 1 / (1 + _t(sigma) ** 2)
 
 
-def paper_tau_to_sigma(tau: float = 400, T: int = 1000) -> float:
-    """The ImageNet paper's IA threshold τ (of T steps) as an EDM σ: IA applies iff σ > this.
-
-    That paper's schedule is linear in ᾱ: ᾱ = 1 − t with t = τ/T, so τ = 400 ⇒ ᾱ = 0.6 ⇒ σ = √(0.4/0.6) ≈ 0.816.
-    """
-    if not 0 < tau < T:
-        raise ValueError(f"tau={tau} must lie strictly between 0 and T={T}")
-    return float(alpha_bar_to_sigma(1 - tau / T))
-
-
 def training_draws(objective, x0: torch.Tensor, generator: torch.Generator | None = None, sigma=None):
     """(x0 as float32, σ [B] float32, noise like x0) for one loss call, shared by every objective: σ is drawn first
     with `objective.sample_sigma` (unless given, e.g. by the IA gate on the noise level), then the noise, both from

@@ -12,7 +12,7 @@ An objective has
 - `sampling_sigmas(steps, device)`: the decreasing σ schedule, ending in 0;
 - `sigma_max`: the initial noise scale.
 
-Formulations: `edm` (EDM preconditioning, MicroDiT), `vp` (ε-prediction, CAD-I, paper 000 Eq. 1), `flow`
+Formulations: `edm` (EDM preconditioning, MicroDiT), `vp` (ε-prediction, CAD-I, ImageNet-T2I Eq. 1), `flow`
 (rectified flow, velocity target). Latent self-conditioning is handled by the objectives (`backbone.py`).
 """
 

@@ -29,13 +29,28 @@ def _state(x: torch.Tensor, sigmas: torch.Tensor):
     return x.to(dtype), torch.as_tensor(sigmas).to(device=x.device, dtype=dtype)
 
 
-def _clamped(denoise, clamp: float | None):
+def clamped(denoise, clamp: float | None):
     """`denoise` with its x̂0 clipped to [−clamp, clamp] (dynamic range of the data, e.g. 1 for [−1, 1] pixels)."""
     if not clamp:
         return denoise
     if clamp < 0:
         raise ValueError(f"clamp={clamp} must be positive (or 0 / None to switch it off)")
     return lambda x, sigma: denoise(x, sigma).clamp(-clamp, clamp)
+
+
+def _integrate(denoise, x, sigmas, callback, clamp, step):
+    """The loop every sampler shares: the float64 state, x̂0 clipping, D(x; σ_i) and the callback before step i;
+    `step(x, denoised, sigma, sigma_next, denoise)` is the sampler's own update and returns the next x."""
+    out_dtype = x.dtype
+    x, sigmas = _state(x, sigmas)
+    denoise = clamped(denoise, clamp)
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoise(x, sigma).to(x.dtype)
+        if callback is not None:
+            callback(dict(i=i, x=x, sigma=sigma, denoised=denoised))
+        x = step(x, denoised, sigma, sigma_next, denoise)
+    return x.to(out_dtype)
 
 
 @torch.no_grad()
@@ -50,14 +65,8 @@ def ddim(denoise, x, sigmas, *, callback=None, eta: float = 0.0, clamp: float | 
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"ddim eta={eta} must be in [0, 1]")
-    out_dtype = x.dtype
-    x, sigmas = _state(x, sigmas)
-    denoise = _clamped(denoise, clamp)
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = denoise(x, sigma).to(x.dtype)
-        if callback is not None:
-            callback(dict(i=i, x=x, sigma=sigma, denoised=denoised))
+
+    def step(x, denoised, sigma, sigma_next, _):
         s_up = eta * sigma_next * (1 - (sigma_next / sigma) ** 2).sqrt()  # fresh-noise std
         s_down = (sigma_next**2 - s_up**2).sqrt()  # the deterministic part lands here
         x = denoised + s_down * (x - denoised) / sigma
@@ -65,7 +74,9 @@ def ddim(denoise, x, sigmas, *, callback=None, eta: float = 0.0, clamp: float | 
             z = torch.randn(x.shape, generator=generator, dtype=x.dtype,
                             device=generator.device if generator is not None else x.device)
             x = x + s_up * z.to(x.device)
-    return x.to(out_dtype)
+        return x
+
+    return _integrate(denoise, x, sigmas, callback, clamp, step)
 
 
 def euler(denoise, x, sigmas, *, callback=None, clamp: float | None = None):
@@ -73,24 +84,19 @@ def euler(denoise, x, sigmas, *, callback=None, clamp: float | None = None):
     return ddim(denoise, x, sigmas, callback=callback, clamp=clamp)
 
 
+def _heun_step(x, denoised, sigma, sigma_next, denoise):
+    d = (x - denoised) / sigma  # Algorithm 1 line 7
+    x_next = x + (sigma_next - sigma) * d  # line 8
+    if sigma_next > 0:  # lines 9–11: average the slopes at both ends
+        d_next = (x_next - denoise(x_next, sigma_next).to(x.dtype)) / sigma_next
+        x_next = x + (sigma_next - sigma) * (d + d_next) / 2
+    return x_next
+
+
 @torch.no_grad()
 def heun(denoise, x, sigmas, *, callback=None, clamp: float | None = None):
     """EDM Algorithm 1, deterministic (S_churn = 0): Euler step, then Heun's 2nd-order correction unless σ_next = 0."""
-    out_dtype = x.dtype
-    x, sigmas = _state(x, sigmas)
-    denoise = _clamped(denoise, clamp)
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = denoise(x, sigma).to(x.dtype)
-        if callback is not None:
-            callback(dict(i=i, x=x, sigma=sigma, denoised=denoised))
-        d = (x - denoised) / sigma  # Algorithm 1 line 7
-        x_next = x + (sigma_next - sigma) * d  # line 8
-        if sigma_next > 0:  # lines 9–11: average the slopes at both ends
-            d_next = (x_next - denoise(x_next, sigma_next).to(x.dtype)) / sigma_next
-            x_next = x + (sigma_next - sigma) * (d + d_next) / 2
-        x = x_next
-    return x.to(out_dtype)
+    return _integrate(denoise, x, sigmas, callback, clamp, _heun_step)
 
 
 @torch.no_grad()
@@ -101,27 +107,23 @@ def dpmpp_2m(denoise, x, sigmas, *, callback=None, clamp: float | None = None):
 
     D' = D_i on the first step (first order). The step to σ = 0 is its limit, x_next = D_i.
     """
-    out_dtype = x.dtype
-    x, sigmas = _state(x, sigmas)
-    denoise = _clamped(denoise, clamp)
-    old_denoised = h_last = None
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = denoise(x, sigma).to(x.dtype)
-        if callback is not None:
-            callback(dict(i=i, x=x, sigma=sigma, denoised=denoised))
+    last = {"denoised": None, "h": None}  # the multistep memory: the previous step's D and h
+
+    def step(x, denoised, sigma, sigma_next, _):
         if sigma_next == 0:
             x = denoised
         else:
             h = (sigma / sigma_next).log()
             d = denoised
-            if old_denoised is not None:
-                r = h_last / h
-                d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+            if last["denoised"] is not None:
+                r = last["h"] / h
+                d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * last["denoised"]
             x = (sigma_next / sigma) * x - torch.expm1(-h) * d
-            h_last = h
-        old_denoised = denoised
-    return x.to(out_dtype)
+            last["h"] = h
+        last["denoised"] = denoised
+        return x
+
+    return _integrate(denoise, x, sigmas, callback, clamp, step)
 
 
 SAMPLERS = {"euler": euler, "heun": heun, "ddim": ddim, "dpmpp_2m": dpmpp_2m}

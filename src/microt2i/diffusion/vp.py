@@ -1,4 +1,4 @@
-"""VP ε-prediction: the objective of CAD-I (paper 000 Eq. 1; DDPM, Ho et al. 2020, in continuous time as CAD).
+"""VP ε-prediction: the objective of CAD-I (ImageNet-T2I Eq. 1; DDPM, Ho et al. 2020, in continuous time as CAD).
 
     x_t = √γ(t)·x0 + √(1−γ(t))·ε,   t ~ U(0, 1),   loss = ‖ε − ε_θ(x_t, γ(t), c)‖²  (unweighted, Eq. 1)
 
@@ -123,7 +123,7 @@ class VPObjective:
         gamma = (1 / (1 + sigma.double() ** 2)).float().view(-1, *[1] * (x0.ndim - 1))  # [B, 1, 1, 1]
         x_t = gamma.sqrt() * x0 + (1 - gamma).sqrt() * noise
         eps = backbone.for_loss(net, generator)(x_t, gamma.flatten(), text_tokens, text_mask, **net_kwargs)
-        target = backbone.kept(net, noise, net_kwargs.get("keep_mask"))
+        target = backbone.kept(noise, net_kwargs.get("keep_mask"))
         loss = per_sample_mse(eps, target)
         if self.snr_gamma:  # min-SNR-γ: × min(SNR, γ)/SNR (Hang et al. 2023 §3.4; noise.min_snr_weight)
             loss = loss * min_snr_weight(sigma, self.snr_gamma, "eps")

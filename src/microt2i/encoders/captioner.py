@@ -1,9 +1,9 @@
-"""Captioners: images (+ metadata) → captions, behind one protocol (paper 000 §2.1 "text augmentation", App. D).
+"""Captioners: images (+ metadata) → captions, behind one protocol (ImageNet-T2I §2.1 "text augmentation", App. D).
 
 - `TemplateCaptioner`: AIO captions "An image of <class>" from ImageNet synsets, class indices, names or world scenes.
 - `WorldCaptioner`: the embedded world's oracle long captions, read off scene specs (exact by construction).
 - `LlavaCaptioner`: LLaVA-NeXT (`llava-hf/llama3-llava-next-8b-hf`), "Describe this image", 200 new tokens, chat
-  prefix stripped, cut at the last full sentence (anchors §3.6). Image-token pruning (App. D): LLaVA-NeXT encodes
+  prefix stripped, cut at the last full sentence (T2I-ImageNet's captioning code). Image-token pruning (App. D): LLaVA-NeXT encodes
   the whole image plus the anyres crops (2×2 at 256², ≈2.9k image tokens); we keep only the whole-image tokens,
   and for CM1/4–1/16 composites also the tokens of the crop that holds the pasted image, with the CutMix prompt.
 """
@@ -22,10 +22,17 @@ import torch
 from ..world.scenes import Scene, aio_caption, article, long_caption
 from ..progress import Progress
 from .hub import resolve_pretrained
+import time
+from PIL import Image
+from pathlib import Path
+from ..data.captions import append_captions, read_captions, repair_tail
+from ..data.synsets import imagenet_classes
+from ..world import render
+from ..world.scenes import CLASSES, sample_scene
 
 LLAVA_HUB_ID = "llava-hf/llama3-llava-next-8b-hf"
 DEFAULT_PROMPT = "Describe this image"
-# Paper 000 App. D, "Captioning CutMix images" (one prompt for CM1/2 and CM1/4–1/16).
+# ImageNet-T2I App. D, "Captioning CutMix images" (one prompt for CM1/2 and CM1/4–1/16).
 COMPOSITE_PROMPT = (
     "Describe this image. Consider all the objects in the picture. Describe them, describe their position and "
     "their relation. Do not consider the image as a composite of images. The image is a single scene image"
@@ -55,7 +62,7 @@ def _metas(images: Sequence[Any], metas: Sequence[Any] | None, who: str, what: s
 
 
 class TemplateCaptioner:
-    """AIO captions "An image of a <class>" (paper 000 §2.1's baseline) — the world's `aio_caption` wording.
+    """AIO captions "An image of a <class>" (ImageNet-T2I §2.1's baseline) — the world's `aio_caption` wording.
 
     `classes`: "imagenet" (the 1000 synset names), "world" (the world's classes) or a list of names. A meta is a
     class index, a synset id ("n01440764"), a class name, or a world `Scene` (its main object's class)."""
@@ -65,14 +72,10 @@ class TemplateCaptioner:
     def __init__(self, classes: str | Sequence[str] = "imagenet"):
         self._synsets: dict[str, str] = {}
         if classes == "imagenet":
-            from ..data.synsets import imagenet_classes
-
             pairs = imagenet_classes()
             self.classes = [name for _, name in pairs]
             self._synsets = dict(pairs)
         elif classes == "world":
-            from ..world.scenes import CLASSES
-
             self.classes = list(CLASSES)
         elif isinstance(classes, str):
             raise ValueError(f"classes={classes!r}: pass 'imagenet', 'world' or a list of class names")
@@ -131,7 +134,7 @@ _REPLY_MARKERS = ("<|end_header_id|>", "ASSISTANT:", "[/INST]")
 
 
 def clean_caption(text: str, prompt: str | None = None) -> str:
-    """Strip the chat prefix, join lines, cut at the last full sentence (anchors §3.6).
+    """Strip the chat prefix, join lines, cut at the last full sentence (T2I-ImageNet's captioning code).
 
     A decoded full sequence (prompt + reply) is cut after the first reply marker that follows the prompt; a reply
     that opens with an "assistant" role line loses that line. Text without any sentence end is kept whole."""
@@ -157,6 +160,7 @@ def anyres_patch_for_box(
 
     The image is resized to fit the best grid resolution (aspect kept, ceil) and centre-padded, then cut into
     `crop`-sized tiles — the LLaVA-NeXT image processor's layout. `box` is [x1, y1, x2, y2] in image pixels."""
+    # heavy (seconds to import): only when this model is loaded
     from transformers.image_processing_utils import select_best_resolution
 
     h, w = image_hw
@@ -188,7 +192,7 @@ def _meta_box(meta: Any) -> tuple[list[float] | None, str | None]:
 
 
 class LlavaCaptioner:
-    """LLaVA-NeXT captions with image-token pruning (paper 000 App. D).
+    """LLaVA-NeXT captions with image-token pruning (ImageNet-T2I App. D).
 
     metas (optional, one per image): None for a plain image, or a composite's {"box": [x1, y1, x2, y2] of the
     pasted image in pixels, "pattern": "1/2" | "1/4" | ...} (augment.cutmix's meta or CutMixBox; "setting" also
@@ -211,10 +215,11 @@ class LlavaCaptioner:
         dtype: torch.dtype | None = None,
         generate_kwargs: dict | None = None,
     ):
+        # heavy (seconds to import): only when this model is loaded
         from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)  # bf16 on GPU (anchors §3.6)
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)  # bf16 on GPU (T2I-ImageNet's captioning code)
         folder = resolve_pretrained(model, what="LLaVA-NeXT captioner")
         self.processor = AutoProcessor.from_pretrained(folder)
         self.model = LlavaNextForConditionalGeneration.from_pretrained(
@@ -240,8 +245,6 @@ class LlavaCaptioner:
 
     @staticmethod
     def _pil(image):
-        from PIL import Image
-
         if isinstance(image, Image.Image):
             return image.convert("RGB")
         a = np.asarray(image)
@@ -377,9 +380,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 def world_source(n: int, *, seed: int = 0, resolution: int = 64, max_objects: int = 3):
     """Keys `world-<seed>/<i>` and a loader (key → (image, scene)); item i is make_dataset's item i."""
-    from ..world import render
-    from ..world.scenes import sample_scene
-
     keys = [f"world-{seed}/{i:07d}" for i in range(n)]
 
     def load(key: str):
@@ -394,10 +394,6 @@ def folder_source(root, *, boxes: dict[str, dict] | None = None):
     """Keys = image paths relative to `root` (sorted, POSIX); loader → (PIL image, meta). The meta is the parent
     folder name (an ImageNet synset or a class name, for AIO captions) unless `boxes` has an entry for the key
     ({"box": [...], "setting": ...} of a CutMix composite, for the LLaVA CutMix prompt)."""
-    from pathlib import Path
-
-    from PIL import Image
-
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
@@ -416,8 +412,6 @@ def folder_source(root, *, boxes: dict[str, dict] | None = None):
 
 def shard_path(out, num_shards: int, shard_index: int):
     """Where shard `shard_index` of `num_shards` writes: `out` itself, or `<stem>.shard00003-of-00008<suffix>`."""
-    from pathlib import Path
-
     out = Path(out)
     if num_shards == 1:
         return out
@@ -441,10 +435,6 @@ def run_caption_job(
     Keys already in the file are skipped; each batch is appended crash-safely (`append_captions`) after it is
     captioned, so a killed job resumes without duplicated or lost rows. Images that fail to load are reported
     and left out (a restart retries them)."""
-    import time
-
-    from ..data.captions import append_captions, read_captions, repair_tail
-
     if not (num_shards >= 1 and 0 <= shard_index < num_shards):
         raise ValueError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
     if batch_size < 1:

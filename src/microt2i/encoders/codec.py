@@ -3,9 +3,9 @@
 `PixelCodec` is the identity (pixel-space training). `DiffusersVAE` wraps a diffusers `AutoencoderKL` and
 normalises its latents in one of two ways:
 - a scalar scaling, x = (z - shift_factor) * scaling_factor (LDM/DiT: 0.18215 for the SD kl-f8 VAE;
-  paper 003 §B: MicroDiT uses the SDXL VAE's own `scaling_factor` and samples the posterior);
-- CAD-I's channel-wise normalisation, x = (z - mu_c) * 0.5 / sigma_c (paper 000 App. C encodes with
-  `stabilityai/sd-vae-ft-ema`; stats below from its `models/preprocessing.py`, anchors §3.4).
+  MicroDiT §B: MicroDiT uses the SDXL VAE's own `scaling_factor` and samples the posterior);
+- CAD-I's channel-wise normalisation, x = (z - mu_c) * 0.5 / sigma_c (ImageNet-T2I App. C encodes with
+  `stabilityai/sd-vae-ft-ema`; stats below from its `models/preprocessing.py`, T2I-ImageNet's diffusion code).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from microt2i.encoders.hub import resolve_pretrained
+from ..world.vae import WORLD_VAE_DIR
 
 SD_SCALING_FACTOR = 0.18215  # SD-1.x kl-f8 latents (LDM, DiT); also the `scaling_factor` in sd-vae-ft-ema's config
 SD15_CHANNEL_MEAN = (5.81, 3.25, 0.12, -2.15)  # CAD-I: per-channel mean of SD-1.5 VAE latents
@@ -183,8 +184,6 @@ def load_codec(spec: str, *, latent_norm: str = "scaling", **kwargs) -> PixelCod
             raise ValueError(f"latent_norm={latent_norm!r} normalises VAE latents; the pixel codec has none")
         kwargs = {**LATENT_NORMS[latent_norm], **kwargs}
     if spec == "world-vae":
-        from ..world.vae import WORLD_VAE_DIR
-
         return DiffusersVAE(WORLD_VAE_DIR, **kwargs)
     if spec != "pixel":
         return DiffusersVAE(spec, **kwargs)

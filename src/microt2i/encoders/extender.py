@@ -1,8 +1,8 @@
-"""Prompt extenders: a short prompt → the long-caption style the model was trained on (paper 000 Table 2 uses "a
+"""Prompt extenders: a short prompt → the long-caption style the model was trained on (ImageNet-T2I Table 2 uses "a
 Prompt Extender before generating images"; Tables 9–11 score original ◇ and extended ★ GenEval prompts).
 
 - `TemplateExtender` (the world): parse a GenEval-style prompt ("a photo of two red stars", "a photo of a cube
-  left of a ring", ...) into a GenEval record, draw a world scene that satisfies it (`eval.geneval.world_scene`)
+  left of a ring", ...) into a GenEval record, draw a world scene that satisfies it (`world.compose.world_scene`)
   and describe that scene with the world's oracle long captioner — every stated fact of the prompt is kept, the
   rest (sizes, background, unstated colours) is filled in the way training captions do.
 - `LMExtender`: any `transformers` causal LM by id or folder, asked to rewrite the prompt as a detailed caption.
@@ -20,6 +20,8 @@ import torch
 
 from .captioner import clean_caption
 from .hub import resolve_pretrained
+from ..world.compose import world_scene
+from ..world.scenes import CLASSES, COLORS, long_caption
 
 INSTRUCTION = (
     "Rewrite this short image prompt as a detailed description of the image, in the style of a long image caption. "
@@ -96,15 +98,10 @@ class TemplateExtender:
         self.seed = seed
 
     def extend_record(self, record: dict) -> str:
-        from ..eval.geneval import world_scene
-        from ..world.scenes import long_caption
-
         rng = np.random.default_rng([self.seed, zlib.crc32(record["prompt"].encode())])
         return long_caption(world_scene(record, rng), rng)
 
     def extend(self, prompts: Sequence[str]) -> list[str]:
-        from ..world.scenes import CLASSES, COLORS
-
         return [self.extend_record(parse_prompt(p, CLASSES, tuple(COLORS))) for p in prompts]
 
 
@@ -125,6 +122,7 @@ class LMExtender:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ):
+        # heavy (seconds to import): only when this model is loaded
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if "{prompt}" not in instruction:

@@ -18,7 +18,7 @@ _ALLOW = ["*.json", "*.safetensors", "*.txt", "*.model", "open_clip_pytorch_mode
 _IGNORE = ["*fp16*", "*onnx*", "*openvino*"]
 
 
-def _offline() -> bool:
+def offline() -> bool:
     # huggingface_hub reads HF_HUB_OFFLINE once at import; read the environment again so a later setting counts.
     flags = (os.environ.get(v, "").upper() for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     return huggingface_hub.is_offline_mode() or any(f in ("1", "ON", "YES", "TRUE") for f in flags)
@@ -70,7 +70,7 @@ def _from_hub(repo_id: str, *, what: str, subfolder: str | None) -> Path:
         f"--exclude {' '.join(map(repr, _IGNORE))}` on a machine with internet (then copy "
         f"{huggingface_hub.constants.HF_HUB_CACHE}), or pass a local folder written by `save_pretrained`."
     )
-    if _offline():
+    if offline():
         raise MissingModelError(
             f"{what} '{repo_id}' is neither a local folder nor in the offline Hugging Face cache. {fix}"
         ) from None
@@ -93,7 +93,7 @@ def resolve_init_hub(repo_id: str) -> Path:
         return Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True))
     except Exception:  # not cached (or an invalid id, reported below)
         pass
-    if _offline():
+    if offline():
         raise MissingModelError(f"train.init={repo_id!r} is not a local folder and not in the Hugging Face cache, and "
                                 f"HF_HUB_OFFLINE=1 is set: unset HF_HUB_OFFLINE to download it, or pass a local folder")
     try:

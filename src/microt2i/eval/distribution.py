@@ -166,7 +166,7 @@ def prdc(real, fake, k: int = 3, *, splits: int = 5) -> dict:
     """Precision, recall, density and coverage of `fake` w.r.t. `real` (k nearest neighbours).
 
     Both sets are cut into `splits` equal contiguous chunks and the metrics averaged. The defaults, k = 3 over 5
-    splits, are the ImageNet-T2I authors' (DiffEvals `calculate_prdc(k=3, prdc_splits=5)`, behind paper 000
+    splits, are the ImageNet-T2I authors' (DiffEvals `calculate_prdc(k=3, prdc_splits=5)`, behind ImageNet-T2I
     Tables 1, 3, 7, 8); clovaai's README example is k = 5 on the whole set (`splits=1`).
     """
     x, y = as_features(real, "real features"), as_features(fake, "fake features")

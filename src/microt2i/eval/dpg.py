@@ -26,6 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
+from .detectors import WorldDetector
+from .geneval import relative_position
+from ..encoders.hub import resolve_pretrained
+from ..world.scenes import relation
 
 CSV_COLUMNS = ("item_id", "text", "keywords", "proposition_id", "dependency", "category_broad", "category_detailed",
                "tuple", "question_natural_language")
@@ -135,8 +141,6 @@ def world_questions(scene, item_id: str) -> list[Question]:
     """DSG-style questions that are true of `scene`: one entity per class, then colour, count and the spatial
     relation of every secondary object to the main one (as the long caption states it), each depending on its
     entities."""
-    from ..world.scenes import relation
-
     out: list[Question] = []
     entity: dict[str, int] = {}
 
@@ -171,8 +175,6 @@ def _holds(relation: str, box_a, box_b) -> bool:
     """A caption relation ("to the left of", "above", ...) between detected boxes: GenEval's `relative_position`
     without its dead zone, i.e. the centre offset points within 60° of the relation's axis. The caption states
     the dominant axis of the true centres (≥ 45° from the other axis), so small box-centre shifts keep it true."""
-    from .geneval import relative_position
-
     return relation.removeprefix("to the ") in relative_position(box_a, box_b, threshold=0.0)
 
 
@@ -180,8 +182,6 @@ class WorldVQA:
     """Answers world questions from the world detector's objects (`answer(image, question) -> bool`)."""
 
     def __init__(self):
-        from .detectors import WorldDetector
-
         self.detector = WorldDetector()
         self._cache: tuple[bytes, list] | None = None
 
@@ -212,10 +212,8 @@ class TransformersVQA:
     generator (BLIP). Yes iff the answer is exactly "yes" (the reference's rule for mPLUG)."""
 
     def __init__(self, spec: str, device="cpu"):
-        import torch
+        # heavy (seconds to import): only when this model is loaded
         from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
-
-        from ..encoders.hub import resolve_pretrained
 
         folder = resolve_pretrained(spec, what="VQA model")
         self.name, self.device = spec, torch.device(device)
@@ -224,9 +222,6 @@ class TransformersVQA:
             folder, use_safetensors=True).eval().to(self.device)
 
     def answer_text(self, image: np.ndarray, question: str) -> str:
-        import torch
-        from PIL import Image
-
         inputs = self.processor(images=Image.fromarray(np.asarray(image, np.uint8)), text=question,
                                 return_tensors="pt").to(self.device)
         with torch.inference_mode():

@@ -32,20 +32,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..encoders.teacher import IMAGENET_MEAN, IMAGENET_STD, load_effnet_lite0, resize_clean
+from ..encoders.clip import CLIP_MEAN, CLIP_STD
+from ..encoders.teacher import IMAGENET_MEAN, IMAGENET_STD, check_images, load_effnet_lite0, resize_clean
 from ..encoders.teacher import file_id as _file_id
 from ..encoders.teacher import normalize as _normalize
 from ..io import atomic_write_bytes
+import zipfile
+from . import inception as fid
+from ..encoders.hub import resolve_pretrained
 
 EXTRACTORS = ("effnet-lite0", "inception", "dinov2", "clip")
 DEFAULT_WEIGHTS = {"dinov2": "facebook/dinov2-large", "clip": "openai/clip-vit-base-patch32"}
-
-
-def check_images(images, name: str = "images") -> np.ndarray:
-    a = np.asarray(images)
-    if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8:
-        raise ValueError(f"{name} must be uint8 [N, H, W, 3] (RGB), got {a.dtype} {a.shape}")
-    return a
 
 
 def _folder_id(folder: Path) -> str:
@@ -91,8 +88,6 @@ def effnet_lite0(device="cpu", resolution: int = 224) -> FeatureExtractor:
 
 def _is_torchscript(path: Path) -> bool:
     """A TorchScript archive is a zip holding `<name>/code/`; a state dict (`torch.save`) holds no code."""
-    import zipfile
-
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as z:
@@ -103,8 +98,6 @@ def inception(weights: str | os.PathLike | None, device="cpu", resize: str = "bi
     """FID Inception features. pytorch-fid's state dict (`pt_inception-2015-12-05-6726825d.pth`) runs through the
     network written in `eval/inception.py` with `resize` ("bilinear" as pytorch-fid, or "clean"); a TorchScript file
     (clean-fid's `inception-2015-12-05.pt`) runs its own `layers` after clean-fid's resize."""
-    from . import inception as fid
-
     if not weights or not Path(weights).expanduser().is_file():
         raise FileNotFoundError(
             f"inception features need a local file of the FID Inception network, got {weights!r}. Pass --weights "
@@ -131,14 +124,12 @@ def inception(weights: str | os.PathLike | None, device="cpu", resize: str = "bi
 
 
 def _hf_model(kind: str, weights: str | None, device):
-    from ..encoders.hub import resolve_pretrained
-
     spec = weights or DEFAULT_WEIGHTS[kind]
     folder = resolve_pretrained(spec, what=f"{kind} feature model")
     if kind == "dinov2":
-        from transformers import Dinov2Model as cls
+        from transformers import Dinov2Model as cls  # heavy (seconds to import): only when this model is loaded
     else:
-        from transformers import CLIPModel as cls
+        from transformers import CLIPModel as cls  # heavy (seconds to import): only when this model is loaded
     return spec, folder, cls.from_pretrained(folder, use_safetensors=True).eval().to(device)
 
 
@@ -153,8 +144,6 @@ def dinov2(weights: str | None = None, device="cpu", resolution: int = 224) -> F
 
 
 def clip(weights: str | None = None, device="cpu") -> FeatureExtractor:
-    from .clipscore import CLIP_MEAN, CLIP_STD
-
     spec, folder, model = _hf_model("clip", weights, device)
     size = model.config.vision_config.image_size
     return FeatureExtractor(

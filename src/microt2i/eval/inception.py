@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..encoders.teacher import resize_clean
+
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 RESIZE_MODES = ("bilinear", "clean")
 SIZE = 299
@@ -197,7 +199,5 @@ def preprocess(images: np.ndarray, resize: str = "bilinear") -> torch.Tensor:
         x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
         return 2 * x - 1
     if resize == "clean":
-        from .features import resize_clean
-
         return (resize_clean(images, SIZE) - 128) / 128
     raise ValueError(f"inception resize {resize!r}: choose one of {', '.join(RESIZE_MODES)}")

@@ -21,6 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from .detectors import WorldDetector
+from .distribution import frechet_distance
+from .features import get_extractor
+from .pages import save_grid
+from .runner import RunSampler, reference_features, run_geneval, world_geneval_records
+from ..data.prompts import grid_nrow, grid_prompts as run_grid_prompts, read_prompts_spec
+from ..encoders import TextEncoder, codec_of
+from ..train.dist import is_main
+from ..world.grid import grid_prompts, score_samples
 
 
 @contextlib.contextmanager
@@ -42,8 +51,6 @@ class LiveEval:
     def __init__(self, cfg, run_dir: str | Path, device, log=print, captions=None):
         """`captions`: the training data's captions (or a callable giving them), the grid's prompts on non-world
         data without `eval.prompts` (data/prompts.py)."""
-        from ..data.prompts import read_prompts_spec
-
         self.cfg, self.run_dir, self.device, self.log = cfg, Path(run_dir), device, log
         self.captions = captions
         self._parts = None  # TensorBoard / W&B mirroring of these stats: train/logger.py
@@ -57,13 +64,6 @@ class LiveEval:
 
     def _setup(self) -> dict:
         """Text encoder, codec, prompts and reference features, built on the first evaluation only."""
-        from ..data.prompts import grid_nrow, grid_prompts as run_grid_prompts
-        from ..encoders import TextEncoder, codec_of
-        from ..world.grid import grid_prompts
-        from .detectors import WorldDetector
-        from .features import get_extractor
-        from .runner import RunSampler, reference_features, world_geneval_records
-
         e, d = self.cfg.eval, self.cfg.data
         text = TextEncoder(d.text_encoder, max_length=d.text_len, device=self.device)
         grid, where = run_grid_prompts(self.cfg, self.captions)
@@ -86,11 +86,6 @@ class LiveEval:
 
     @torch.no_grad()
     def __call__(self, net, nimg: int, null_tokens, null_mask) -> dict:
-        from ..report import save_grid
-        from ..train.dist import is_main
-        from .distribution import frechet_distance
-        from .runner import run_geneval
-
         t0 = time.perf_counter()
         e = self.cfg.eval
         with isolated_rng():
@@ -104,8 +99,6 @@ class LiveEval:
                 save_grid(grid, path, nrow=p["nrow"], upscale=max(1, 128 // grid.shape[1]))
             stats["eval/grid"] = str(path.relative_to(self.run_dir))
             if e.class_n and p["world"]:
-                from ..world.grid import score_samples
-
                 specs = p["class_specs"]
                 metrics, _ = score_samples(sample([s["prompt"] for s in specs], seed=e.seed), specs)
                 stats["eval/class_accuracy"] = metrics["class_accuracy"]

@@ -1,4 +1,4 @@
-"""Pairwise preference: model A vs model B on the same prompts and noise seeds, judged per prompt (paper 003 Fig. 12:
+"""Pairwise preference: model A vs model B on the same prompts and noise seeds, judged per prompt (MicroDiT Fig. 12:
 GPT-4o asked "which image do you prefer, Image A or Image B … or 'none'", image order shuffled against position bias,
 win rates per prompt set and category).
 
@@ -24,10 +24,16 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
+from .runner import RunSampler, world_reference
+from ..data.captions import read_text_utf8
+from ..encoders.hub import resolve_pretrained
+from ..world import detect
 
 PAPER_QUESTION = ("Given the prompt '{prompt}', which image do you prefer, Image A or Image B, considering factors "
                   "like image details, quality, realism, and aesthetics? Respond with 'A' or 'B' or 'none' if neither "
-                  "is preferred.")  # paper 003 Fig. 12
+                  "is preferred.")  # MicroDiT Fig. 12
 VERDICTS = ("A", "B", "tie")
 
 
@@ -38,7 +44,6 @@ def read_prompts(path: str | Path) -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {str(path)!r} does not exist (PartiPrompts.tsv, DrawBench .csv, or a .txt "
                                 f"with one prompt per line)")
-    from ..data.captions import read_text_utf8
 
     suffix, text = path.suffix.lower(), read_text_utf8(path)  # UTF-8 (BOM dropped), else file:line and the fix
     if suffix in (".tsv", ".csv"):
@@ -137,8 +142,6 @@ class WorldJudge:
 
     @staticmethod
     def score(image: np.ndarray, scene) -> float:
-        from ..world import detect
-
         dets = [(d.cls, d.color) for d in detect(np.asarray(image))]
         matched = 0
         for obj in scene.objects:
@@ -160,10 +163,8 @@ class TransformersJudge:
     two images; the verdict is the most likely first token among "A", "B" and "none"."""
 
     def __init__(self, model: str, *, question: str = PAPER_QUESTION, device=None, dtype=None):
-        import torch
+        # heavy (seconds to import): only when this model is loaded
         from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        from ..encoders.hub import resolve_pretrained
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -179,8 +180,6 @@ class TransformersJudge:
         self.question, self.device, self.name = question, device, f"vlm:{model}"
 
     def inputs(self, prompt: str, first, second) -> dict:
-        from PIL import Image
-
         conv = [{"role": "user", "content": [{"type": "text", "text": "Image A:"}, {"type": "image"},
                                              {"type": "text", "text": "Image B:"}, {"type": "image"},
                                              {"type": "text", "text": self.question.format(prompt=prompt)}]}]
@@ -189,8 +188,6 @@ class TransformersJudge:
         return self.processor(text=[text], images=[images], return_tensors="pt").to(self.device)
 
     def probabilities(self, prompt: str, first, second) -> dict[str, float]:
-        import torch
-
         with torch.inference_mode():
             logits = self.model(**self.inputs(prompt, first, second)).logits[0, -1].float()
         p = torch.softmax(logits[list(self.ids.values())], 0)
@@ -211,8 +208,6 @@ def get_judge(spec: str = "world", device=None):
 def suite_preference(sampler, n, seed, against=None, judge="world", prompts=None, **_):
     """`microt2i eval preference RUN_A --against RUN_B`: both runs sample the same prompts with the same noise
     seeds; the judge compares each pair. World scenes by default (the world judge needs them), or a prompt file."""
-    from .runner import RunSampler, world_reference
-
     if not against:
         raise ValueError("eval preference needs --against <run folder B> (the run in run_dir is model A)")
     other = RunSampler.from_run(against, device=sampler.device, steps=sampler.steps, cfg_scale=sampler.cfg_scale,
@@ -232,12 +227,3 @@ def suite_preference(sampler, n, seed, against=None, judge="world", prompts=None
                                             "model_b": str(against)}
     pairs = np.stack([im for pair in zip(images_a[:32], images_b[:32]) for im in pair])  # A, B side by side
     return metrics, [{k: r[k] for k in ("prompt", "category", "a_first", "winner")} for r in rows[:400]], pairs
-
-
-def register_suites(suites: dict) -> None:
-    """Add aesthetic / pickscore / preference to eval/runner.py's SUITES (the `microt2i eval` dispatch table)."""
-    from . import aesthetic
-
-    suites.setdefault("aesthetic", aesthetic.suite_aesthetic)
-    suites.setdefault("pickscore", aesthetic.suite_pickscore)
-    suites.setdefault("preference", suite_preference)

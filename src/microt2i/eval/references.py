@@ -4,16 +4,16 @@ A reference is a list of images and one generation prompt per image (the generat
 reference's prompts, as COCO-30k FID samples COCO captions). `--reference` takes:
 - `world`: held-out world renders (`eval/runner.py` `world_reference`); the default on a world run.
 - `val` (the run's `data.root/val`, with `data.labels_file` for a flat val/), or `imagenet-val:ROOT` (ROOT holds
-  val/): ImageNet validation. Prompts: a caption file keyed like `microt2i caption` writes (`--captions`; paper 000
+  val/): ImageNet validation. Prompts: a caption file keyed like `microt2i caption` writes (`--captions`; ImageNet-T2I
   Table 7 samples long-caption models from LLaVA captions of the val images), else the AIO template
   "An image of a <class>" (Table 7's prompts for AIO models). The default on an ImageNet run.
 - `folder:PATH` (or a bare PATH): any image folder. With `--captions FILE` it is an image + caption set (COCO-30k
-  style, paper 003 Table 8: a folder of images and captions keyed by their relative paths; the first caption of an
+  style, MicroDiT Table 8: a folder of images and captions keyed by their relative paths; the first caption of an
   image is its prompt; images without one are left out and counted). Without captions, the images must sit in
   class folders (`PATH/<class>/*.jpg`), whose names give AIO prompts.
 
-N (`--n`) defaults to the papers' protocols: 50,000 for ImageNet val (paper 000 Table 1, "ImageNet-50k") and for a
-plain folder (dgm-eval's default), 30,000 for an image + caption set (paper 003 Table 8, COCO-30k). A smaller N
+N (`--n`) defaults to the papers' protocols: 50,000 for ImageNet val (ImageNet-T2I Table 1, "ImageNet-50k") and for a
+plain folder (dgm-eval's default), 30,000 for an image + caption set (MicroDiT Table 8, COCO-30k). A smaller N
 is allowed and written next to every number; a reference holding fewer images than N is one error that names both
 numbers and the flag. Which N images: a fixed-seed permutation of the sorted file list, the first N (all of them
 at N = the set's size); generated image j is sampled from the prompt of reference image j with noise (seed, j).
@@ -37,9 +37,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..world import make_dataset
+from ..encoders.teacher import file_id
+from .features import cached_features
+from ..data.captions import read_captions
+from ..data.imagenet import UnreadableImage, list_folder, list_imagenet, load_image
+from ..encoders.captioner import TemplateCaptioner
+
 PAPER_N = {"imagenet-val": 50_000, "folder": 50_000, "captioned": 30_000}
-PAPER_N_SOURCE = {"imagenet-val": "paper 000 Table 1 (ImageNet-50k)", "folder": "dgm-eval's default",
-                  "captioned": "paper 003 Table 8 (COCO-30k)"}
+PAPER_N_SOURCE = {"imagenet-val": "ImageNet-T2I Table 1 (ImageNet-50k)", "folder": "dgm-eval's default",
+                  "captioned": "MicroDiT Table 8 (COCO-30k)"}
 ORDER_SEED = 1_000_003
 RESIZE = "short side to the run's resolution (PIL bicubic, antialiased), centre crop"
 KINDS = "world | val | imagenet-val:ROOT | folder:PATH (with --captions FILE: an image + caption set)"
@@ -73,8 +80,6 @@ class Reference:
                 yield np.stack(list(pool.map(self._load, self.paths[i:i + size])))
 
     def _load(self, path: Path) -> np.ndarray:
-        from ..data.imagenet import UnreadableImage, load_image
-
         try:
             return load_image(path, self.resolution)
         except (UnreadableImage, FileNotFoundError) as e:
@@ -82,16 +87,12 @@ class Reference:
                              ) from None
 
     def features(self, extractor, cache_dir: str | os.PathLike) -> np.ndarray:
-        from .features import cached_features
-
         images_only = {k: v for k, v in self.spec.items() if k != "prompts"}  # features do not depend on prompts
         return cached_features(extractor, images_only, self.batches, cache_dir)
 
 
 def _id(path: Path) -> str:
-    from .features import _file_id
-
-    return _file_id(path)
+    return file_id(path)
 
 
 def _too_small(label: str, have: int, n: int, paper: int | None) -> ValueError:
@@ -106,8 +107,6 @@ def _pick(total: int, n: int) -> np.ndarray:
 
 
 def _caption_lookup(captions_file: str) -> tuple[dict[str, list[str]], str]:
-    from ..data.captions import read_captions
-
     table = read_captions(captions_file)
     if not table:
         raise ValueError(f"caption file {captions_file} holds no captions; pass a file written by `microt2i caption` "
@@ -142,9 +141,6 @@ def _build(kind: str, label: str, root: Path, items, prompts: list[str], n: int 
 def imagenet_val(root: str | os.PathLike, labels_file: str = "", *, n: int | None = None, resolution: int,
                  captions: str | None = None) -> Reference:
     """ImageNet val under `root/val` (class folders, or flat files + `labels_file`); prompts from `captions` or AIO."""
-    from ..data.imagenet import list_imagenet
-    from ..encoders.captioner import TemplateCaptioner
-
     root = Path(root).expanduser()
     val = root / "val"
     if not val.is_dir():
@@ -175,9 +171,6 @@ def imagenet_val(root: str | os.PathLike, labels_file: str = "", *, n: int | Non
 def image_folder(root: str | os.PathLike, *, n: int | None = None, resolution: int,
                  captions: str | None = None) -> Reference:
     """Any image folder: with `captions` an image + caption set, else class folders with AIO prompts."""
-    from ..data.imagenet import list_folder
-    from ..encoders.captioner import TemplateCaptioner
-
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"reference folder {root} does not exist; pass --reference folder:<folder of images>")
@@ -204,8 +197,6 @@ def image_folder(root: str | os.PathLike, *, n: int | None = None, resolution: i
 
 
 def world(cfg, n: int) -> Reference:
-    from .runner import world_reference
-
     images, captions, _, spec = world_reference(cfg, n)
     return Reference("world", "held-out world renders", list(captions), spec, images=images,
                      resolution=cfg.data.resolution)
@@ -246,3 +237,20 @@ def make_reference(spec: str | None, cfg, *, n: int | None = None, captions: str
     if Path(spec).expanduser().is_dir():
         return image_folder(spec, n=n, resolution=res, captions=captions)
     raise FileNotFoundError(f"--reference {spec!r} is neither a known reference nor a folder; pass {KINDS}")
+
+
+REFERENCE_SEED = 1_000_003
+
+
+def world_reference(cfg, n: int, seed: int = REFERENCE_SEED):
+    """(images, captions, scenes, spec) of n held-out world scenes drawn like the run's training data."""
+    d = cfg.data
+    if d.source != "world":
+        raise ValueError(f"held-out world scenes exist for data.source='world' only (this run has {d.source!r}); "
+                         f"fid/fd/kid/prdc/clipscore take --reference val | imagenet-val:ROOT | folder:PATH, dpg "
+                         f"--csv, aesthetic/pickscore/preference --prompts")
+    spec = {"source": "world", "seed": seed, "n": n, "resolution": d.resolution, "captions": d.captions,
+            "max_objects": d.max_objects}
+    images, captions, scenes = make_dataset(n, seed=seed, resolution=d.resolution, captions=d.captions,
+                                            max_objects=d.max_objects)
+    return images, captions, scenes, spec

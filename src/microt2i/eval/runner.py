@@ -1,7 +1,7 @@
 """`microt2i eval fid|fd|kid|prdc|clipscore|geneval|dpg <run_dir>`: sample a finished run, score, write JSON + HTML.
 
 Every suite samples with the run's EMA weights and its `eval` settings (sampler, steps, CFG) unless overridden,
-with per-image seeds: image j of a call uses the noise of (seed, j) (`sample.initial_noise`), so results do not
+with per-image seeds: image j of a call uses the noise of (seed, j) (`diffusion.generate.initial_noise`), so results do not
 depend on the batch size. Results go to `<run_dir>/eval/<metric>/` as `results.json` + `report.html` (+ the
 GenEval folder layout and `results.jsonl`), always with N, the feature space and the sampler settings.
 
@@ -22,9 +22,24 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write_text
+from .references import REFERENCE_SEED, world_reference
 from . import geneval
+import torch
+from . import dpg
+from .clipscore import clip_cosines, summarize_clip
+from .detectors import DEFAULT_COLOR_MODEL, WorldDetector, get_detector
+from .distribution import frechet_distance, kid, prdc
+from .features import cached_features, get_extractor
+from .pages import save_grid, write_report
+from .references import make_reference
+from ..data.store import cache_root
+from ..diffusion.generate import generate
+from ..encoders import TextEncoder, codec_of
+from ..encoders.clip import DEFAULT_MODEL, load_image_text_model
+from ..encoders.extender import make_extender
+from ..train.artifacts import load_run
+from ..world import CLASSES, COLORS
 
-REFERENCE_SEED = 1_000_003
 GENEVAL_SEED = 42  # the official generation seed (diffusers_generate.py)
 
 
@@ -48,9 +63,6 @@ class RunSampler:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device="cpu", **opts) -> RunSampler:
-        from ..encoders import TextEncoder, codec_of
-        from ..sample import load_run
-
         cfg, net, null_tokens, null_mask = load_run(run_dir, device=device)
         text = TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device)
         return cls(net, cfg, text, codec_of(cfg.data, device=device), null_tokens, null_mask, device, **opts)
@@ -63,10 +75,6 @@ class RunSampler:
     def __call__(self, prompts: list[str], *, seed: int, first_index: int = 0) -> np.ndarray:
         """Image j of the list uses the noise of (seed, first_index + j): a long list sampled in chunks (with their
         offsets) gives the images of one call."""
-        import torch
-
-        from ..sample import generate
-
         key = tuple(prompts)
         emb = self._cache.get(key)
         if emb is None:
@@ -95,35 +103,14 @@ class RunSampler:
 # ------------------------------------------------------------------------------------------ world reference sets
 
 
-def world_reference(cfg, n: int, seed: int = REFERENCE_SEED):
-    """(images, captions, scenes, spec) of n held-out world scenes drawn like the run's training data."""
-    from ..world import make_dataset
-
-    d = cfg.data
-    if d.source != "world":
-        raise ValueError(f"held-out world scenes exist for data.source='world' only (this run has {d.source!r}); "
-                         f"fid/fd/kid/prdc/clipscore take --reference val | imagenet-val:ROOT | folder:PATH, dpg "
-                         f"--csv, aesthetic/pickscore/preference --prompts")
-    spec = {"source": "world", "seed": seed, "n": n, "resolution": d.resolution, "captions": d.captions,
-            "max_objects": d.max_objects}
-    images, captions, scenes = make_dataset(n, seed=seed, resolution=d.resolution, captions=d.captions,
-                                            max_objects=d.max_objects)
-    return images, captions, scenes, spec
-
-
 def reference_features(cfg, n: int, extractor, seed: int = REFERENCE_SEED) -> tuple[np.ndarray, list[str]]:
     """Features of the world reference set (cached under the data cache root) and its captions."""
-    from ..data.store import cache_root
-    from .features import cached_features
-
     images, captions, _, spec = world_reference(cfg, n, seed)
     return cached_features(extractor, spec, lambda: images, cache_root(cfg.data)), captions
 
 
 def world_geneval_records(n: int = 100, per_tag: int | None = None, seed: int = 43) -> list[dict]:
     """GenEval records on the world's classes and colours; `per_tag` keeps the first records of each tag."""
-    from ..world import CLASSES, COLORS
-
     records = geneval.make_prompts(CLASSES, list(COLORS), seed=seed, n=n)
     if per_tag is None:
         return records
@@ -156,8 +143,6 @@ def run_geneval(sampler: RunSampler, records: list[dict], detector, *, images_pe
 
 def mini_geneval(net, cfg, text, codec, null_tokens, null_mask, *, per_tag: int = 4, device="cpu") -> dict:
     """{"geneval": overall, "geneval/<tag>": score}: the first `per_tag` world prompts of each tag, one image each."""
-    from .detectors import WorldDetector
-
     sampler = RunSampler(net, cfg, text, codec, null_tokens, null_mask, device)
     records = world_geneval_records(n=per_tag, per_tag=per_tag)
     summary, _, _ = run_geneval(sampler, records, WorldDetector(), images_per_prompt=1, seed=cfg.eval.seed)
@@ -167,14 +152,12 @@ def mini_geneval(net, cfg, text, codec, null_tokens, null_mask, *, per_tag: int 
 # ------------------------------------------------------------------------------------------------------ suites
 
 
-# features each metric uses on a real reference by default (paper 000 Table 1: FID Inception, FD-DINOv2 and PRDC
+# features each metric uses on a real reference by default (ImageNet-T2I Table 1: FID Inception, FD-DINOv2 and PRDC
 # on DINOv2); on the world the shipped EfficientNet-Lite0, which needs no download
 REAL_FEATURES = {"fid": "inception", "kid": "inception", "fd": "dinov2", "prdc": "dinov2"}
 
 
 def _reference(sampler, n, reference=None, captions=None, labels_file=None, **_):
-    from .references import make_reference
-
     return make_reference(reference, sampler.cfg, n=n, captions=captions, labels_file=labels_file,
                           world_n=DEFAULT_N["fid"])
 
@@ -185,8 +168,6 @@ def _n_fields(ref) -> dict:
 
 
 def _real_and_fake(sampler, ref, extractor, seed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from ..data.store import cache_root
-
     real = ref.features(extractor, cache_root(sampler.cfg.data))
     fake: list[np.ndarray] = []
     grid = sampler.stream(ref.prompts, seed=seed, consume=lambda images, _: fake.append(extractor(images)))
@@ -194,15 +175,11 @@ def _real_and_fake(sampler, ref, extractor, seed) -> tuple[np.ndarray, np.ndarra
 
 
 def _extractor(sampler, metric, ref, features, weights, resize):
-    from .features import get_extractor
-
     name = features or ("effnet-lite0" if ref.kind == "world" else REAL_FEATURES[metric])
     return get_extractor(name, weights, device=sampler.device, resize=resize)
 
 
 def _fd_kid(sampler, n, features, weights, seed, metric="fid", resize=None, **opts):
-    from .distribution import frechet_distance, kid
-
     ref = _reference(sampler, n, **opts)
     ext = _extractor(sampler, metric, ref, features, weights, resize)
     real, fake, grid = _real_and_fake(sampler, ref, ext, seed)
@@ -215,8 +192,6 @@ def _fd_kid(sampler, n, features, weights, seed, metric="fid", resize=None, **op
 def _prdc(sampler, n, features, weights, seed, k=3, splits=5, resize=None, **opts):
     """PRDC at the ImageNet-T2I authors' defaults: k = 3 over 5 equal splits, DINOv2 features on a real reference
     (`reference/evaluation.md` §4, DiffEvals `calculate_prdc(k=3, prdc_splits=5)`)."""
-    from .distribution import prdc
-
     ref = _reference(sampler, n, **opts)
     ext = _extractor(sampler, "prdc", ref, features, weights, resize)
     real, fake, grid = _real_and_fake(sampler, ref, ext, seed)
@@ -224,8 +199,6 @@ def _prdc(sampler, n, features, weights, seed, k=3, splits=5, resize=None, **opt
 
 
 def _clipscore(sampler, n, seed, model=None, **opts):
-    from .clipscore import DEFAULT_MODEL, clip_cosines, load_image_text_model, summarize_clip
-
     clip = load_image_text_model(model or DEFAULT_MODEL, device=sampler.device)
     ref = _reference(sampler, n, **opts)
     parts = []
@@ -236,17 +209,13 @@ def _clipscore(sampler, n, seed, model=None, **opts):
 
 
 def _extender(spec: str, device):
-    from ..encoders.extender import make_extender
-
     return make_extender(spec) if spec in ("world", "template") else make_extender(spec, device=device)
 
 
 def _geneval(sampler, per_tag_draws=100, images_per_prompt=4, detector="world", seed=GENEVAL_SEED, out=None,
              color_model=None, extend=None, **_):
     """GenEval ◇ (the benchmark's prompts) or, with `extend`, GenEval★: each prompt rewritten by the prompt extender
-    before generation and the images scored against the original record (paper 000 Tables 2 and 9–11)."""
-    from .detectors import DEFAULT_COLOR_MODEL, get_detector
-
+    before generation and the images scored against the original record (ImageNet-T2I Tables 2 and 9–11)."""
     det = get_detector(detector, color_model=color_model or DEFAULT_COLOR_MODEL, device=sampler.device)
     if detector == "world":
         records = world_geneval_records(n=per_tag_draws)
@@ -274,8 +243,6 @@ def _prompt_set(extend) -> str:
 
 def _dpg(sampler, n, seed, model=None, csv=None, tiles=4, extend=None, **_):
     """DPG-Bench; with `extend` the prompts go through the prompt extender before generation, the questions stay."""
-    from . import dpg
-
     if csv:
         prompts, questions = dpg.read_questions(csv)
         if n:
@@ -313,8 +280,6 @@ def run_eval(metric: str, run_dir: str | Path, *, out: str | Path | None = None,
              n: int | None = None, steps: int | None = None, cfg_scale: float | None = None, batch_size: int = 64,
              device="cpu", log=print, progress: bool = False, **opts) -> dict:
     """Run one suite on a finished run; returns {"metrics", "settings", "out", ...} and writes JSON + HTML."""
-    from ..report import save_grid, write_report
-
     if metric not in SUITES:
         raise ValueError(f"unknown eval metric {metric!r}; choose one of {', '.join(SUITES)}")
     run_dir = Path(run_dir)

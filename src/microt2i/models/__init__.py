@@ -20,6 +20,7 @@ from ..io import atomic_write_bytes, atomic_write_text
 from .cad_i import CAD_I_CONFIGS, CADI
 from .dit_i import DIT_I_CONFIGS, DiTI
 from .microdit import MICRODIT_CONFIGS, MicroDiT
+from .microdit import random_keep_mask, sample_keep_mask as microdit_keep_mask
 
 __all__ = ["build", "count_params", "save_pretrained", "from_pretrained", "sample_keep_mask", "sample_route_mask", "DiTI", "DIT_I_CONFIGS",
            "MicroDiT", "MICRODIT_CONFIGS", "CADI", "CAD_I_CONFIGS", "FORMAT_VERSION"]
@@ -42,7 +43,6 @@ def sample_keep_mask(cfg: ModelConfig, batch_size: int, *, generator=None, devic
     from `generator` (the trainer's per-step one, so resume stays exact); None for every other model."""
     if getattr(cfg, "mask_ratio", 0.0) <= 0:
         return None
-    from .microdit import sample_keep_mask as microdit_keep_mask
 
     return microdit_keep_mask(cfg, batch_size, generator=generator, device=device)
 
@@ -54,7 +54,6 @@ def sample_route_mask(cfg: ModelConfig, batch_size: int, num_tokens: int, *, gen
     ratio = getattr(cfg, "route_ratio", 0.0)
     if not ratio:
         return None
-    from .microdit import random_keep_mask
 
     return random_keep_mask(batch_size, num_tokens, ratio, generator=generator, device=device)
 
@@ -64,14 +63,14 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _config_dict(cfg: ModelConfig) -> dict:
+def config_dict(cfg: ModelConfig) -> dict:
     return {**dataclasses.asdict(cfg), "format_version": FORMAT_VERSION}
 
 
 def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
     """Write `path/model.safetensors` (weights + config in metadata) and `path/config.json`, each atomically."""
     path = Path(path)
-    cfg = _config_dict(model.config)
+    cfg = config_dict(model.config)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"config": json.dumps(cfg), "format_version": str(FORMAT_VERSION), "family": model.config.family}
     atomic_write_bytes(path / WEIGHTS_NAME, save(tensors, metadata=meta))

@@ -1,4 +1,4 @@
-"""CAD-I: the text-conditional RIN of "How far can we go with ImageNet for Text-to-Image generation?" (paper 000,
+"""CAD-I: the text-conditional RIN of "How far can we go with ImageNet for Text-to-Image generation?" (ImageNet-T2I,
 App. C, Fig. 6 right), i.e. the network of CAD (Dufour et al. 2024, App.) trained on ImageNet only.
 
 A Recurrent Interface Network (RIN, Jabri et al. 2023) splits the computation between two token sets: the *data*
@@ -42,8 +42,8 @@ import torch
 import torch.nn as nn
 
 from ..config import CADIConfig
-from .layers import (Attention, LayerScale, Mlp, TimestepEmbedder, keep_tokens, patchify, sincos_pos_embed_2d,
-                     unpatchify)
+from .layers import (Attention, LayerScale, Mlp, TimestepEmbedder, forward_inputs, keep_tokens, patchify,
+                     sincos_pos_embed_2d, unpatchify)
 
 # ---------------------------------------------------------------------------------------------------------------
 # One residual layer for every attention in the network
@@ -102,7 +102,7 @@ class RINBlock(nn.Module):
 
 
 class CADI(nn.Module):
-    """Text-conditional RIN with registers, a two-block text refiner and latent self-conditioning (paper 000 App. C)."""
+    """Text-conditional RIN with registers, a two-block text refiner and latent self-conditioning (ImageNet-T2I App. C)."""
 
     def __init__(self, cfg: CADIConfig):
         super().__init__()
@@ -179,13 +179,8 @@ class CADI(nn.Module):
                 "crop_tokens (crop-coordinate conditioning) arrives with the image-augmentation (Crop) issue; "
                 "CAD-I does not accept it yet — pass crop_tokens=None"
             )
-        cfg = self.config
-        B, C, H, W = x.shape
-        p = cfg.patch_size
-        if (C, H, W) != (cfg.in_channels, cfg.input_size, cfg.input_size):
-            raise ValueError(f"CAD-I built for inputs [B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}], "
-                             f"got {list(x.shape)}")
-        noise_cond = torch.as_tensor(noise_cond, device=x.device).expand(B)  # [B]
+        B, C, H, W, noise_cond = forward_inputs(self, "CAD-I", x, noise_cond)
+        cfg, p = self.config, self.config.patch_size
 
         # Data tokens
         data = self.data_norm(self.patch_embed(patchify(x, p))) + self.data_pos  # [B, N, Dd]
@@ -226,7 +221,7 @@ class CADI(nn.Module):
 # CAD-I configs (presets.py wraps them into RunConfigs; counts are exact, tested in tests/test_cad_i.py)
 
 CAD_I_CONFIGS: dict[str, CADIConfig] = {
-    # Paper 000 CAD-I = the CAD code's `imagenet_256_rin_L_text_ldm`: 4×32×32 SD-VAE latents, flan-T5-XL tokens.
+    # ImageNet-T2I CAD-I = the CAD code's `imagenet_256_rin_L_text_ldm`: 4×32×32 SD-VAE latents, flan-T5-XL tokens.
     # 330,235,152 params (paper: 0.3B; the reference RINTextCond: 330.2M)
     "cad-i-256": CADIConfig(in_channels=4, input_size=32, text_dim=2048),
     # The CAD code's `rin_base`: 128 latents × 768, 12 compute heads. 188,372,752 params (reference: 188.4M)

@@ -1,4 +1,4 @@
-"""DiT-I: the text-conditional DiT of "How far can we go with ImageNet for Text-to-Image generation?" (paper 000,
+"""DiT-I: the text-conditional DiT of "How far can we go with ImageNet for Text-to-Image generation?" (ImageNet-T2I,
 App. C, Fig. 6 left).
 
 DiT (Peebles & Xie 2023) adapted to captions, read top to bottom:
@@ -32,10 +32,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..augment.crop import CropEmbedder, append_crop_token
 from ..config import DiTIConfig
 from .layers import (
     Attention,
+    CropEmbedder,
     LayerScale,
     MixFFN,
     Mlp,
@@ -43,6 +43,8 @@ from .layers import (
     TextRefiner,
     TimestepEmbedder,
     TokenLayout,
+    append_crop_token,
+    forward_inputs,
     keep_tokens,
     modulate,
     patchify,
@@ -107,7 +109,7 @@ class FinalLayer(nn.Module):
 
 
 class DiTI(nn.Module):
-    """Text-conditional DiT with cross-attention, text refiner, QK-norm and LayerScale (paper 000, App. C)."""
+    """Text-conditional DiT with cross-attention, text refiner, QK-norm and LayerScale (ImageNet-T2I, App. C)."""
 
     def __init__(self, cfg: DiTIConfig):
         super().__init__()
@@ -179,18 +181,8 @@ class DiTI(nn.Module):
 
         Returns F(x) [B, C, H, W] (or [B, N_keep, p²·C] with keep_mask).
         """
-        if crop_tokens is not None and self.crop_embedder is None:
-            raise ValueError("crop_tokens given to a DiT-I built without the crop-coordinate token; "
-                             "set model.crop_cond=true (and train with augment.crop.enabled=true)")
-        cfg = self.config
-        B, C, H, W = x.shape
-        p = cfg.patch_size
-        if C != cfg.in_channels or H % p or W % p or H * W > cfg.input_size ** 2:  # an aspect bucket fits the budget
-            raise ValueError(
-                f"DiT-I built for inputs [B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}] (or an aspect "
-                f"bucket of at most {cfg.input_size}² in multiples of {p}), got {list(x.shape)}"
-            )
-        noise_cond = torch.as_tensor(noise_cond, device=x.device).expand(B)  # [B]
+        B, C, H, W, noise_cond = forward_inputs(self, "DiT-I", x, noise_cond, crop_tokens, buckets=True)
+        cfg, p = self.config, self.config.patch_size
 
         # Image tokens: patch embedding + fixed positions (a bucket's grid: the square's spacing, data/buckets.py)
         square = H == W == cfg.input_size
@@ -230,7 +222,7 @@ class DiTI(nn.Module):
 # DiT-I configs (the lead's presets.py wraps them into RunConfigs; counts are exact, tested in test_models.py)
 
 DIT_I_CONFIGS: dict[str, DiTIConfig] = {
-    # Paper 000: DiT-L/2 backbone on 4×32×32 SD-VAE latents, flan-T5-XL tokens. 438,143,248 params (paper: 0.4B)
+    # ImageNet-T2I: DiT-L/2 backbone on 4×32×32 SD-VAE latents, flan-T5-XL tokens. 438,143,248 params (paper: 0.4B)
     "dit-i-256": DiTIConfig(in_channels=4, input_size=32, text_dim=2048, patch_size=2, width=1024, depth=24, heads=16),
     # The same network fine-tuned at 512² (64×64 latents), positions interpolated ×2. 438,143,248 params
     "dit-i-512": DiTIConfig(in_channels=4, input_size=64, text_dim=2048, patch_size=2, width=1024, depth=24, heads=16,

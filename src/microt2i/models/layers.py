@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..augment.crop import whole_image_boxes
+
 # ---------------------------------------------------------------------------------------------------------------
 # Patches and modulation
 
@@ -208,7 +210,7 @@ def make_norm(kind: str | None, dim: int) -> nn.Module:
 
 
 class LayerScale(nn.Module):
-    """Learned per-channel gain on a residual branch, initialised small (CaiT §2.1; paper 000 App. C)."""
+    """Learned per-channel gain on a residual branch, initialised small (CaiT §2.1; ImageNet-T2I App. C)."""
 
     def __init__(self, dim: int, init: float = 0.1):
         super().__init__()
@@ -281,7 +283,7 @@ class Attention(nn.Module):
 
     qk_norm normalises each head's queries and keys ('rms' or 'layer', one norm shared by all heads) before the
     dot product: this bounds the attention logits and avoids the entropy collapse that destabilises training
-    (QK-norm, Henry et al. 2020; SD3 §5.2.1; paper 000 App. C puts it in every self- and cross-attention).
+    (QK-norm, Henry et al. 2020; SD3 §5.2.1; ImageNet-T2I App. C puts it in every self- and cross-attention).
 
     inner_dim (default dim) is the width of q, k, v (heads · head_dim): MicroDiT's layer-wise scaling narrows it
     per block while the residual stream keeps width dim. With qk_norm='layer-full' one non-affine LayerNorm spans
@@ -446,7 +448,7 @@ class TransformerBlock(nn.Module):
 
 
 class TextRefiner(nn.Module):
-    """A few self-attention blocks over the projected caption tokens, then a final LayerNorm (paper 000 App. C:
+    """A few self-attention blocks over the projected caption tokens, then a final LayerNorm (ImageNet-T2I App. C:
     "before feeding the text condition to the model, we refine it using two self-attention layers").
 
     Padded tokens are never attended to, so real tokens come out independent of the padding's values; the
@@ -466,3 +468,53 @@ class TextRefiner(nn.Module):
         for block in self.blocks:
             y = block(y, mask)
         return self.norm(y)  # [B, L, D]
+
+
+class CropEmbedder(nn.Module):
+    """Normalised crop box [B, 4] → one crop-coordinate token [B, 1, D]: an MLP on the box mapped to [−1, 1]."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(4, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, boxes: torch.Tensor) -> torch.Tensor:
+        if boxes.ndim != 2 or boxes.shape[-1] != 4:
+            raise ValueError(f"crop_tokens must be normalised boxes [B, 4] = (x0, y0, x1, y1), got "
+                             f"{list(boxes.shape)}; pass augment.crop.whole_image_boxes(B) for the whole image")
+        return self.mlp(boxes.to(self.mlp[0].weight.dtype) * 2 - 1).unsqueeze(1)
+
+
+def append_crop_token(embedder: CropEmbedder, y: torch.Tensor, y_mask: torch.Tensor | None,
+                      boxes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Caption tokens y [B, L, D] (mask [B, L]) with the crop token appended: [B, L+1, D], [B, L+1]. A missing box
+    means the whole image (inference)."""
+    B, L = y.shape[:2]
+    if boxes is None:
+        boxes = whole_image_boxes(B, y.device)
+    y = torch.cat([y, embedder(boxes.to(y.device)).to(y.dtype)], dim=1)
+    if y_mask is None:
+        y_mask = torch.ones(B, L, dtype=torch.bool, device=y.device)
+    return y, torch.cat([y_mask.bool(), y_mask.new_ones(B, 1, dtype=torch.bool)], dim=1)
+
+
+def forward_inputs(net: nn.Module, name: str, x: torch.Tensor, noise_cond, crop_tokens=None, *,
+                   hint: str = "", buckets: bool = False) -> tuple[int, int, int, int, torch.Tensor]:
+    """The forward preamble every backbone shares: crop_tokens need the crop-coordinate token (`crop_embedder`), x
+    must be the [B, C, H, W] the network was built for (`net.config`; with `buckets`, any H, W in multiples of the
+    patch size within the input_size² budget: an aspect bucket, data/buckets.py), noise_cond (scalar or [B])
+    becomes [B]. Returns (B, C, H, W, noise_cond [B])."""
+    if crop_tokens is not None and getattr(net, "crop_embedder", None) is None:
+        raise ValueError(f"crop_tokens given to a {name} built without the crop-coordinate token; "
+                         f"set model.crop_cond=true (and train with augment.crop.enabled=true)")
+    cfg = net.config
+    B, C, H, W = x.shape
+    if buckets:
+        p = cfg.patch_size
+        if C != cfg.in_channels or H % p or W % p or H * W > cfg.input_size ** 2:  # an aspect bucket fits the budget
+            raise ValueError(
+                f"{name} built for inputs [B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}] (or an aspect "
+                f"bucket of at most {cfg.input_size}² in multiples of {p}), got {list(x.shape)}{hint}")
+    elif (C, H, W) != (cfg.in_channels, cfg.input_size, cfg.input_size):
+        raise ValueError(f"{name} built for inputs [B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}], "
+                         f"got {list(x.shape)}{hint}")
+    return B, C, H, W, torch.as_tensor(noise_cond, device=x.device).expand(B)  # [B]

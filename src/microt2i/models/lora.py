@@ -17,14 +17,19 @@ peft is an optional dependency (`pip install microt2i[lora]`); it is imported in
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save
 
 from ..config import ConfigError
 from ..io import atomic_write_bytes
+from . import save_pretrained
+from .layers import Attention, Mlp, SwiGLU
 
 TARGETS = ("attention", "mlp", "both")
 ADAPTER_NAME = "adapter.safetensors"  # next to ema/model.safetensors; shipped in the export's lora/ folder
@@ -32,7 +37,7 @@ ADAPTER_NAME = "adapter.safetensors"  # next to ema/model.safetensors; shipped i
 
 def _peft():
     try:  # optional dependency: only LoRA runs need it
-        import peft
+        import peft  # optional extra (microt2i[lora])
     except ImportError:
         raise ConfigError("train.lora_rank > 0 needs peft: pip install 'microt2i[lora]' (or pip install peft)") from None
     return peft
@@ -50,8 +55,6 @@ def check(rank: int, alpha: float, targets: str) -> None:
 
 def target_names(net: nn.Module, targets: str) -> list[str]:
     """Full names of the nn.Linear modules LoRA adapts: Attention projections and/or Mlp / SwiGLU layers."""
-    from .layers import Attention, Mlp, SwiGLU
-
     kinds = {"attention": (Attention,), "mlp": (Mlp, SwiGLU), "both": (Attention, Mlp, SwiGLU)}[targets]
     names = []
     for name, m in net.named_modules():
@@ -105,8 +108,6 @@ def adapter_state(net: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_adapter(net: nn.Module, path: str | Path, **meta) -> Path:
     """Write the adapter alone as safetensors (atomic), its rank / alpha / targets (+ `meta`) in the metadata."""
-    from safetensors.torch import save
-
     path = Path(path)
     info = dict(getattr(net, "lora_settings", {}), **meta)
     atomic_write_bytes(path, save(adapter_state(net), metadata={"lora": json.dumps(info)}))
@@ -115,8 +116,6 @@ def save_adapter(net: nn.Module, path: str | Path, **meta) -> Path:
 
 def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, settings) of an adapter file `save_adapter` wrote; a clear error for anything else."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LoRA adapter {str(path)!r} does not exist (a LoRA run writes ema/{ADAPTER_NAME})")
@@ -158,10 +157,6 @@ def merge_lora(net: nn.Module) -> nn.Module:
 def save_lora_pretrained(net: nn.Module, folder: str | Path, **meta) -> None:
     """A LoRA network's inference artifact: `folder/adapter.safetensors` (the adapter alone) beside the usual
     `save_pretrained` files holding the merged weights (a copy is merged; `net` keeps its adapters)."""
-    import copy
-
-    from . import save_pretrained
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_pretrained(merge_lora(copy.deepcopy(net)), folder)

@@ -1,4 +1,4 @@
-"""MicroDiT: "Stretching Each Dollar: Diffusion Training from Scratch on a Micro-Budget" (paper 003).
+"""MicroDiT: "Stretching Each Dollar: Diffusion Training from Scratch on a Micro-Budget" (MicroDiT).
 
 A DiT (Peebles & Xie 2023) with captions by cross-attention, read top to bottom:
 
@@ -18,7 +18,7 @@ A DiT (Peebles & Xie 2023) with captions by cross-attention, read top to bottom:
   is SwiGLU (Fig. 9f), experts are GELU MLPs; QK-norm (non-affine LayerNorm over all heads, App. B).
 - **Caption path**: Mlp projection (GELU, LayerNorm in the middle) → one pre-LN self-attention + SwiGLU refiner
   block (Fig. 6 "we process the caption embeddings using an attention layer") → cross-attention K/V of every block.
-- **Crop IA** (`crop_cond`; paper 000 App. F, `augment/crop.py`; our choice, the paper has no guidance): the crop's
+- **Crop IA** (`crop_cond`; ImageNet-T2I App. F, `augment/crop.py`; our choice, the paper has no guidance): the crop's
   box (`crop_tokens`) becomes one token appended to the caption, and the mixer runs on the crop's tokens only;
   `keep_mask` (⊆ the crop) then selects the backbone's tokens among them, so 75 % masking masks the cropped image.
 - **Init**: xavier-uniform linears; q/k/v and FFN-in N(0, 0.02); output projections depth-scaled
@@ -40,14 +40,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..augment.crop import CropEmbedder, append_crop_token, box_keep_mask
+from ..augment.crop import box_keep_mask
 from ..config import MicroDiTConfig
 from .layers import (
     Attention,
+    CropEmbedder,
     Mlp,
     RepaHead,
     SwiGLU,
     TimestepEmbedder,
+    append_crop_token,
+    forward_inputs,
     keep_tokens,
     modulate,
     patchify,
@@ -249,7 +252,7 @@ class FinalLayer(nn.Module):
 
 
 class MicroDiT(nn.Module):
-    """Patch-mixer + masked backbone with layer-wise scaling and expert-choice MoE (paper 003, Fig. 6)."""
+    """Patch-mixer + masked backbone with layer-wise scaling and expert-choice MoE (MicroDiT, Fig. 6)."""
 
     def __init__(self, cfg: MicroDiTConfig):
         super().__init__()
@@ -319,7 +322,7 @@ class MicroDiT(nn.Module):
 
         crop_tokens [B, 4] normalised crop boxes (x0, y0, x1, y1) of Crop IA (needs `crop_cond`; None = whole
         image): the crop token joins the caption, the mixer sees only the crop's tokens, and keep_mask (default:
-        the crop) must lie inside the crop (`augment.crop.crop_patch_mask` draws one).
+        the crop) must lie inside the crop (`crop_patch_mask` below draws one).
 
         route_mask [B, N_keep] bool (TREAD, training only): the backbone tokens that go through blocks route_start …
         route_end − 1; the others skip them. Routing composes with deferred masking: the mixer sees every patch, the
@@ -327,16 +330,9 @@ class MicroDiT(nn.Module):
 
         Returns F(x) [B, C, H, W] (or [B, N_keep, p²·C] with keep_mask or a crop).
         """
-        if crop_tokens is not None and self.crop_embedder is None:
-            raise ValueError("crop_tokens given to a MicroDiT built without the crop-coordinate token; "
-                             "set model.crop_cond=true (and train with augment.crop.enabled=true)")
-        cfg = self.config
-        B, C, H, W = x.shape
-        p = cfg.patch_size
-        if (C, H, W) != (cfg.in_channels, cfg.input_size, cfg.input_size):
-            raise ValueError(f"MicroDiT built for inputs [B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}], "
-                             f"got {list(x.shape)}; set model.input_size / model.in_channels to match the data")
-        noise_cond = torch.as_tensor(noise_cond, device=x.device).expand(B)  # [B]
+        B, C, H, W, noise_cond = forward_inputs(self, "MicroDiT", x, noise_cond, crop_tokens,
+                                                hint="; set model.input_size / model.in_channels to match the data")
+        cfg, p = self.config, self.config.patch_size
 
         # Conditioning: caption → refined tokens y [B, L, D]; c = t_emb + MLP(mean real caption token) [B, D]
         y = self.y_embedder(text_tokens)
@@ -358,7 +354,7 @@ class MicroDiT(nn.Module):
                 keep_mask = crop
             elif bool((keep_mask & ~crop).any()):
                 raise ValueError("keep_mask keeps tokens outside the crop of crop_tokens; draw it inside the crop "
-                                 "(augment.crop.crop_patch_mask)")
+                                 "(models.microdit.crop_patch_mask)")
             h, inner = keep_tokens(h, crop), keep_tokens(keep_mask, crop)  # [B, N_crop, D], [B, N_crop]
         if inner is not None and cfg.masking == "naive":  # naive masking: drop patches before any mixing
             h = keep_tokens(h, inner)  # [B, N_keep, D]
@@ -380,14 +376,14 @@ class MicroDiT(nn.Module):
 # MicroDiT configs (presets.py wraps them into RunConfigs; exact counts are tested on the meta device)
 
 MICRODIT_CONFIGS: dict[str, MicroDiTConfig] = {
-    # Paper 003 large scale: DiT-XL/2-sized, 6-block mixer at 768, 13 + 3 MoE blocks. 1,165,442,320 params
+    # MicroDiT large scale: DiT-XL/2-sized, 6-block mixer at 768, 13 + 3 MoE blocks. 1,165,442,320 params
     # (paper: 1.16B; mixer 186.4M, backbone 958.2M); 639,980,816 with every MoE FFN a dense SwiGLU (moe=False)
     "microdit-xl-2": MicroDiTConfig(in_channels=4, input_size=32, text_dim=1024, width=1024, depth=28, head_dim=64,
                                     mixer_depth=6, mixer_width=768),
     # The same network at 512² (64×64 latents): positions interpolated ×2 (stage 3/4 of Table 3)
     "microdit-xl-2-512": MicroDiTConfig(in_channels=4, input_size=64, text_dim=1024, width=1024, depth=28,
                                         head_dim=64, mixer_depth=6, mixer_width=768, pos_interp_scale=2.0),
-    # Paper 003 small scale (App. D ablations): DiT-Tiny/2, 4-block mixer at 512, 7 + 2 MoE blocks. 200,692,752 params
+    # MicroDiT small scale (App. D ablations): DiT-Tiny/2, 4-block mixer at 512, 7 + 2 MoE blocks. 200,692,752 params
     "microdit-tiny-2": MicroDiTConfig(in_channels=4, input_size=32, text_dim=1024, width=512, depth=16, head_dim=32,
                                       mixer_depth=4, mixer_width=512),
     # CPU world: 3×32×32 pixels with p = 2 → 256 tokens (the paper's 256² token count), MiniLM (384-d) captions,
@@ -398,3 +394,15 @@ MICRODIT_CONFIGS: dict[str, MicroDiTConfig] = {
     "world-microdit-tiny": MicroDiTConfig(in_channels=3, input_size=16, text_dim=384, width=64, depth=4, head_dim=16,
                                           mixer_depth=1, mixer_width=32, multiple_of=16, num_experts=4),
 }
+
+
+def crop_patch_mask(crop_keep: torch.Tensor, mask_ratio: float, *, generator=None) -> torch.Tensor:
+    """MicroDiT under Crop: keep a uniform random ⌊N_crop·(1 − mask_ratio)⌋ (≥ 1) of each row's crop tokens;
+    [B, N] bool, a subset of `crop_keep`."""
+    B, N = crop_keep.shape
+    n_crop = int(crop_keep[0].sum())
+    gen_device = generator.device if generator is not None else crop_keep.device
+    noise = torch.rand(B, N, generator=generator, device=gen_device).to(crop_keep.device)
+    noise = noise.masked_fill(~crop_keep, 2.0)  # tokens outside the crop sort last
+    ids = noise.argsort(dim=1)[:, : num_kept(n_crop, mask_ratio)]
+    return torch.zeros_like(crop_keep).scatter_(1, ids, True)

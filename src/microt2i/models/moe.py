@@ -1,4 +1,4 @@
-"""Expert-choice mixture-of-experts feed-forward layer (Zhou et al. 2022; MicroDiT, paper 003 App. C, Fig. 7).
+"""Expert-choice mixture-of-experts feed-forward layer (Zhou et al. 2022; MicroDiT, MicroDiT App. C, Fig. 7).
 
 Token-choice MoE lets every token pick its top experts and needs an auxiliary loss to balance the load. In expert
 choice the *experts* pick: a linear router scores every (token, expert) pair, a softmax over experts turns the
@@ -47,7 +47,7 @@ class ExpertChoiceMoE(nn.Module):
         nn.init.trunc_normal_(self.w2, std=out_std)
 
     def expert_parameters(self) -> list[nn.Parameter]:
-        """The experts' weights; the optimizer gives them a reduced learning rate (003 App. B). The router sees every
+        """The experts' weights; the optimizer gives them a reduced learning rate (MicroDiT App. B). The router sees every
         token and keeps the base rate."""
         return [self.w1, self.w2]
 

@@ -7,7 +7,7 @@ single process and nothing here starts a process group, except FSDP2 (`train.par
 a single-rank gloo/NCCL group is created so the same sharded code path and checkpoint format serve 1 … N ranks.
 
 - DDP (default): gradients all-reduced in backward; accumulation skips the sync until the last micro-step.
-- FSDP2 (`fully_shard` per transformer block, then the root; paper 003 §B trains with FSDP): parameters, grads
+- FSDP2 (`fully_shard` per transformer block, then the root; MicroDiT §B trains with FSDP): parameters, grads
   and optimizer state sharded; the EMA is a second sharded copy (never gathered except to export); training state
   is saved with `torch.distributed.checkpoint` so a run resumes on another world size (DCP reshards at load).
 """
@@ -28,6 +28,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.utils.checkpoint import checkpoint
+from .state import write_dcp_checksums
 
 
 @dataclass(frozen=True)
@@ -137,8 +144,6 @@ def blocks(net: nn.Module) -> list[nn.Module]:
 def apply_activation_checkpointing(net: nn.Module) -> None:
     """Recompute each block's activations in backward (memory for ~⅓ more compute). Only `forward` is replaced on
     the instance, so parameter names and checkpoints are unchanged."""
-    from torch.utils.checkpoint import checkpoint
-
     for block in blocks(net):
         block.forward = functools.partial(checkpoint, type(block).forward.__get__(block), use_reentrant=False)
 
@@ -167,8 +172,6 @@ def wrap_model(net: nn.Module, *, parallel: str = "ddp", precision: str = "fp32"
 
 def shard(net: nn.Module, precision: str = "fp32") -> None:
     """FSDP2: `fully_shard` each block, then the root (its embeddings, heads and norms)."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     if not dist.is_initialized():
         raise RuntimeError("train.parallel=fsdp needs a process group: start with init_distributed(need_group=True)")
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if precision == "bf16" else None, reduce_dtype=torch.float32)
@@ -182,8 +185,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.tensor import DTensor
-
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
@@ -203,8 +204,6 @@ def grad_sync(model: nn.Module, sync: bool):
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """A consolidated CPU state dict of a (possibly sharded) model. Collective under FSDP2: call on every rank."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     model = unwrap(model)
     if not is_sharded(model):
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -212,8 +211,6 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _dcp_state(model, optimizer, ema_model) -> dict:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
     return {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer),
             "ema": get_model_state_dict(ema_model)}
 
@@ -221,8 +218,6 @@ def _dcp_state(model, optimizer, ema_model) -> dict:
 def save_sharded(path: str | Path, model: nn.Module, optimizer, ema_model: nn.Module, meta: dict) -> Path:
     """Write a DCP checkpoint folder at `path` atomically: every rank writes into `path.tmp`, rank 0 renames it
     after a barrier, so a crash mid-write leaves only a `.tmp` folder that resume ignores."""
-    import torch.distributed.checkpoint as dcp
-
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if is_main():
@@ -233,7 +228,6 @@ def save_sharded(path: str | Path, model: nn.Module, optimizer, ema_model: nn.Mo
     barrier()
     if is_main():
         (tmp / "meta.json").write_text(json.dumps(meta))
-        from .state import write_dcp_checksums
 
         write_dcp_checksums(tmp)  # verified before resume (state.checkpoint_problem)
         shutil.rmtree(path, ignore_errors=True)
@@ -244,9 +238,6 @@ def save_sharded(path: str | Path, model: nn.Module, optimizer, ema_model: nn.Mo
 
 def load_sharded(path: str | Path, model: nn.Module, optimizer, ema_model: nn.Module) -> dict:
     """Load a DCP folder into the (sharded or plain) model, optimizer and EMA at this run's world size; returns meta."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-
     path = Path(path)
     state = _dcp_state(model, optimizer, ema_model)
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
@@ -261,11 +252,19 @@ def load_sharded(path: str | Path, model: nn.Module, optimizer, ema_model: nn.Mo
 def load_optimizer(model: nn.Module, optimizer, state: dict) -> None:
     """Load a plain `optimizer.state_dict()` (a `.pt` checkpoint, e.g. a recipe's stage seed) into the optimizer of
     `model`, sharded or not. torch numbers parameters in param-group order; FSDP2's state dict names them, so the
-    numbering is mapped to names first."""
+    numbering is mapped to names first. The optimizer keeps its own kernel choice (`fused` / `foreach`): a
+    checkpoint's groups may come from another device (a fine-tune's seed is planned on the meta device), and the
+    NaN guard's on-device skip needs the fused kernel it was built for (nan_guard.py)."""
+    impl = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    _load_optimizer_state(model, optimizer, state)
+    for group, kernel in zip(optimizer.param_groups, impl):
+        group.update(kernel)
+
+
+def _load_optimizer_state(model: nn.Module, optimizer, state: dict) -> None:
     if not is_sharded(model):
         optimizer.load_state_dict(state)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     names = {id(p): n for n, p in unwrap(model).named_parameters()}
     order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]

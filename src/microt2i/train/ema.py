@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
+def local_shard(t: torch.Tensor) -> torch.Tensor:
     """A sharded DTensor's local shard (foreach ops have no sharding rule); a plain tensor as is."""
     return t.to_local() if hasattr(t, "to_local") else t
 
@@ -25,13 +25,13 @@ class EMA:
         """ema ← decay·ema + (1 − decay)·θ; a plain copy until `start_nimg` images have been seen. Multi-tensor
         (foreach) ops: one kernel launch per op for all parameters, no per-tensor Python loop, no host sync."""
         decay = self.decay if nimg >= self.start_nimg else 0.0
-        ema_p = [_local(p) for p in self.model.parameters()]  # FSDP2: each rank updates its own shards
-        src_p = [_local(p.detach()) for p in model.parameters()]
+        ema_p = [local_shard(p) for p in self.model.parameters()]  # FSDP2: each rank updates its own shards
+        src_p = [local_shard(p.detach()) for p in model.parameters()]
         if decay == 0.0:
             torch._foreach_copy_(ema_p, src_p)
         else:
             torch._foreach_lerp_(ema_p, src_p, 1.0 - decay)
-        ema_b, src_b = [_local(b) for b in self.model.buffers()], [_local(b) for b in model.buffers()]
+        ema_b, src_b = [local_shard(b) for b in self.model.buffers()], [local_shard(b) for b in model.buffers()]
         if ema_b:
             torch._foreach_copy_(ema_b, src_b)
 

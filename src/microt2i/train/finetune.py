@@ -1,4 +1,4 @@
-"""Fine-tuning from a checkpoint (`microt2i train --init <run | export folder>`; paper 000 §5: "ImageNet pretrained
+"""Fine-tuning from a checkpoint (`microt2i train --init <run | export folder>`; ImageNet-T2I §5: "ImageNet pretrained
 models can be fine-tuned on task specific datasets").
 
 Like a recipe stage (train/recipe.py `seed_stage`), the carried state is written into the new run folder as its
@@ -20,7 +20,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,28 +29,15 @@ from ..models import build
 from ..models.lora import apply_lora
 from .dist import broadcast_object, is_main
 from .optim import make_optimizer, param_groups
-from .recipe import _latest_payload
+from .recipe import latest_payload
 from .state import list_checkpoints, save_checkpoint
-
-
-def freeze(net: torch.nn.Module, prefixes, log=print) -> int:
-    """requires_grad_(False) on every parameter whose name starts with one of `prefixes`; returns how many tensors.
-    A prefix that matches nothing is an error listing the network's top-level modules."""
-    names = [n for n, _ in net.named_parameters()]
-    unknown = [p for p in prefixes if not any(n.startswith(p) for n in names)]
-    if unknown:
-        top = sorted({n.split(".")[0] for n in names})
-        raise ConfigError(f"train.freeze prefixes {unknown} match no parameter of this {net.config.family} network; "
-                          f"its top-level modules are {', '.join(top)} (e.g. train.freeze=[{top[0]}])")
-    count = 0
-    for n, p in net.named_parameters():
-        if any(n.startswith(pre) for pre in prefixes):
-            p.requires_grad_(False)
-            count += 1
-    frozen = sum(p.numel() for p in net.parameters() if not p.requires_grad)
-    log(f"[finetune] froze {count} tensors ({frozen / 1e6:.2f}M of {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M "
-        f"parameters) under {list(prefixes)}")
-    return count
+import contextlib
+import os
+from safetensors.torch import load_file
+from .loop import train
+from .state import run_lock
+from ..encoders.hub import resolve_init_hub
+from ..models import from_pretrained
 
 
 def resolve_init(init: str | Path) -> tuple[str, Path]:
@@ -59,8 +45,6 @@ def resolve_init(init: str | Path) -> tuple[str, Path]:
     config.json, e.g. a run's ema/ or `microt2i export` output)."""
     p = Path(init).expanduser()
     if not p.exists():  # a Hugging Face Hub id (owner/name): downloaded into the HF cache, then read like a folder
-        from ..encoders.hub import resolve_init_hub
-
         p = resolve_init_hub(str(init))
     if list_checkpoints(p) and (p / "config.yaml").is_file():
         return "run", p
@@ -74,8 +58,6 @@ def resolve_init(init: str | Path) -> tuple[str, Path]:
 
 
 def _export_weights(folder: Path) -> tuple[dict, ModelConfig]:
-    from safetensors.torch import load_file
-
     d = json.loads((folder / "config.json").read_text())
     if (folder / _DIFFUSERS_WEIGHTS).is_file() and isinstance(d.get("model"), dict):  # MicroT2ITransformer's layout
         d = dict(d["model"])
@@ -156,7 +138,7 @@ def init_run(cfg: RunConfig, run_dir: str | Path, log=print) -> str | None:
     net = _meta_net(cfg.model, t.freeze)
     if kind == "run":
         src_cfg = load_yaml(src / "config.yaml")
-        payload = _latest_payload(src_cfg, src)
+        payload = latest_payload(src_cfg, src)
         if payload is None:
             raise FileNotFoundError(f"no readable checkpoint in {src}")
         src_model, weights, ema = src_cfg.model, payload["ema"], payload["ema"]
@@ -195,12 +177,6 @@ def init_run(cfg: RunConfig, run_dir: str | Path, log=print) -> str | None:
 
 def finetune(cfg: RunConfig, run_dir: str | Path, *, log=print, **train_kwargs) -> dict:
     """`init_run` (rank 0 writes; the others wait), then the ordinary trainer, which resumes from it."""
-    import contextlib
-    import os
-
-    from .loop import train
-    from .state import run_lock
-
     main = int(os.environ.get("RANK", "0")) == 0  # the run-folder lock covers the seeding write too (re-entrant)
     with run_lock(run_dir, log=log) if main else contextlib.nullcontext():
         mode = init_run(cfg, run_dir, log=log) if is_main() else None
@@ -213,87 +189,15 @@ def finetune(cfg: RunConfig, run_dir: str | Path, *, log=print, **train_kwargs) 
 
 def init_sampler(cfg: RunConfig, run_dir: str | Path, device="cpu"):
     """(config, network) of the model a fine-tune started from (its init.json), for before/after comparisons."""
-    from ..models import from_pretrained
-
     info = json.loads((Path(run_dir) / "init.json").read_text())
     src = Path(info["init"])
     if info["kind"] == "export":
         net = from_pretrained(src, device=device)
     else:
         src_cfg = load_yaml(src / "config.yaml")
-        payload = _latest_payload(src_cfg, src)
+        payload = latest_payload(src_cfg, src)
         with torch.device(device):
             net = build(src_cfg.model)
         net.load_state_dict(payload["ema"])
         net.eval()
     return dataclasses.replace(cfg, model=net.config), net
-
-
-def before_after(run_dir: str | Path, prompts: list[str], *, seed: int = 0, steps: int | None = None,
-                 device="cpu", upscale: int = 4, log=print) -> dict:
-    """Sample the init model and the fine-tuned EMA on the same prompts and noise seeds; write
-    `finetune_before.png` / `finetune_after.png` into the run folder. Returns {"before", "after": uint8 images}."""
-    from ..encoders import TextEncoder, codec_of
-    from ..report import save_grid
-    from ..sample import generate, load_run
-
-    run_dir = Path(run_dir)
-    cfg, net, null_tokens, null_mask = load_run(run_dir, device=device)
-    text = TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len, device=device)
-    emb = text.encode(list(prompts))
-    codec = codec_of(cfg.data, device=device)
-    src_cfg, src_net = init_sampler(cfg, run_dir, device)
-    out = {}
-    for tag, c, n in (("before", src_cfg, src_net), ("after", cfg, net)):
-        images = generate(n, c, emb.tokens, emb.mask, null_tokens, null_mask, codec=codec, steps=steps, seed=seed,
-                          device=device)
-        save_grid(images, run_dir / f"finetune_{tag}.png", nrow=int(np.ceil(np.sqrt(len(images)))), upscale=upscale)
-        out[tag] = images
-    log(f"[finetune] before/after grids → {run_dir / 'finetune_before.png'}, {run_dir / 'finetune_after.png'}")
-    return out
-
-
-def world_background_share(images: np.ndarray, backgrounds=("slate",)) -> dict:
-    """World "style" statistics of uint8 images: each image's border colour (a 2-px frame, where objects rarely are)
-    is assigned to the nearest mean colour of the world's backgrounds; returns the share assigned to `backgrounds`,
-    the share of every background and the mean border luminance (0–255)."""
-    from ..world.render import paint_background
-    from ..world.scenes import BACKGROUNDS
-
-    images = np.asarray(images, np.float64)
-    h = images.shape[1]
-    frame = np.ones((h, h), bool)
-    frame[2:-2, 2:-2] = False
-    border = images[:, frame].mean(1)  # [N, 3]
-    names = list(BACKGROUNDS)
-    refs = np.stack([paint_background(b, 64, seed=0).reshape(-1, 3).mean(0) for b in names])
-    nearest = np.argmin(((border[:, None] - refs[None]) ** 2).sum(-1), 1)
-    shares = {b: float((nearest == i).mean()) for i, b in enumerate(names)}
-    return {"share": sum(shares[b] for b in backgrounds), "shares": shares,
-            "luminance": float((border @ np.array([0.299, 0.587, 0.114])).mean())}
-
-
-def finetune_report(run_dir: str | Path, store, *, n: int = 16, device="cpu", log=print) -> dict:
-    """Before/after grids of a finished fine-tune (`before_after`) and `finetune.json`. Prompts: held-out world
-    captions of every background when the fine-tune data came from the world (keys `world-…`: the style shift shows
-    on prompts that were not in it), else the fine-tune set's first captions. World runs also get the border
-    statistics of `world_background_share` before and after."""
-    from ..eval.runner import REFERENCE_SEED
-    from ..sample import load_run
-    from ..world import make_dataset
-
-    run_dir = Path(run_dir)
-    cfg = load_run(run_dir)[0]
-    keys = list(getattr(store, "keys", []) or [])
-    world = bool(keys) and all(str(k).startswith("world-") for k in keys[:n])
-    if world:
-        _, prompts, _ = make_dataset(n, seed=REFERENCE_SEED, resolution=cfg.data.resolution)
-    else:
-        prompts = list(store.captions[:n])
-    images = before_after(run_dir, prompts, seed=cfg.eval.seed, device=device, log=log)
-    report = {"prompts": "held-out world captions" if world else "fine-tune captions", "n": len(prompts),
-              "grids": {"before": "finetune_before.png", "after": "finetune_after.png"}}
-    if world:
-        report |= {tag: world_background_share(images[tag], ()) for tag in ("before", "after")}
-    atomic_write_text(run_dir / "finetune.json", json.dumps(report, indent=1))
-    return report

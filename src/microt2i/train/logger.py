@@ -15,6 +15,8 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..io import atomic_write_text
+import numpy as np
+from PIL import Image
 
 
 def _report_nimg(line: str) -> float:
@@ -46,7 +48,7 @@ def _scalars(stats: dict) -> dict[str, float]:
 
 def _tensorboard_writer(log_dir: Path):
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
     except ImportError:
         raise ConfigError("train.tensorboard=true needs the tensorboard package: `pip install tensorboard` "
                           "(or set train.tensorboard=false)") from None
@@ -55,7 +57,7 @@ def _tensorboard_writer(log_dir: Path):
 
 def _wandb_run(project: str, run_dir: Path, config: dict | None):
     try:
-        import wandb
+        import wandb  # optional: only when W&B logging is on
     except ImportError:
         raise ConfigError(f"train.wandb={project!r} needs the wandb package: `pip install wandb` (or set "
                           f"train.wandb='' to log to stats.jsonl only; WANDB_MODE=offline logs without a server)") from None
@@ -88,15 +90,12 @@ class RunLogger:
             for k, v in scalars.items():
                 self.tb.add_scalar(k, v, nimg)
             if grid_path is not None:
-                import numpy as np
-                from PIL import Image
-
                 self.tb.add_image("eval/grid", np.asarray(Image.open(grid_path).convert("RGB")), nimg, dataformats="HWC")
             self.tb.flush()
         if self.wandb is not None:
             payload = {**scalars, "nimg": nimg}
             if grid_path is not None:
-                import wandb
+                import wandb  # optional: only when W&B logging is on
 
                 payload["eval/grid"] = wandb.Image(str(grid_path), caption=f"EMA samples at {nimg} images")
             self.wandb.log(payload)

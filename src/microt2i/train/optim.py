@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float, expert_lr_scale: float = 1.0) -> list[dict]:
@@ -16,7 +16,7 @@ def param_groups(model: nn.Module, weight_decay: float, expert_lr_scale: float =
 
     Mixture-of-experts weights (modules with `expert_parameters()`, e.g. `ExpertChoiceMoE`) go to a third group
     with `lr_scale` = expert_lr_scale: each expert sees only a fraction of the tokens, and MicroDiT halves their
-    learning rate (003 App. B). The trainer sets every group's lr to schedule(nimg) · lr_scale. (The reference
+    learning rate (MicroDiT App. B). The trainer sets every group's lr to schedule(nimg) · lr_scale. (The reference
     selects them by the name "moe", which its modules do not carry, so its halving never happens.)
     """
     experts = {id(p) for m in model.modules() if hasattr(m, "expert_parameters") for p in m.expert_parameters()}
@@ -171,3 +171,23 @@ def lr_at(nimg: int, cfg: TrainConfig) -> float:
     progress = min(max(nimg - cfg.warmup_nimg, 0) / span, 1.0)
     cosine = 0.5 * (1 + math.cos(math.pi * cfg.cosine_rate * progress))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def freeze(net: torch.nn.Module, prefixes, log=print) -> int:
+    """requires_grad_(False) on every parameter whose name starts with one of `prefixes`; returns how many tensors.
+    A prefix that matches nothing is an error listing the network's top-level modules."""
+    names = [n for n, _ in net.named_parameters()]
+    unknown = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+    if unknown:
+        top = sorted({n.split(".")[0] for n in names})
+        raise ConfigError(f"train.freeze prefixes {unknown} match no parameter of this {net.config.family} network; "
+                          f"its top-level modules are {', '.join(top)} (e.g. train.freeze=[{top[0]}])")
+    count = 0
+    for n, p in net.named_parameters():
+        if any(n.startswith(pre) for pre in prefixes):
+            p.requires_grad_(False)
+            count += 1
+    frozen = sum(p.numel() for p in net.parameters() if not p.requires_grad)
+    log(f"[finetune] froze {count} tensors ({frozen / 1e6:.2f}M of {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M "
+        f"parameters) under {list(prefixes)}")
+    return count

@@ -5,7 +5,7 @@ one ended with — MicroDiT's Table 3 (256² masked → 256² unmasked → 512²
 stage checkpoints and resumes in its own folder: run it again after an interruption and finished stages are
 skipped, the interrupted one resumes bit-exactly, the rest follow (no `pkill`, no wiped caches between stages).
 
-What carries over (as the reference configs load the previous checkpoint, anchors §2.4):
+What carries over (as the reference configs load the previous checkpoint, micro_diffusion's configs):
 - **same resolution** (stage 1 → 2, 3 → 4): weights, EMA and the AdamW moments — the reference loads the full
   state and resets only the LR; the new stage's hyper-parameters (lr, betas, weight decay) replace the old ones;
 - **new resolution** (stage 2 → 3): weights only (the reference's `load_weights_only`), a fresh optimizer, and the
@@ -48,7 +48,7 @@ def stage_finished(cfg: RunConfig, run_dir: str | Path) -> bool:
     return _checkpoint_nimg(run_dir) >= cfg.train.total_nimg and (run_dir / "ema" / "model.safetensors").is_file()
 
 
-def _latest_payload(cfg: RunConfig, run_dir: Path) -> dict | None:
+def latest_payload(cfg: RunConfig, run_dir: Path) -> dict | None:
     """The newest checkpoint as a plain payload; a sharded (FSDP2) `.dcp` folder is loaded into a CPU copy."""
     path, payload = resume_point(run_dir)  # the newest intact checkpoint of either kind
     if path is None or path.suffix != ".dcp":
@@ -64,7 +64,7 @@ def seed_stage(prev_cfg: RunConfig, prev_dir: str | Path, cfg: RunConfig, run_di
 
     Returns "state" (weights, EMA, optimizer moments: same resolution) or "weights" (weights only: new resolution).
     """
-    payload = _latest_payload(prev_cfg, prev_dir)
+    payload = latest_payload(prev_cfg, prev_dir)
     if payload is None or payload["nimg"] < prev_cfg.train.total_nimg:
         raise RuntimeError(f"stage {cfg.name!r} starts from {prev_cfg.name!r}, which has not finished in {prev_dir}; "
                            f"run the recipe from the start (it resumes unfinished stages)")
@@ -87,11 +87,11 @@ def seed_stage(prev_cfg: RunConfig, prev_dir: str | Path, cfg: RunConfig, run_di
 
 
 def run_recipe(stages: list[RunConfig], root_dir: str | Path, *, progress: bool = True, log=print,
-               store_fn: Callable[[RunConfig], object] | None = None) -> list[dict]:
+               store_fn: Callable[[RunConfig], object] | None = None, evaluate=None) -> list[dict]:
     """Train `stages` in order under `root_dir`, carrying weights from each stage to the next; resumable.
 
     `store_fn(stage_cfg)` may supply each stage's training store (tests); by default the trainer prepares it from
-    `stage_cfg.data`. Returns one dict per stage reached (name, dir, finished, skipped, nimg); the last entry also
+    `stage_cfg.data`. `evaluate` is the trainer's in-training evaluation (`train.loop._train`). Returns one dict per stage reached (name, dir, finished, skipped, nimg); the last entry also
     holds the trainer's summary ("net", "ema", "store", ...). Stops after a stage that did not finish.
     """
     if not stages:
@@ -116,7 +116,8 @@ def run_recipe(stages: list[RunConfig], root_dir: str | Path, *, progress: bool 
             mode = broadcast_object(mode)  # under torchrun rank 0 writes the seed; the others wait, then read it
             carried = "weights, EMA and optimizer" if mode == "state" else "weights"
             log(f"{tag}: starts from {dirs[i - 1].name} ({carried})")
-        out = train(cfg, run_dir, progress=progress, log=log, store=store_fn(cfg) if store_fn else None)
+        out = train(cfg, run_dir, progress=progress, log=log, store=store_fn(cfg) if store_fn else None,
+                    evaluate=evaluate)
         results.append({"name": cfg.name, "dir": run_dir, "skipped": False, **out})
         if not out["finished"]:
             break

@@ -1,8 +1,8 @@
 """A procedural, object-centric image world with exact captions and a rule-based detector."""
 
 from .detect import Detection, detect
-from .render import render
-from .scenes import CLASSES, COLORS, Scene, WorldObject, aio_caption, long_caption, make_dataset, sample_scene
+from .render import make_dataset, render
+from .scenes import CLASSES, COLORS, Scene, WorldObject, aio_caption, long_caption, sample_scene
 
 __all__ = [
     "CLASSES", "COLORS", "Detection", "Scene", "WorldObject",

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from .detect import detect
-from .scenes import CLASSES, COLORS, long_caption, sample_scene
+from .render import paint_background
+from .scenes import BACKGROUNDS, CLASSES, COLORS, long_caption, sample_scene
 
 
 def grid_prompts(n: int, seed: int) -> list[dict]:
@@ -39,3 +40,20 @@ def score_samples(images: np.ndarray, specs: list[dict]) -> tuple[dict, list[dic
                "color_accuracy": sum(r["color_ok"] for r in rows) / n,
                "chance_hit_rate": 1.0 / (len(CLASSES) * len(COLORS))}
     return metrics, rows
+
+
+def world_background_share(images: np.ndarray, backgrounds=("slate",)) -> dict:
+    """World "style" statistics of uint8 images: each image's border colour (a 2-px frame, where objects rarely are)
+    is assigned to the nearest mean colour of the world's backgrounds; returns the share assigned to `backgrounds`,
+    the share of every background and the mean border luminance (0–255)."""
+    images = np.asarray(images, np.float64)
+    h = images.shape[1]
+    frame = np.ones((h, h), bool)
+    frame[2:-2, 2:-2] = False
+    border = images[:, frame].mean(1)  # [N, 3]
+    names = list(BACKGROUNDS)
+    refs = np.stack([paint_background(b, 64, seed=0).reshape(-1, 3).mean(0) for b in names])
+    nearest = np.argmin(((border[:, None] - refs[None]) ** 2).sum(-1), 1)
+    shares = {b: float((nearest == i).mean()) for i, b in enumerate(names)}
+    return {"share": sum(shares[b] for b in backgrounds), "shares": shares,
+            "luminance": float((border @ np.array([0.299, 0.587, 0.114])).mean())}

@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .scenes import COLORS, Scene, WorldObject
+from .scenes import COLORS, Scene, WorldObject, aio_caption, long_caption, sample_scene
 
 Polygon = tuple[np.ndarray, bool]  # (N x 2 vertices, True = fill / False = cut a hole)
 
@@ -168,3 +168,18 @@ def render(scene: Scene, size: int, *, supersample: int = 4) -> np.ndarray:
         canvas.paste(COLORS[obj.color], mask=mask)
     # averaging each supersample x supersample block weights every colour by the area it covers
     return np.asarray(canvas.reduce(supersample) if supersample > 1 else canvas)
+
+
+def make_dataset(n: int, *, seed: int = 0, resolution: int = 32, captions: str = "long", max_objects: int = 3):
+    """n rendered scenes with captions ("long" or "aio"); item i depends only on (seed, i)."""
+    if captions not in ("long", "aio"):
+        raise ValueError(f"captions must be 'long' or 'aio', got {captions!r}")
+    images = np.empty((n, resolution, resolution, 3), np.uint8)
+    texts, scenes = [], []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        scene = sample_scene(rng, max_objects=max_objects)
+        images[i] = render(scene, resolution)
+        texts.append(long_caption(scene, rng) if captions == "long" else aio_caption(scene))
+        scenes.append(scene)
+    return images, texts, scenes

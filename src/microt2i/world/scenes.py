@@ -260,7 +260,7 @@ def long_caption(scene: Scene, rng: int | np.random.Generator | None = None) -> 
 
 
 # ---------------------------------------------------------------------------------------- CutMix composites
-# The oracle of a CutMix composite (paper 000 App. E; augment/cutmix.py): `partner`'s window `src` is pasted over
+# The oracle of a CutMix composite (ImageNet-T2I App. E; augment/cutmix.py): `partner`'s window `src` is pasted over
 # `box` of `base` (both normalised (x0, y0, x1, y1)). Like the paper's LLaVA prompt ("do not consider the image as
 # a composite"), the caption describes one scene: every visible object with its position and relations.
 
@@ -323,20 +323,3 @@ def cutmix_caption(base: Scene, partner: Scene, box, src, rng: int | np.random.G
         facts.append(_pick(rng, _COUNT).format(n=_pick(rng, (str(n), _NUMBERS.get(n, str(n)))), img=img))
     order = rng.permutation(len(facts))
     return " ".join([first] + [facts[i] for i in order])
-
-
-def make_dataset(n: int, *, seed: int = 0, resolution: int = 32, captions: str = "long", max_objects: int = 3):
-    """n rendered scenes with captions ("long" or "aio"); item i depends only on (seed, i)."""
-    from .render import render  # imported here: render.py builds on this module's vocabulary
-
-    if captions not in ("long", "aio"):
-        raise ValueError(f"captions must be 'long' or 'aio', got {captions!r}")
-    images = np.empty((n, resolution, resolution, 3), np.uint8)
-    texts, scenes = [], []
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        scene = sample_scene(rng, max_objects=max_objects)
-        images[i] = render(scene, resolution)
-        texts.append(long_caption(scene, rng) if captions == "long" else aio_caption(scene))
-        scenes.append(scene)
-    return images, texts, scenes

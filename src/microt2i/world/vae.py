@@ -1,7 +1,7 @@
 """The world's tiny VAE: a diffusers `AutoencoderKL` (factor 4, 4 latent channels) trained on world renders.
 
 It ships inside the package (`world/vae/`, fp16 safetensors, ~1 MB) so the embedded world has a latent space like
-the papers' SD VAE (latent diffusion, paper 000 App. C) and the CPU demo exercises the real `DiffusersVAE` path.
+the papers' SD VAE (latent diffusion, ImageNet-T2I App. C) and the CPU demo exercises the real `DiffusersVAE` path.
 `load_codec("world-vae")` loads it. Regenerate it with `python -m microt2i.world.vae` (about 5 min on 2 cores);
 `scaling_factor` in its config is set so encoded latents have std 0.5 (= EDM's σ_data).
 """
@@ -17,6 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .pixels import images_to_tensor
+from .render import make_dataset
+
 WORLD_VAE_DIR = Path(__file__).parent / "vae"
 TARGET_STD = 0.5
 
@@ -28,9 +31,6 @@ def world_vae_config() -> dict:
 
 
 def _batch(step: int, batch_size: int, resolution: int, seed: int) -> torch.Tensor:
-    from ..data.store import images_to_tensor
-    from .scenes import make_dataset
-
     images, _, _ = make_dataset(batch_size, seed=seed * 1_000_003 + step, resolution=resolution, captions="aio")
     return images_to_tensor(images)
 
@@ -38,7 +38,7 @@ def _batch(step: int, batch_size: int, resolution: int, seed: int) -> torch.Tens
 def train_world_vae(out_dir: str | Path = WORLD_VAE_DIR, *, steps: int = 3000, batch_size: int = 32,
                     resolution: int = 32, lr: float = 2e-3, kl_weight: float = 1e-6, seed: int = 0, log=print) -> dict:
     """Train on a stream of fresh world renders (L1 + L2 reconstruction + a small KL), save fp16 safetensors."""
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # heavy (seconds to import): only when a diffusers model is used
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(**world_vae_config())
