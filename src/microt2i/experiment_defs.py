@@ -154,7 +154,10 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                            "model.repa_hidden=512", "data.repa_teacher=effnet-lite0"), "+ REPA (EffNet-Lite0, λ 0.5)"),
               Arm("tread", ("model.route_ratio=0.5", "model.route_start=1", "model.route_end=5"),
                   "+ TREAD (half the tokens skip blocks 1–4)"),
-              Arm("muon", ("train.optimizer=muon",), "+ Muon on the hidden matrices")),
+              Arm("muon", ("train.optimizer=muon",), "+ Muon on the hidden matrices"),
+              Arm("rope", ("model.rope=true",), "+ 2-D RoPE in the self-attention"),
+              Arm("mixffn", ("model.mix_ffn=true",), "+ Mix-FFN (Sana: depthwise 3×3 conv in every MLP)"),
+              Arm("lr2", ("train.lr=2e-3",), "learning rate 2e-3 (instead of 1e-3)")),
         default_arms=("baseline", "default"),
         claims=()),
     Experiment(

@@ -61,14 +61,16 @@ def _world_s() -> RunConfig:
     # The CPU demo: 32 px world images in the shipped world VAE's 4×8×8 latent space (latent diffusion, ImageNet-T2I
     # App. C), oracle long captions, MiniLM tokens. Class accuracy grows with optimiser steps, not width
     # (EXPERIMENTS.md, time-to-quality): a width-128 DiT-I under rectified flow, small batches, as many steps as
-    # the demo's minutes buy. EDM (the former objective) stays one override away: objective.kind=edm.
+    # the demo's minutes buy. EDM (the former objective) stays one override away: objective.kind=edm, whose σ
+    # is p_mean/p_std below; flow draws its t logit-normal (objective.logit_mean 0, logit_std 1, SD3 §3.1) and
+    # reads neither.
     return RunConfig(
         name="world-s",
         model=DIT_I_CONFIGS["world-s"],
         objective=ObjectiveConfig(kind="flow", sigma_data=0.5, p_mean=-0.8, p_std=1.2),
         data=DataConfig(resolution=32, num_images=4096, captions="long", codec="world-vae", text_encoder="minilm",
                         text_len=64),
-        train=TrainConfig(total_nimg=49_152, batch_size=16, lr=1e-3, warmup_nimg=1024, min_lr_ratio=0.1,
+        train=TrainConfig(total_nimg=32_768, batch_size=16, lr=1e-3, warmup_nimg=1024, min_lr_ratio=0.1,
                           grad_clip=1.0, ema_decay=0.998, ema_start_nimg=4096, log_every_nimg=1024,
                           ckpt_every_nimg=8192),
         eval=EvalConfig(steps=24, cfg_scale=3.0, grid_size=4),
