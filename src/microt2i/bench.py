@@ -62,7 +62,8 @@ def make_train_step(run: RunConfig, batch_size: int, device: torch.device, *, pr
                     seed: int = 0):
     """(step, net) for `run`'s real training step on random data of the right shapes: caption dropout, a fresh
     keep-mask (MicroDiT), the objective's loss under autocast, backward, grad clipping, the optimizer (fused AdamW
-    or LAMB, `train.optim`) and the EMA update. No host sync inside `step()` (the loss is never read back)."""
+    or LAMB, `train.optim`) and the EMA update. `step()` returns the detached loss, a device tensor: nothing is read
+    back to the host. The same seed gives the same init, inputs and draws."""
     cfg, t = run.model, run.train
     torch.manual_seed(seed)
     net = build(cfg).to(device).train()
@@ -79,7 +80,7 @@ def make_train_step(run: RunConfig, batch_size: int, device: torch.device, *, pr
     clip = t.grad_clip if t.grad_clip > 0 else float("inf")
     nimg = [0]
 
-    def step() -> None:
+    def step() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
         drop = torch.rand(B, generator=gen, device=device) < run.objective.cond_drop
         tokens = torch.where(drop[:, None, None], null_text, text)
@@ -93,6 +94,7 @@ def make_train_step(run: RunConfig, batch_size: int, device: torch.device, *, pr
         opt.step()
         nimg[0] += B
         ema.update(net, nimg[0])
+        return loss.detach()
 
     return step, net
 

@@ -30,16 +30,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from . import presets
+from .bench import make_train_step
 from .bench_common import append_rows, device_string
 from .config import ConfigError
 from .cost import count_train_flops, peak_flops
-from .diffusion.objectives import build_objective
-from .encoders.text import null_text as null_caption
 from .io import atomic_write_text
-from .models import build, count_params, sample_keep_mask
+from .models import count_params
 from .train.dist import apply_compile
-from .train.ema import EMA
-from .train.optim import make_optimizer
 
 # paper preset → the tiny world preset standing in for it in the CPU smoke run
 PROOF_PRESETS = {"microdit-xl-2": "world-microdit-tiny", "dit-i-256": "world-tiny", "cad-i-256": "world-cad-tiny"}
@@ -60,42 +57,8 @@ SDPA_OPS = {
 
 
 def proof_step(run, batch_size: int, device: torch.device, *, precision: str, seed: int = 0):
-    """(step, net) for `run`'s real training step on fixed random data of its shapes; `step()` returns the detached
-    loss (a device tensor: nothing is read back to the host). The same seed gives the same init and draws."""
-    cfg, t = run.model, run.train
-    torch.manual_seed(seed)
-    net = build(cfg).to(device).train()
-    objective = build_objective(run.objective)
-    opt = make_optimizer(net, t)
-    ema = EMA(net, t.ema_decay, t.ema_start_nimg)
-    B, L = batch_size, run.data.text_len
-    g = torch.Generator(device).manual_seed(seed)
-    x0 = torch.randn(B, cfg.in_channels, cfg.input_size, cfg.input_size, device=device, generator=g) * 0.5
-    text = torch.randn(B, L, cfg.text_dim, device=device, generator=g)
-    mask = torch.arange(L, device=device)[None] < torch.randint(max(1, L // 2), L + 1, (B, 1), device=device,
-                                                                 generator=g)
-    null_text, null_mask = null_caption("zero", text[0], mask[0])
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    clip = t.grad_clip if t.grad_clip > 0 else float("inf")
-    nimg = [0]
-
-    def step() -> torch.Tensor:
-        opt.zero_grad(set_to_none=True)
-        drop = torch.rand(B, generator=g, device=device) < run.objective.cond_drop
-        tokens = torch.where(drop[:, None, None], null_text, text)
-        tmask = torch.where(drop[:, None], null_mask, mask)
-        keep = sample_keep_mask(cfg, B, generator=g, device=device)
-        kw = {} if keep is None else {"keep_mask": keep}
-        with autocast:
-            loss = objective.loss(net, x0, tokens, tmask, generator=g, **kw).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
-        opt.step()
-        nimg[0] += B
-        ema.update(net, nimg[0])
-        return loss.detach()
-
-    return step, net
+    """(step, net) for `run`'s real training step (`bench.make_train_step`) at an explicit precision."""
+    return make_train_step(run, batch_size, device, precision=precision, seed=seed)
 
 
 def _sync(device: torch.device) -> None:
