@@ -401,3 +401,25 @@ def test_mix_ffn_dit_runs_masked_and_routed():
     keep[:, 1::2] = True
     route = sample_route_mask(net.config, 3, 8, generator=torch.Generator().manual_seed(0))
     assert net(x, t, y, m, keep_mask=keep, route_mask=route).shape == (3, 8, 12)
+
+
+def test_text_film_starts_as_a_no_op_and_then_carries_the_caption():
+    net = _dit(text_film=True)
+    torch.nn.init.normal_(net.final_layer.linear.weight)
+    plain = _dit()
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("y_pool.")})
+    x, t, y, m = _inputs()
+    assert torch.allclose(net(x, t, y, m), plain(x, t, y, m), atol=1e-6)  # zero-initialised output layer
+    torch.nn.init.normal_(net.y_pool.fc2.weight)
+    out = net(x, t, y, m)
+    assert not torch.allclose(out, plain(x, t, y, m), atol=1e-4)
+    # the pooled caption honours the mask: padded tokens do not change it
+    y2 = y.clone()
+    m2 = m.clone()
+    m2[:, -1] = False
+    y2[:, -1] = 100.0
+    y3 = y.clone()
+    y3[:, -1] = -100.0
+    assert torch.allclose(net(x, t, y2, m2), net(x, t, y3, m2), atol=1e-5)
+    with pytest.raises(ConfigError, match="DiT-I only"):
+        MicroDiTConfig(text_film=True)

@@ -75,6 +75,7 @@ class Accelerators:
     route_end: int = 0  # blocks up to here (exclusive) are skipped; 0 = depth − 1
     rope: bool = False  # 2-D RoPE (axial rotary positions) in the image self-attention, on top of the sin-cos table
     mix_ffn: bool = False  # Sana's Mix-FFN: a depthwise 3×3 conv over the token grid inside every MLP (DiT-I)
+    text_film: bool = False  # DiT-I: the mean refined caption token joins adaLN-single's time embedding (MicroDiT-style)
 
 
 @dataclass(kw_only=True)
@@ -139,9 +140,9 @@ class MicroDiTConfig(Accelerators, ModelConfig):
 
     def __post_init__(self):
         check_accelerators(self)
-        if self.rope or self.mix_ffn:
-            raise ConfigError("model.rope and model.mix_ffn are built for DiT-I only; MicroDiT keeps its sin-cos "
-                              "positions and SwiGLU / MoE FFNs (set them to false)")
+        if self.rope or self.mix_ffn or self.text_film:
+            raise ConfigError("model.rope, model.mix_ffn and model.text_film are built for DiT-I only; MicroDiT keeps "
+                              "its sin-cos positions, SwiGLU / MoE FFNs and its own pooled caption (set them to false)")
         self.qkv_ratio = tuple(float(r) for r in self.qkv_ratio)
         self.ffn_ratio = tuple(float(r) for r in self.ffn_ratio)
         _choice("model.masking", self.masking, ("deferred", "naive", "block"))

@@ -157,7 +157,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
               Arm("muon", ("train.optimizer=muon",), "+ Muon on the hidden matrices"),
               Arm("rope", ("model.rope=true",), "+ 2-D RoPE in the self-attention"),
               Arm("mixffn", ("model.mix_ffn=true",), "+ Mix-FFN (Sana: depthwise 3×3 conv in every MLP)"),
-              Arm("lr2", ("train.lr=2e-3",), "learning rate 2e-3 (instead of 1e-3)")),
+              Arm("lr2", ("train.lr=2e-3",), "learning rate 2e-3 (instead of 1e-3)"),
+              Arm("film", ("model.text_film=true",), "+ the mean caption token in adaLN-single (MicroDiT-style)")),
         default_arms=("baseline", "default"),
         claims=()),
     Experiment(

@@ -134,6 +134,9 @@ class DiTI(nn.Module):
         self.crop_embedder = CropEmbedder(D) if cfg.crop_cond else None  # Crop IA's crop-coordinate token
         self.text_refiner = TextRefiner(D, cfg.refiner_depth, cfg.heads, mlp_ratio=cfg.mlp_ratio, qk_norm=qk_norm,
                                         layerscale_init=cfg.layerscale_init)
+        # model.text_film: the mean refined caption token joins the time embedding, so adaLN-single modulates every
+        # block by the caption too (MicroDiT §3's pooled-caption conditioning; not in ImageNet-T2I)
+        self.y_pool = Mlp(D, D) if cfg.text_film else None
 
         self.blocks = nn.ModuleList([DiTIBlock(cfg, qk_norm) for _ in range(cfg.depth)])
         self.final_layer = FinalLayer(D, p, C)
@@ -151,6 +154,8 @@ class DiTI(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         nn.init.normal_(self.t_block[1].weight, std=0.02)
+        if self.y_pool is not None:  # starts as a no-op: the caption's share of the modulation grows from 0
+            nn.init.zeros_(self.y_pool.fc2.weight)
         # Zero-init the output projection: F(x) = 0 at step 0, so the EDM denoiser starts as c_skip·x
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
@@ -204,11 +209,14 @@ class DiTI(nn.Module):
 
         # Conditioning: noise level → t [B, D] and the shared modulation t6 [B, 6, D]; caption → refined y [B, L, D]
         t = self.t_embedder(noise_cond)
-        t6 = self.t_block(t).view(B, 6, -1)
         y = self.y_embedder(text_tokens)
         if self.crop_embedder is not None:  # + crop-coordinate token [B, L+1, D], always attended
             y, text_mask = append_crop_token(self.crop_embedder, y, text_mask, crop_tokens)
         y = self.text_refiner(y, text_mask)
+        if self.y_pool is not None:  # t += MLP(mean over the real caption tokens)
+            m = torch.ones_like(y[..., :1]) if text_mask is None else text_mask[..., None].to(y.dtype)  # [B, L, 1]
+            t = t + self.y_pool((y * m).sum(1) / m.sum(1).clamp(min=1))
+        t6 = self.t_block(t).view(B, 6, -1)
 
         h = run_blocks(self.blocks, h, lambda block, h, layout: block(h, y, text_mask, t6, layout), route_mask,
                        cfg.route_start, cfg.route_end, layout)
