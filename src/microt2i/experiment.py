@@ -23,8 +23,9 @@ from pathlib import Path
 from .config import ConfigError
 from .experiment_defs import (EXPERIMENTS, Arm, Claim, EvalSpec, Experiment, arm_config, arm_dir, arm_key, config_hash,
                               get, git_commit, names, same_run, scale_budget, select_arms)
-from .experiment_render import (claim_lines, first_reach, markdown_table, render, section_name, time_to_quality,
-                                ttq_markdown, write_section)
+from .experiment_render import (SUMMARY, claim_lines, claim_summary, first_reach, gpu_route, markdown_table, render,
+                                render_summary, section_name, summary_markdown, time_to_quality, ttq_markdown,
+                                write_section)
 from .experiment_run import evaluate_arm, run_arm
 from .experiment_stats import ArmData, Summary, fd_resampled, geneval_score, resample, summarize
 from .progress import Progress
@@ -33,7 +34,8 @@ __all__ = [  # the API the CLI and the tests use; run_experiment looks run_arm /
     "EXPERIMENTS", "Arm", "Claim", "EvalSpec", "Experiment", "arm_config", "arm_dir", "arm_key", "config_hash", "get",
     "git_commit", "names", "same_run", "scale_budget", "select_arms", "claim_lines", "first_reach", "markdown_table",
     "render", "section_name", "time_to_quality", "ttq_markdown", "write_section", "evaluate_arm", "run_arm", "ArmData",
-    "Summary", "fd_resampled", "geneval_score", "resample", "summarize", "run_experiment",
+    "Summary", "fd_resampled", "geneval_score", "resample", "summarize", "run_experiment", "SUMMARY", "claim_summary",
+    "gpu_route", "render_summary", "summary_markdown",
 ]
 
 

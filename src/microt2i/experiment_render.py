@@ -12,7 +12,9 @@ import numpy as np
 from .io import atomic_write_bytes, atomic_write_text
 from .eval.pages import data_uri, html_page, html_table, read_stats
 from .experiment_stats import ArmData, Summary, lower_is_better, summarize
-from .experiment_defs import Experiment, RUNTIME_KEYS, arm_config, find_result, git_commit
+from .experiment_defs import (EXPERIMENTS, Experiment, RUNTIME_KEYS, arm_config, find_result, git_commit,
+                              select_arms)
+from .cost import recipe_cost
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -240,15 +242,156 @@ def section_name(name: str, scale: float = 1.0, extra: tuple[str, ...] = ()) -> 
     return name
 
 
-def write_section(path: str | Path, name: str, text: str) -> None:
+def write_section(path: str | Path, name: str, text: str, first: bool = False) -> None:
     """Replace (or append) the generated section of experiment `name` in the markdown file, between markers; text
-    outside the markers (hand-written notes) is kept."""
+    outside the markers (hand-written notes) is kept. `first`: a new section goes before the first generated one
+    (the summary, at the top), not at the end."""
     path = Path(path)
     start, end = f"<!-- experiment:{name}:start (generated) -->", f"<!-- experiment:{name}:end -->"
     doc = path.read_text() if path.is_file() else "# Experiments\n"
     block = f"{start}\n{text}\n{end}"
     if start in doc and end in doc:
         doc = doc[:doc.index(start)] + block + doc[doc.index(end) + len(end):]
+    elif first and "<!-- experiment:" in doc:
+        at = doc.index("<!-- experiment:")
+        doc = doc[:at] + block + "\n\n" + doc[at:]
     else:
         doc = doc.rstrip("\n") + "\n\n" + block + "\n"
     atomic_write_text(path, doc)
+
+
+# ------------------------------------------------------------------------------------------------ the summary
+
+SUMMARY = "summary"  # EXPERIMENTS.md's summary section (no experiment may take this name)
+SUMMARY_SEEDS = 3  # the summary reads seeds 0 … 2 (fewer where fewer finished: its cells say how many)
+GPU_SCALE = 16.0  # the GPU route's --scale: 16× the CPU budget (131,072 images per DiT-I arm); a guess, until the
+#                   time-to-quality experiment says at which budget world-s draws single objects reliably
+ASSUMED_MFU = 0.18  # the H100 MFU MicroDiT Table 6's own throughputs imply (17-19 %, cost.PAPER_NOTES)
+
+
+def short_verdict(verdict: str) -> str:
+    """The summary's four verdicts: held / not significant / reversed / not run."""
+    return verdict if verdict in ("held", "reversed", "not run") else "not significant"
+
+
+def summary_experiments() -> list[Experiment]:
+    """The experiments whose claims the summary lists (those with claims), in EXPERIMENTS order."""
+    return [e for e in EXPERIMENTS.values() if e.claims]
+
+
+def experiment_command(exp: Experiment, arms: list[str] | tuple[str, ...], seeds: int, scale: float = 1.0,
+                       extra: tuple[str, ...] = ()) -> str:
+    """The `microt2i experiment` line that runs `arms` (--arms only where they are not all default arms)."""
+    default = select_arms(exp, None)
+    parts = ["microt2i experiment", exp.name, *extra, *([f"--scale {scale:g}"] if scale != 1 else []),
+             f"--seeds {seeds}"]
+    if not set(arms) <= set(default):
+        parts.append(f"--arms {','.join(dict.fromkeys([*default, *arms]))}")
+    return " ".join(parts)
+
+
+def claim_summary(exp: Experiment, *, root: str | Path = "runs/experiments", seeds: int = SUMMARY_SEEDS,
+                  scale: float = 1.0, extra: tuple[str, ...] = (), commit: str | None = None,
+                  any_commit: bool = False, n_boot: int = 2000, n_boot_fd: int = 200) -> list[dict]:
+    """One row per claim of `exp`: its verdict from the finished arm-seeds under `root` (seeds 0 … seeds−1, those
+    both arms share), the paired Δ, both arms' estimates and the command that produces it; "not run" without
+    results."""
+    arms = list(dict.fromkeys(a for c in exp.claims for a in (c.better, c.worse)))
+    data, _, _ = collect(exp, arms, list(range(seeds)), root=root, scale=scale, extra=extra, commit=commit,
+                         any_commit=any_commit)
+    summary = None
+    if data:
+        try:
+            summary = summarize(data, exp.claims, n_boot=n_boot, n_boot_fd=n_boot_fd)
+        except ValueError:  # the arms share no seed: nothing can be paired yet
+            summary = None
+    by_arm = {r["arm"]: r for r in summary.rows} if summary else {}
+    rows = []
+    for i, c in enumerate(exp.claims):
+        res = summary.claims[i] if summary else {"verdict": "not run", "delta": None}
+        rows.append({"experiment": exp.name, "claim": c, "verdict": short_verdict(res["verdict"]),
+                     "detail": res["verdict"], "delta": res["delta"],
+                     "seeds": by_arm[c.better]["seeds"] if res["delta"] is not None else 0,
+                     "points": (by_arm.get(c.better, {}).get(c.metric), by_arm.get(c.worse, {}).get(c.metric)),
+                     "command": experiment_command(exp, [c.better, c.worse], seeds, scale, extra)})
+    return rows
+
+
+def gpu_route(exp: Experiment, *, scale: float = GPU_SCALE, seeds: int = SUMMARY_SEEDS, mfu: float = ASSUMED_MFU,
+              img_s: float | None = None) -> dict:
+    """How to run `exp`'s default arms at `--scale` on one GPU, and an estimate of its H100-hours: training FLOPs
+    per image (counted, `cost.count_train_flops`) × images × seeds ÷ the throughput `cost.recipe_cost` derives from
+    an assumed MFU (or a measured `img_s` per H100). Training only: evaluation and per-step overheads are not in it,
+    so for the world's small networks it is a floor, not a forecast."""
+    arms = select_arms(exp, None)
+    costs = recipe_cost([arm_config(exp, a, 0, scale) for a in arms], img_s=None if img_s is None else [img_s],
+                        mfu=None if img_s is not None else mfu)
+    return {"experiment": exp.name, "arms": len(arms), "seeds": seeds, "scale": scale,
+            "command": experiment_command(exp, arms, seeds, scale, ("train.device=cuda",)),
+            "images": seeds * sum(c.images for c in costs), "flops": seeds * sum(c.total_flops for c in costs),
+            "steps": seeds * sum(c.steps for c in costs),
+            "h100_hours": seeds * sum(c.images / c.img_s for c in costs) / 3600,
+            "rate": f"{img_s:g} img/s per H100 (stated)" if img_s is not None else f"MFU {mfu:.0%} assumed"}
+
+
+def _ours(row: dict) -> str:
+    if row["delta"] is None:
+        return "not run"
+    d, lo, hi = row["delta"]
+    digits = 2 if row["claim"].metric.startswith("FD") else 3
+    pb, pw = row["points"]
+    both = f"{pb[0]:.{digits}f} vs {pw[0]:.{digits}f}, " if pb and pw else ""
+    return f"{both}Δ {d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}], {row['seeds']} seed{'s' * (row['seeds'] != 1)}"
+
+
+def summary_markdown(rows: list[dict], routes: list[dict], *, seeds: int = SUMMARY_SEEDS, scale: float = 1.0) -> str:
+    """The one-page table (paper claim | paper number | ours | verdict | command) and the GPU route of each
+    experiment."""
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in ("held", "not significant", "reversed", "not run")}
+    out = ["### Summary: the papers' claims on the world", "",
+           f"One row per claim of ImageNet-T2I Tables 1, 2, 9–11 and Fig. 3 and MicroDiT Fig. 8 / Table 5, from the "
+           f"finished arms under `runs/experiments/` (seeds 0–{seeds - 1}, scale {scale:g}; regenerate with "
+           f"`microt2i experiment summary --any-commit`). Ours: the better arm vs the worse on the claim's metric "
+           f"(world-GenEval, ★ = extended prompts; FD-EffNetLite0 where the paper has FID, lower is better), Δ in the "
+           f"paper's direction with its paired 95 % bootstrap interval. Verdict: held (interval > 0), not significant "
+           f"(contains 0), reversed (< 0), not run (no results yet: the command produces them).", "",
+           "Verdicts: " + ", ".join(f"{v} {n}" for v, n in counts.items()) + ".", "",
+           "| # | paper claim | paper number | ours | verdict | command |", "|---|---|---|---|---|---|"]
+    for i, r in enumerate(rows, 1):
+        c = r["claim"]
+        claim = f"{c.paper} — `{c.better}` > `{c.worse}` on {c.metric}"
+        out.append(f"| {i} | {claim} | {c.number or '–'} | {_ours(r)} | **{r['verdict']}** | `{r['command']}` |")
+    if routes:
+        out += ["", f"GPU route: each experiment at `--scale {routes[0]['scale']:g}` "
+                    f"on one GPU. H100-hours are an **estimate** of training alone: counted training FLOPs per image × "
+                    f"images × seeds ÷ ({routes[0]['rate']} × 989 TFLOP/s), as `microt2i cost recipe <preset> "
+                    f"<overrides> --mfu` computes it per arm. The world's networks are small (batch 16, ≤ 256 "
+                    f"tokens): per-step overheads and the evaluations dominate on a GPU, so read the estimate as a "
+                    f"floor and the wall time as optimizer steps × the measured step time; `microt2i experiment "
+                    f"summary --img-s <measured img/s per H100>` replaces the assumption.", "",
+                "| experiment | command | arms × seeds | training images | optimizer steps | training FLOPs | "
+                "est. H100-hours |", "|---|---|---|---|---|---|---|"]
+        for g in routes:
+            out.append(f"| `{g['experiment']}` | `{g['command']}` | {g['arms']} × {g['seeds']} | {g['images']:,} | "
+                       f"{g['steps']:,} | {g['flops']:.3g} | {g['h100_hours']:.2g} |")
+    return "\n".join(out)
+
+
+def render_summary(*, root: str | Path = "runs/experiments", md_path: str | Path | None = "EXPERIMENTS.md",
+                   seeds: int = SUMMARY_SEEDS, scale: float = 1.0, extra: tuple[str, ...] = (),
+                   commit: str | None = None, any_commit: bool = False, experiments: list[Experiment] | None = None,
+                   gpu_scale: float = GPU_SCALE, mfu: float = ASSUMED_MFU, img_s: float | None = None,
+                   n_boot: int = 2000, n_boot_fd: int = 200) -> dict:
+    """The summary of every claim (`claim_summary`) and every experiment's GPU route (`gpu_route`); with `md_path`,
+    written between the `summary` markers near the top of EXPERIMENTS.md. Trains nothing."""
+    exps = summary_experiments() if experiments is None else experiments
+    head = git_commit()[0] if commit is None else commit
+    rows = [r for e in exps for r in claim_summary(e, root=root, seeds=seeds, scale=scale, extra=extra, commit=head,
+                                                   any_commit=any_commit, n_boot=n_boot, n_boot_fd=n_boot_fd)]
+    routes = [gpu_route(e, scale=gpu_scale, seeds=seeds, mfu=mfu, img_s=img_s) for e in exps] if gpu_scale else []
+    text = summary_markdown(rows, routes, seeds=seeds, scale=scale)
+    out = {"rows": rows, "routes": routes, "text": text}
+    if md_path:
+        write_section(md_path, section_name(SUMMARY, scale, extra), text, first=True)
+        out["markdown"] = Path(md_path)
+    return out

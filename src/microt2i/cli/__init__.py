@@ -69,7 +69,9 @@ EXAMPLES = {  # shown under `microt2i CMD --help`; every line runs on the embedd
     "serve": ["microt2i serve runs/demo", "microt2i serve runs --port 8080   # every run under runs/"],
     "experiment": ["microt2i experiment captions --threads 1", "microt2i experiment image-augmentation --arms ta,ta-cutmix",
                    "microt2i experiment captions --render-only --any-commit",
-                   "microt2i experiment masking --scale 10 train.device=cuda"],
+                   "microt2i experiment masking --scale 10 train.device=cuda",
+                   "microt2i experiment cutmix-p --seeds 3",
+                   "microt2i experiment summary --any-commit   # the claims table at the top of EXPERIMENTS.md"],
 }
 
 

@@ -58,9 +58,16 @@ def cmd_eval(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-    from ..experiment import claim_lines, markdown_table, run_experiment  # lazy: CLI startup (each command loads only what it runs)
+    from ..experiment import SUMMARY, claim_lines, markdown_table, render_summary, run_experiment  # lazy: CLI startup (each command loads only what it runs)
 
     extra = tuple(args.overrides) + ((f"train.threads={args.threads}",) if args.threads else ())
+    if args.name == SUMMARY:  # every claim of every experiment from finished arms; trains nothing
+        out = render_summary(root=args.root, md_path=args.md or None, seeds=args.seeds or 3, scale=args.scale,
+                             extra=extra, any_commit=args.any_commit, gpu_scale=args.gpu_scale,
+                             img_s=args.img_s, **({"mfu": args.mfu} if args.mfu is not None else {}))
+        print(out["text"])
+        return 0
+    args.seeds = args.seeds or 2
     flags = [f"--scale {args.scale:g}" if args.scale != 1 else "", f"--seeds {args.seeds}",
              f"--arms {args.arms}" if args.arms else "", f"--threads {args.threads}" if args.threads else "",
              "--any-commit" if args.any_commit else ""]
@@ -131,11 +138,12 @@ def add_parsers(sub) -> None:
 
     xp = sub.add_parser("experiment", help="the papers' ablations on the world: arms × seeds at an equal budget, "
                         "bootstrap intervals, HTML report + EXPERIMENTS.md section (finished arms are reused)")
-    xp.add_argument("name", help="captions | image-augmentation | masking | masking-steps | objective | overfitting | "
-                                 "time-to-quality")
+    xp.add_argument("name", help="captions | image-augmentation | cutmix-setting | cutmix-p | cutmix-tau | masking | "
+                                 "masking-steps | objective | overfitting | time-to-quality; or summary: the table "
+                                 "of every paper claim at the top of --md, from finished arms (trains nothing)")
     xp.add_argument("overrides", nargs="*", help="dotted overrides for every arm, e.g. train.device=cuda")
     xp.add_argument("--scale", type=POS_FLOAT, default=1.0, help="× every image count (1 = ≤ 10 min per arm on a CPU)")
-    xp.add_argument("--seeds", type=POS, default=2, help="seeds 0 … N−1")
+    xp.add_argument("--seeds", type=POS, default=None, help="seeds 0 … N−1 (default 2; summary: 3)")
     xp.add_argument("--arms", default=None, help="comma-separated arms (default: the experiment's main arms)")
     xp.add_argument("--render-only", action="store_true", help="train nothing: table + report from finished arms")
     xp.add_argument("--any-commit", action="store_true", help="reuse finished arms of the same config from any commit")
@@ -144,4 +152,10 @@ def add_parsers(sub) -> None:
     xp.add_argument("--md", default="EXPERIMENTS.md", help="markdown file whose section is regenerated ('' = none)")
     xp.add_argument("--keep-checkpoints", action="store_true", help="keep training states of finished arms")
     xp.add_argument("--no-progress", action="store_true")
+    xp.add_argument("--gpu-scale", type=POS_FLOAT, default=16.0, help="summary: the --scale of each experiment's "
+                                                                      "GPU route")
+    xp.add_argument("--mfu", type=float, default=None, help="summary: assumed H100 MFU of the GPU-hours estimate "
+                                                            "(default 0.18, MicroDiT Table 6's)")
+    xp.add_argument("--img-s", type=float, default=None, help="summary: measured training img/s per H100 instead "
+                                                              "of an assumed MFU")
     xp.set_defaults(fn=cmd_experiment)
