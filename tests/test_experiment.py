@@ -162,7 +162,7 @@ def test_budgets_keys_and_arm_selection():
     # captions/long and image-augmentation/ta are the same run
     ta = E.arm_config(E.get("image-augmentation"), "ta", 0)
     assert E.config_hash(ta, exp.eval) == E.config_hash(E.arm_config(exp, "long", 0), exp.eval)
-    assert E.select_arms(E.get("image-augmentation"), None) == ["ta", "ta-cutmix", "ta-crop"]
+    assert E.select_arms(E.get("image-augmentation"), None) == ["ta", "ta-cutmix", "ta-crop", "ta-cutmix-crop"]
     with pytest.raises(ConfigError, match="no arm 'nope'.*valid arms: aio, long"):
         E.select_arms(exp, "aio,nope")
     with pytest.raises(ConfigError, match="unknown experiment"):
@@ -313,3 +313,134 @@ def test_larger_or_modified_runs_get_their_own_section():
     a, b = E.section_name("masking", 1.0, ("data.text_len=128",)), E.section_name("masking", 1.0, ("data.text_len=96",))
     assert a.startswith("masking@") and a != b and a != "masking"
 
+
+
+# ------------------------------------------------------------------------------------------------ sweeps, summary
+
+SWEEPS = ("cutmix-setting", "cutmix-p", "cutmix-tau")
+LONG_CAPTION_EXPERIMENTS = ("captions", "image-augmentation", *SWEEPS, "masking-steps", "overfitting")
+
+
+def test_cutmix_sweeps_resolve_to_the_papers_settings():
+    want = {("cutmix-setting", "cm1-9"): ("1/9", 0.5, 400.0), ("cutmix-setting", "cm-all"): ("all", 0.5, 400.0),
+            ("cutmix-p", "p0.75"): ("1/4", 0.75, 400.0), ("cutmix-p", "p1"): ("1/4", 1.0, 400.0),
+            ("cutmix-tau", "tau300"): ("all", 0.5, 300.0), ("cutmix-tau", "tau600"): ("all", 0.5, 600.0)}
+    for name in (*SWEEPS, "image-augmentation", "overfitting", "captions", "masking-steps"):
+        exp = E.get(name)
+        for arm in exp.arms:  # every arm's overrides apply to the preset
+            cfg = E.arm_config(exp, arm.name, 0)
+            cm = cfg.augment.cutmix
+            if (name, arm.name) in want:
+                assert cm.enabled and (cm.setting, cm.p, cm.tau) == want[name, arm.name]
+        for c in exp.claims:  # claims name real arms and carry the paper's numbers
+            exp.arm(c.better), exp.arm(c.worse)
+            assert c.number, c
+    assert [a.name for a in E.get("cutmix-setting").arms] == ["ta", "cm1-2", "cm1-4", "cm1-9", "cm1-16", "cm-all"]
+    assert not E.arm_config(E.get("cutmix-p"), "p0", 0).augment.cutmix.enabled  # ρ = 0 is TA
+    ia = E.arm_config(E.get("image-augmentation"), "ta-cutmix-crop", 0)
+    assert ia.augment.cutmix.enabled and ia.augment.crop.enabled and ia.model.crop_cond
+    # one knob per sweep around the recipe: the shared arms are the same run (reused across experiments)
+    h = lambda e, a: E.config_hash(E.arm_config(E.get(e), a, 0), E.get(e).eval)  # noqa: E731
+    assert h("cutmix-setting", "cm-all") == h("image-augmentation", "ta-cutmix") == h("cutmix-tau", "tau400")
+    assert h("cutmix-p", "p0.5") == h("cutmix-setting", "cm1-4")
+    assert h("cutmix-p", "p0") == h("cutmix-setting", "ta") == h("captions", "long")
+    t9 = E.get("cutmix-setting").claims[0]
+    assert (t9.better, t9.worse, t9.number) == ("cm-all", "ta", "GenEval ♦ 0.53 vs 0.51 (Δ +0.02)")
+    fd = [c for c in E.get("cutmix-tau").claims if c.metric.startswith("FD")][0]
+    assert fd.better == "tau600" and fd.number.startswith("FID 5.90 vs 6.99 (Δ +1.09")
+    assert E.SUMMARY not in E.EXPERIMENTS  # the summary's section name is no experiment's
+
+
+def test_caption_experiments_hold_the_longest_oracle_caption():
+    from microt2i import presets
+    from microt2i.encoders.extender import TemplateExtender
+    from microt2i.encoders.text import TextEncoder
+    from microt2i.eval.runner import world_geneval_records
+    from microt2i.world.render import make_dataset
+
+    enc = TextEncoder("minilm", max_length=96, log=None)  # also checks 96 fits MiniLM's positions
+    lengths = {}
+    for name in LONG_CAPTION_EXPERIMENTS:
+        exp = E.get(name)
+        for arm in exp.arms:
+            d = E.arm_config(exp, arm.name, 0).data
+            key = (d.num_images, d.seed, d.max_objects)
+            if key not in lengths:  # the training captions, tokenized as the training log counts them
+                _, caps, _ = make_dataset(d.num_images, seed=d.seed, resolution=8, captions="long",
+                                          max_objects=d.max_objects)
+                lengths[key] = max(enc.token_counts(caps))
+            assert lengths[key] <= d.text_len, (name, arm.name, lengths[key], d.text_len)
+    records = world_geneval_records(n=8, per_tag=8)
+    extended = TemplateExtender().extend([r["prompt"] for r in records])  # GenEval★ prompts fit too
+    assert max(enc.token_counts(extended)) <= E.arm_config(E.get("captions"), "long", 0).data.text_len
+    # the preset's 64 tokens cut the longest world-s captions: the reason for the experiments' override
+    world_s = presets.get("world-s").data
+    assert lengths[(world_s.num_images, world_s.seed, world_s.max_objects)] > world_s.text_len
+
+
+def test_summary_lists_every_claim_as_not_run_without_results(tmp_path, capsys):
+    from microt2i.cli import main
+    from microt2i.cost import count_train_flops, peak_flops
+
+    md = tmp_path / "EXPERIMENTS.md"
+    md.write_text("# Experiments\n\nintro by hand\n\n<!-- experiment:captions:start (generated) -->\nold table\n"
+                  "<!-- experiment:captions:end -->\n\nnotes by hand\n")
+    argv = ["experiment", "summary", "--root", str(tmp_path / "none"), "--md", str(md), "--mfu", "0.5"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    n_claims = sum(len(e.claims) for e in E.EXPERIMENTS.values())
+    rows = [ln for ln in out.splitlines() if ln.startswith("| ") and ln.split(" | ")[0][2:].isdigit()]
+    assert len(rows) == n_claims and all("| not run | **not run** |" in r for r in rows)
+    assert f"not run {n_claims}." in out
+    for source in ("Table 1", "Table 2", "Table 9", "Table 10", "Table 11", "Fig. 3", "MicroDiT Fig. 8",
+                   "MicroDiT Table 5"):
+        assert any(source in r for r in rows), source
+    assert "`microt2i experiment cutmix-tau --seeds 3` |" in out
+    text = md.read_text()
+    assert text.index("intro by hand") < text.index("experiment:summary:start") < text.index("old table")
+    assert "notes by hand" in text and out.strip() in text
+    assert main(argv) == 0  # re-rendered in place
+    assert md.read_text().count("<!-- experiment:summary:start (generated) -->") == 1
+    # the GPU route's estimate: FLOPs per image × images × seeds ÷ (MFU × H100 peak)
+    route = E.gpu_route(E.get("captions"), scale=16, seeds=3, mfu=0.5)
+    cfg = E.arm_config(E.get("captions"), "long", 0, 16)
+    assert route["images"] == 2 * 3 * cfg.train.total_nimg == 2 * 3 * 16 * 8192
+    assert route["h100_hours"] == pytest.approx(route["images"] * count_train_flops(cfg).train
+                                                / (0.5 * peak_flops("H100")) / 3600)
+    assert f"| `captions` | `microt2i experiment captions train.device=cuda --scale 16 --seeds 3` | 2 × 3 | " \
+           f"{route['images']:,} |" in out
+    assert main([*argv, "--mfu", "2"]) == 2 and "mfu in (0, 1]" in capsys.readouterr().err
+
+
+def _fabricate(root, exp, arm, seed, commit, correct, correct_ext, fd):
+    cfg = E.arm_config(exp, arm, seed)
+    folder = E.arm_dir(root, exp, arm, seed, E.arm_key(cfg, exp.eval, commit))
+    folder.mkdir(parents=True)
+    tags = ["single_object", "two_object", "colors", "position"] * 2
+    ge = lambda ok: {"tags": tags, "correct": [[ok] * 2 for _ in tags]}  # noqa: E731
+    (folder / "result.json").write_text(json.dumps({"seed": seed, "nimg": cfg.train.total_nimg, "commit": commit,
+                                                    "geneval": ge(correct), "geneval_extended": ge(correct_ext),
+                                                    "metrics": {"FD-EffNetLite0": fd}}))
+
+
+def test_summary_verdicts_from_fabricated_results(tmp_path):
+    exp = E.get("captions")
+    for s in range(3):  # long: right on original prompts, wrong on extended ones, lower FD
+        _fabricate(tmp_path, exp, "long", s, "c0", True, False, 10.0 + s)
+        _fabricate(tmp_path, exp, "aio", s, "c0", False, True, 20.0 + s)
+    out = E.render_summary(root=tmp_path, md_path=None, commit="c0", experiments=[exp, E.get("cutmix-p")],
+                           gpu_scale=0, n_boot=200, n_boot_fd=50)
+    by = {(r["experiment"], r["claim"].metric): r for r in out["rows"]}
+    assert by["captions", "geneval"]["verdict"] == "held" and by["captions", "geneval"]["delta"] == (1.0, 1.0, 1.0)
+    assert by["captions", "geneval★"]["verdict"] == "reversed"
+    assert by["captions", "FD-EffNetLite0"]["verdict"] == "held"
+    assert by["captions", "FD-EffNetLite0"]["delta"][0] == pytest.approx(10.0)
+    assert all(r["verdict"] == "not run" for r in out["rows"] if r["experiment"] == "cutmix-p")
+    assert "| 1.000 vs 0.000, Δ +1.000 [+1.000, +1.000], 3 seeds | **held** |" in out["text"]
+    assert "| 11.00 vs 21.00, Δ +10.00 [" in out["text"] and "**reversed**" in out["text"]
+    assert "Verdicts: held 3, not significant 0, reversed 1, not run 7." in out["text"]
+    assert not out["routes"]
+    # fewer seeds finished: the cells say how many
+    two = E.render_summary(root=tmp_path, md_path=None, commit="c0", experiments=[exp], seeds=2, gpu_scale=0,
+                           n_boot=100, n_boot_fd=20)
+    assert all(r["seeds"] == 2 for r in two["rows"]) and "2 seeds" in two["text"]

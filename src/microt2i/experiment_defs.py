@@ -77,7 +77,7 @@ _DIT_BASE = ("train.total_nimg=8192", "train.warmup_nimg=512", "train.ema_start_
              "eval.grid_size=1")
 # Captions whole: the world's longest oracle caption is 82 MiniLM tokens ([CLS] and [SEP] included; ≈ 2 % of world-s
 # captions exceed the preset's 64 and were cut), MiniLM has 512 positions. The caption experiments keep every token;
-# the presets keep 64 (tests/test_experiment_summary.py measures the captions).
+# the presets keep 64 (tests/test_experiment.py measures the captions).
 LONG_TEXT = ("data.text_len=96",)
 _CUTMIX = ("augment.cutmix.enabled=true", "augment.cutmix.setting=all", "augment.cutmix.tau=400",
            "augment.cutmix.p=0.5")

@@ -344,13 +344,14 @@ def _ours(row: dict) -> str:
     return f"{both}Δ {d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}], {row['seeds']} seed{'s' * (row['seeds'] != 1)}"
 
 
-def summary_markdown(rows: list[dict], routes: list[dict], *, seeds: int = SUMMARY_SEEDS, scale: float = 1.0) -> str:
+def summary_markdown(rows: list[dict], routes: list[dict], *, seeds: int = SUMMARY_SEEDS, scale: float = 1.0,
+                     root: str | Path = "runs/experiments") -> str:
     """The one-page table (paper claim | paper number | ours | verdict | command) and the GPU route of each
     experiment."""
     counts = {v: sum(r["verdict"] == v for r in rows) for v in ("held", "not significant", "reversed", "not run")}
     out = ["### Summary: the papers' claims on the world", "",
            f"One row per claim of ImageNet-T2I Tables 1, 2, 9–11 and Fig. 3 and MicroDiT Fig. 8 / Table 5, from the "
-           f"finished arms under `runs/experiments/` (seeds 0–{seeds - 1}, scale {scale:g}; regenerate with "
+           f"finished arms under `{Path(root).as_posix()}/` (seeds 0–{seeds - 1}, scale {scale:g}; regenerate with "
            f"`microt2i experiment summary --any-commit`). Ours: the better arm vs the worse on the claim's metric "
            f"(world-GenEval, ★ = extended prompts; FD-EffNetLite0 where the paper has FID, lower is better), Δ in the "
            f"paper's direction with its paired 95 % bootstrap interval. Verdict: held (interval > 0), not significant "
@@ -389,7 +390,7 @@ def render_summary(*, root: str | Path = "runs/experiments", md_path: str | Path
     rows = [r for e in exps for r in claim_summary(e, root=root, seeds=seeds, scale=scale, extra=extra, commit=head,
                                                    any_commit=any_commit, n_boot=n_boot, n_boot_fd=n_boot_fd)]
     routes = [gpu_route(e, scale=gpu_scale, seeds=seeds, mfu=mfu, img_s=img_s) for e in exps] if gpu_scale else []
-    text = summary_markdown(rows, routes, seeds=seeds, scale=scale)
+    text = summary_markdown(rows, routes, seeds=seeds, scale=scale, root=root)
     out = {"rows": rows, "routes": routes, "text": text}
     if md_path:
         write_section(md_path, section_name(SUMMARY, scale, extra), text, first=True)
