@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import ConfigError
+from .sampler import rank_indices
 
 
 def bucket_sizes(base: int, multiple: int, pixels: int | None = None, max_ratio: float = 4.0) -> list[tuple[int, int]]:
@@ -179,10 +180,7 @@ class BucketPositions:
         return out if self.subset is None else self.subset[out]
 
     def rank_indices(self, start: int, global_batch: int, rank: int, world_size: int) -> np.ndarray:
-        if global_batch % world_size:
-            raise ValueError(f"global batch {global_batch} is not divisible by world size {world_size}")
-        per = global_batch // world_size
-        return self.indices(start + rank * per, per)
+        return rank_indices(self, start, global_batch, rank, world_size)
 
     def seek(self, nimg: int) -> None:
         """Position the batch sampler at image `nimg` (a whole number of batches)."""

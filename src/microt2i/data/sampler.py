@@ -10,6 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 
+def rank_indices(sampler, start: int, global_batch: int, rank: int, world_size: int) -> np.ndarray:
+    """This rank's contiguous slice of the global batch that starts at `start` (any sampler with `indices`)."""
+    if global_batch % world_size:
+        raise ValueError(f"global batch {global_batch} is not divisible by world size {world_size}")
+    per = global_batch // world_size
+    return sampler.indices(start + rank * per, per)
+
+
 class ResumableSampler:
     def __init__(self, n: int, *, seed: int = 0, shuffle: bool = True, subset=None):
         """`subset`: the sample indices to draw from (e.g. the training split, data/holdout.py); None = all n."""
@@ -38,8 +46,4 @@ class ResumableSampler:
         return out if self.subset is None else self.subset[out]
 
     def rank_indices(self, start: int, global_batch: int, rank: int, world_size: int) -> np.ndarray:
-        """This rank's contiguous slice of the global batch that starts at `start`."""
-        if global_batch % world_size:
-            raise ValueError(f"global batch {global_batch} is not divisible by world size {world_size}")
-        per = global_batch // world_size
-        return self.indices(start + rank * per, per)
+        return rank_indices(self, start, global_batch, rank, world_size)
