@@ -14,7 +14,8 @@ from microt2i.diffusion.repa import RepaCapture, repa_loss
 from microt2i.encoders.hub import MissingModelError
 from microt2i.encoders.teacher import load_teacher
 from microt2i.models import build, sample_route_mask
-from microt2i.models.layers import apply_rope, keep_tokens, restore_tokens, rope_angles, run_blocks
+from microt2i.models.layers import (apply_rope, keep_tokens, restore_tokens, rope_angles, rope_rotation,
+                                    run_blocks)
 from microt2i.train import loop
 from microt2i.train.loop import train
 from microt2i.train.optim import MuonAdamW, make_optimizer, muon_params
@@ -321,8 +322,9 @@ def test_rope_logits_depend_only_on_the_offset_between_tokens():
     ang = rope_angles(grid, dh)  # [16, 4]
     assert ang.shape == (16, 4)
     q0, k0 = torch.randn(dh, dtype=torch.float64), torch.randn(dh, dtype=torch.float64)
-    q = apply_rope(q0.expand(1, 16, 1, dh), ang[None].double())[0, :, 0]  # the same query at every position
-    k = apply_rope(k0.expand(1, 16, 1, dh), ang[None].double())[0, :, 0]
+    rot = rope_rotation(ang[None].double())
+    q = apply_rope(q0.expand(1, 16, 1, dh), rot)[0, :, 0]  # the same query at every position
+    k = apply_rope(k0.expand(1, 16, 1, dh), rot)[0, :, 0]
     logits = q @ k.T  # [16, 16]
     rc = [(n // grid, n % grid) for n in range(16)]
     by_offset = {}

@@ -46,9 +46,11 @@ from .layers import (
     append_crop_token,
     forward_inputs,
     keep_tokens,
+    masked_mean,
     modulate,
     patchify,
     rope_angles,
+    rope_rotation,
     run_blocks,
     sincos_pos_embed_2d,
     sincos_pos_embed_hw,
@@ -126,8 +128,8 @@ class DiTI(nn.Module):
         pos = sincos_pos_embed_2d(D, self.grid, interp_scale=cfg.pos_interp_scale)  # [N, D]
         self.register_buffer("pos_embed", pos[None], persistent=False)  # [1, N, D], rebuilt from the config
         if cfg.rope:  # + 2-D RoPE in the self-attention (a convergence option, not in ImageNet-T2I)
-            angles = rope_angles(self.grid, D // cfg.heads, interp_scale=cfg.pos_interp_scale)
-            self.register_buffer("rope_angles", angles[None], persistent=False)  # [1, N, Dh/2]
+            rot = rope_rotation(rope_angles(self.grid, D // cfg.heads, interp_scale=cfg.pos_interp_scale))
+            self.register_buffer("rope_rot", rot[None], persistent=False)  # [1, N, Dh/2, 2]
         self.t_embedder = TimestepEmbedder(D, scale=cfg.noise_embed_scale)
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))  # adaLN-single: shared by all blocks
         self.y_embedder = nn.Linear(cfg.text_dim, D)
@@ -197,10 +199,10 @@ class DiTI(nn.Module):
         layout = None
         if cfg.rope or cfg.mix_ffn:  # the tokens' places on the grid, kept in step with masking and routing
             rope = None
-            if cfg.rope:  # [B, N, Dh/2]
-                rope = (self.rope_angles if square else rope_angles(
-                    H // p, cfg.width // cfg.heads, cols=W // p, interp_scale=cfg.pos_interp_scale).to(x.device)[None])
-                rope = rope.expand(B, -1, -1)
+            if cfg.rope:  # [B, N, Dh/2, 2]
+                rope = (self.rope_rot if square else rope_rotation(rope_angles(
+                    H // p, cfg.width // cfg.heads, cols=W // p, interp_scale=cfg.pos_interp_scale)).to(x.device)[None])
+                rope = rope.expand(B, -1, -1, -1)
             ids = torch.arange(h.shape[1], device=x.device).expand(B, -1)  # [B, N]
             layout = TokenLayout(ids, H // p, W // p, rope)
         if keep_mask is not None:  # Crop / patch masking: positions stay those of the whole image
@@ -214,8 +216,7 @@ class DiTI(nn.Module):
             y, text_mask = append_crop_token(self.crop_embedder, y, text_mask, crop_tokens)
         y = self.text_refiner(y, text_mask)
         if self.y_pool is not None:  # t += MLP(mean over the real caption tokens)
-            m = torch.ones_like(y[..., :1]) if text_mask is None else text_mask[..., None].to(y.dtype)  # [B, L, 1]
-            t = t + self.y_pool((y * m).sum(1) / m.sum(1).clamp(min=1))
+            t = t + self.y_pool(masked_mean(y, text_mask))
         t6 = self.t_block(t).view(B, 6, -1)
 
         h = run_blocks(self.blocks, h, lambda block, h, layout: block(h, y, text_mask, t6, layout), route_mask,

@@ -69,7 +69,8 @@ def restore_tokens(full: torch.Tensor, kept: torch.Tensor, keep_mask: torch.Tens
 @dataclass
 class TokenLayout:
     """Where the tokens a block sees sit on the image's token grid: ids [B, N'] (row-major index of each token on the
-    rows × cols grid) and, with RoPE, their rotary angles [B, N', Dh/2]. Masking and routing keep both in step."""
+    rows × cols grid) and, with RoPE, their rotations [B, N', Dh/2, 2] (`rope_rotation`). Masking and routing keep
+    both in step."""
 
     ids: torch.Tensor
     rows: int
@@ -102,10 +103,9 @@ def run_blocks(blocks, h: torch.Tensor, call, route_mask: torch.Tensor | None = 
 def rope_angles(grid: int, head_dim: int, *, cols: int | None = None, theta: float = 100.0,
                 interp_scale: float = 1.0) -> torch.Tensor:
     """Axial 2-D rotary position angles [N, head_dim/2] of a grid × cols (default square) token map, row-major
-    (RoPE, Su et al. 2021;
-    the axial 2-D form of FiT / Lumina-Next / FLUX): the first head_dim/4 channel pairs turn with the token's row,
-    the rest with its column, pair j of an axis at frequency theta^(−j/(head_dim/4)). Positions are in base-grid
-    units (divided by interp_scale), like `sincos_pos_embed_2d`."""
+    (RoPE, Su et al. 2021; the axial 2-D form of FiT / Lumina-Next / FLUX): the first head_dim/4 channel pairs turn
+    with the token's row, the rest with its column, pair j of an axis at frequency theta^(−j/(head_dim/4)).
+    Positions are in base-grid units (divided by interp_scale), like `sincos_pos_embed_2d`."""
     if head_dim % 4:
         raise ValueError(f"2-D RoPE needs a head width divisible by 4, got {head_dim}")
     q = head_dim // 4
@@ -116,10 +116,16 @@ def rope_angles(grid: int, head_dim: int, *, cols: int | None = None, theta: flo
     return torch.cat([r[:, None] * freqs, c[:, None] * freqs], dim=1).float()  # [N, Dh/2]
 
 
-def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (2j, 2j+1) of x [B, N, H, Dh] by angles [B, N, Dh/2] (RoPE): relative positions then
-    enter the attention logits q·k as a function of the two tokens' offset only."""
-    cos, sin = angles.cos()[:, :, None], angles.sin()[:, :, None]  # [B, N, 1, Dh/2]
+def rope_rotation(angles: torch.Tensor) -> torch.Tensor:
+    """angles [..., Dh/2] → their (cos, sin) [..., Dh/2, 2]: computed once per forward, used by every block."""
+    return torch.stack((angles.cos(), angles.sin()), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (2j, 2j+1) of x [B, N, H, Dh] by the angles whose (cos, sin) are rot [B, N, Dh/2, 2]
+    (`rope_rotation`; RoPE): relative positions then enter the attention logits q·k as a function of the two
+    tokens' offset only."""
+    cos, sin = rot[:, :, None].unbind(-1)  # [B, N, 1, Dh/2] each
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # [B, N, H, Dh/2] each
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).to(x.dtype)
 
@@ -135,6 +141,14 @@ class RepaHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h)  # [B, N, out_dim]
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of x [B, L, D] over the real tokens of mask [B, L] (None = all) → [B, D]; a row with none gives 0."""
+    if mask is None:
+        return x.mean(dim=1)
+    m = mask.to(x.dtype).unsqueeze(-1)  # [B, L, 1]
+    return (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

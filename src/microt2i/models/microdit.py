@@ -52,6 +52,7 @@ from .layers import (
     append_crop_token,
     forward_inputs,
     keep_tokens,
+    masked_mean,
     modulate,
     patchify,
     run_blocks,
@@ -339,12 +340,7 @@ class MicroDiT(nn.Module):
         if self.crop_embedder is not None:  # + crop-coordinate token [B, L+1, D], always attended and pooled
             y, text_mask = append_crop_token(self.crop_embedder, y, text_mask, crop_tokens)
         y = self.y_refiner(y, text_mask)
-        if text_mask is None:
-            pooled = y.mean(dim=1)
-        else:
-            m = text_mask.to(y.dtype).unsqueeze(-1)  # [B, L, 1]
-            pooled = (y * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
-        c = self.t_embedder(noise_cond) + self.y_pool(pooled)
+        c = self.t_embedder(noise_cond) + self.y_pool(masked_mean(y, text_mask))
 
         h = self.x_embedder(patchify(x, p)) + self.pos_embed  # [B, N, D]
         crop = None if crop_tokens is None else box_keep_mask(crop_tokens.to(x.device), self.grid)  # [B, N]
