@@ -31,7 +31,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from . import presets
 from .bench import make_train_step
-from .bench_common import append_rows, device_string
+from .bench_common import append_rows, device_string, sync
 from .config import ConfigError
 from .cost import count_train_flops, peak_flops
 from .io import atomic_write_text
@@ -56,24 +56,14 @@ SDPA_OPS = {
 }
 
 
-def proof_step(run, batch_size: int, device: torch.device, *, precision: str, seed: int = 0):
-    """(step, net) for `run`'s real training step (`bench.make_train_step`) at an explicit precision."""
-    return make_train_step(run, batch_size, device, precision=precision, seed=seed)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _img_s(step, batch: int, steps: int, repeats: int, device: torch.device) -> float:
     rates = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for _ in range(steps):
             step()
-        _sync(device)
+        sync(device)
         rates.append(batch * steps / (time.perf_counter() - t0))
     return statistics.median(rates)
 
@@ -120,7 +110,7 @@ def gpu_proof(*, smoke: bool = False, device: str = "auto", budget_s: float = 45
         log(f"[gpu-proof] {row['ran']}: eager, batch {B}, bf16")
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        step, net = proof_step(run, B, dev, precision="bf16")
+        step, net = make_train_step(run, B, dev, precision="bf16")
         for _ in range(warmup):
             step()
         row["params"] = count_params(net)
@@ -140,13 +130,13 @@ def gpu_proof(*, smoke: bool = False, device: str = "auto", budget_s: float = 45
             continue
         run, B = runs[paper]
         log(f"[gpu-proof] {row['ran']}: torch.compile ({backend}) per block")
-        step, net = proof_step(run, B, dev, precision="bf16")
+        step, net = make_train_step(run, B, dev, precision="bf16")
         t0 = time.perf_counter()
         try:
             apply_compile(net, backend=backend)
             for _ in range(warmup):
                 step()
-            _sync(dev)
+            sync(dev)
             failed = ""
         except Exception as e:  # a compile failure is a finding, not the end of the proof: eager figures stand
             failed = f"compile failed: {type(e).__name__}: {e}"[:200]
@@ -176,7 +166,7 @@ def loss_agreement(run, batch_size: int, device: torch.device, steps: int = AGRE
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
         for precision in ("fp32", "bf16"):
-            step, _ = proof_step(run, batch_size, device, precision=precision, seed=1)
+            step, _ = make_train_step(run, batch_size, device, precision=precision, seed=1)
             out[f"loss_{precision}"] = torch.stack([step() for _ in range(steps)]).float().tolist()  # one read
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
