@@ -15,13 +15,12 @@ from microt2i.train.finetune import init_run  # noqa: E402
 from microt2i.train.loop import train  # noqa: E402
 from microt2i.train.state import load_latest  # noqa: E402
 
-QUIET = dict(progress=False, log=lambda *_: None)
+from test_finetune import QUIET  # noqa: E402
+from test_finetune import _tiny as _finetune_tiny  # noqa: E402
 
 
-def _tiny(tmp_path, *extra):
-    return apply_overrides(presets.get("world-tiny"), [
-        "data.num_images=32", f"data.cache_dir={tmp_path / 'cache'}", "train.threads=1", "train.total_nimg=48",
-        "train.log_every_nimg=16", "train.ckpt_every_nimg=16", "eval.every_nimg=0", *extra])
+def _tiny(tmp_path, *extra):  # test_finetune's tiny run, with a checkpoint every 16 images for the resume test
+    return _finetune_tiny(tmp_path, "train.ckpt_every_nimg=16", *extra)
 
 
 @pytest.fixture(scope="module")
