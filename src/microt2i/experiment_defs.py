@@ -236,7 +236,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         question="How many images and training FLOPs until single objects are drawn as asked (class accuracy 0.5 / "
                  "0.8), for the old world-s recipe, the new one and each convergence lever?",
         arms=(Arm("baseline", ("model.width=256", "objective.kind=edm"), "session 3's world-s: width 256, EDM"),
-              Arm("default", (), "today's world-s (width 128, rectified flow)"),
+              Arm("default", (), "today's world-s (width 64, rectified flow, lr 2e-3)"),
+              Arm("w128", ("model.width=128", "train.lr=1e-3"), "session 5's world-s (width 128, lr 1e-3)"),
               Arm("edm", ("objective.kind=edm",), "width 128, EDM"),
               Arm("repa", ("objective.repa_weight=0.5", "model.repa_depth=2", "model.repa_dim=320",
                            "model.repa_hidden=512", "data.repa_teacher=effnet-lite0"), "+ REPA (EffNet-Lite0, λ 0.5)"),
@@ -245,7 +246,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
               Arm("muon", ("train.optimizer=muon",), "+ Muon on the hidden matrices"),
               Arm("rope", ("model.rope=true",), "+ 2-D RoPE in the self-attention"),
               Arm("mixffn", ("model.mix_ffn=true",), "+ Mix-FFN (Sana: depthwise 3×3 conv in every MLP)"),
-              Arm("lr2", ("train.lr=2e-3",), "learning rate 2e-3 (instead of 1e-3)"),
+              Arm("lr1", ("train.lr=1e-3",), "learning rate 1e-3 (instead of 2e-3)"),
               Arm("film", ("model.text_film=true",), "+ the mean caption token in adaLN-single (MicroDiT-style)")),
         default_arms=("baseline", "default"),
         claims=()),

@@ -238,7 +238,8 @@ DIT_I_CONFIGS: dict[str, DiTIConfig] = {
                             pos_interp_scale=2.0),
     # CI: 3×16×16 pixels, 16 tokens, MiniLM (384-d) tokens. 311,024 params
     "world-tiny": DiTIConfig(in_channels=3, input_size=16, text_dim=384, patch_size=4, width=64, depth=2, heads=4),
-    # CPU demo: 4×8×8 world-VAE latents (32 px images), patch 1 → 64 tokens, MiniLM tokens. 2,187,140 params: at
-    # width 128 it learns as much per image as at 256 (EXPERIMENTS.md, time-to-quality) for 3.8× fewer FLOPs
-    "world-s": DiTIConfig(in_channels=4, input_size=8, text_dim=384, patch_size=1, width=128, depth=6, heads=4),
+    # CPU demo: 4×8×8 world-VAE latents (32 px images), patch 1 → 64 tokens, MiniLM tokens. 573,380 params: width
+    # 64 trains 2.5× the images per CPU second of width 128 and ends ahead in the same minutes (EXPERIMENTS.md,
+    # time-to-quality, session 6)
+    "world-s": DiTIConfig(in_channels=4, input_size=8, text_dim=384, patch_size=1, width=64, depth=6, heads=4),
 }
