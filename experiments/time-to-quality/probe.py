@@ -2,7 +2,8 @@
 
 Trains world-s with dotted overrides in chunks of CHUNK images (each chunk resumes the run) and after each chunk
 scores the EMA weights on 64 single-object grid prompts with the world detector (class and colour accuracy), the
-demo's own scoring (`world/grid.py`). One thread, so several probes share a CPU.
+demo's own scoring (`world/grid.py`). One thread, so several probes share a CPU. The overrides apply to world-s as
+it is at the time: session 6's rows in probes.jsonl name the recipe they ran on ("base").
 
     python experiments/time-to-quality/probe.py NAME NIMG CHUNK [overrides ...]
     python experiments/time-to-quality/probe.py flow 24576 6144 model.width=128 objective.kind=flow
