@@ -31,11 +31,11 @@ from microt2i.encoders.codec import load_codec
 from microt2i.models import build
 from microt2i.train.state import load_latest
 from microt2i.world.detect import detect
-from microt2i.world.grid import grid_prompts, score_samples
+from microt2i.world.grid import grid_prompts, grid_scenes, score_samples
 from microt2i.world.pixels import images_to_tensor, tensor_to_images
 from microt2i.world.render import make_dataset, render
 from microt2i.world.scenes import CLASSES as ALL_CLASSES
-from microt2i.world.scenes import Scene, WorldObject, sample_scene
+from microt2i.world.scenes import Scene, WorldObject
 
 CLASSES = ["circle", "ring", "cross", "heart", "fish", "house"]
 COLORS = ["red", "blue", "green", "yellow"]
@@ -84,9 +84,7 @@ def latent_noise() -> None:
 
 def sdedit(run: Path, overrides: list[str]) -> None:
     cfg = apply_overrides(presets.get("world-s"), overrides)
-    specs, rng = grid_prompts(64, 0), np.random.default_rng(5)
-    scenes = [sample_scene(np.random.default_rng([0, 11, i]), max_objects=1, classes=[s["class"]], colors=[s["color"]])
-              for i, s in enumerate(specs)]  # the grid's own scenes (world/grid.py draws them the same way)
+    specs, scenes, rng = grid_prompts(64, 0), grid_scenes(64, 0), np.random.default_rng(5)
     swapped = []
     for s in specs:  # another class, same colour and wording
         new = ALL_CLASSES[(ALL_CLASSES.index(s["class"]) + 1 + rng.integers(len(ALL_CLASSES) - 1)) % len(ALL_CLASSES)]

@@ -79,8 +79,15 @@ _DIT_BASE = ("train.total_nimg=8192", "train.warmup_nimg=512", "train.ema_start_
 # captions exceed the preset's 64 and were cut), MiniLM has 512 positions. The caption experiments keep every token;
 # the presets keep 64 (tests/test_experiment.py measures the captions).
 LONG_TEXT = ("data.text_len=96",)
-_CUTMIX = ("augment.cutmix.enabled=true", "augment.cutmix.setting=all", "augment.cutmix.tau=400",
-           "augment.cutmix.p=0.5")
+
+
+def _cutmix(setting: str = "all", tau: int | str = 400, p: str = "0.5") -> tuple[str, ...]:
+    """CutMix's overrides, ImageNet-T2I's CM-all, τ 400, p 0.5 unless a sweep (Tables 9–11) changes one."""
+    return ("augment.cutmix.enabled=true", f"augment.cutmix.setting={setting}", f"augment.cutmix.tau={tau}",
+            f"augment.cutmix.p={p}")
+
+
+_CUTMIX = _cutmix()
 _CROP = ("augment.crop.enabled=true", "augment.crop.p=0.5", "model.crop_cond=true")
 
 # world-microdit-s (32 px pixels, 256 patches, MoE), 4,096 images for the deferred arm; in `masking` the others
@@ -139,9 +146,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
               Arm("ta-cutmix", _CUTMIX, "TA + CutMix CM-all, τ 400, p 0.5"),
               Arm("ta-crop", _CROP, "TA + Crop, p 0.5, side ≥ 50 %"),
               Arm("ta-cutmix-crop", (*_CUTMIX, *_CROP), "TA + CutMix CM-all + Crop (both IA)"),
-              *(Arm(f"cutmix-p{p}", (*_CUTMIX[:3], f"augment.cutmix.p={p}"), f"CutMix p = {p} (Table 10)")
+              *(Arm(f"cutmix-p{p}", _cutmix(p=p), f"CutMix p = {p} (Table 10)")
                 for p in ("0.25", "0.75", "1.0")),
-              *(Arm(f"cutmix-tau{t}", (*_CUTMIX[:2], f"augment.cutmix.tau={t}", _CUTMIX[3]),
+              *(Arm(f"cutmix-tau{t}", _cutmix(tau=t),
                     f"CutMix τ = {t} (Table 11)") for t in ("300", "500", "600"))),
         default_arms=("ta", "ta-cutmix", "ta-crop", "ta-cutmix-crop"),
         claims=(Claim("geneval★/two_object", "ta-cutmix", "ta", "ImageNet-T2I Table 2 (extended prompts): CutMix +7 points "
@@ -163,7 +170,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         question="Which CutMix setting (CM-1/2, 1/4, 1/9, 1/16 or all; p 0.5, τ 400) composes best (ImageNet-T2I "
                  "Table 9)?",
         arms=(Arm("ta", (), "TA (no CutMix)"),
-              *(Arm(a, (*_CUTMIX[:1], f"augment.cutmix.setting={s}", *_CUTMIX[2:]), f"TA + CutMix CM-{s}, p 0.5, τ 400")
+              *(Arm(a, _cutmix(setting=s), f"TA + CutMix CM-{s}, p 0.5, τ 400")
                 for a, s in _CM_SETTINGS.items())),
         claims=(_table_claim(_T9, "Table 9", "geneval", "cm-all", "ta", "CM-all improves over the baseline on "
                              "original prompts (TA: Table 10, ρ = 0)"),
@@ -178,7 +185,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         question="How often should CutMix fire above τ: p ∈ {0, 0.25, 0.5, 0.75, 1} with CM-1/4, τ 400 (ImageNet-T2I "
                  "Table 10)?",
         arms=(Arm("p0", (), "ρ = 0: TA (no CutMix)"),
-              *(Arm(f"p{p}", (*_CUTMIX[:1], "augment.cutmix.setting=1/4", _CUTMIX[2], f"augment.cutmix.p={p}"),
+              *(Arm(f"p{p}", _cutmix(setting="1/4", p=p),
                     f"TA + CutMix CM-1/4, p = {p}, τ 400") for p in ("0.25", "0.5", "0.75", "1"))),
         claims=(_table_claim(_T10, "Table 10", "geneval", "p0.25", "p0", "p = 0.25 beats no CutMix"),
                 _table_claim(_T10, "Table 10", "geneval★", "p0.25", "p0", "p = 0.25 beats no CutMix"),
@@ -193,7 +200,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         name="cutmix-tau", preset="world-s", base=_DIT_LONG,
         question="Above which noise level should CutMix images be used: τ ∈ {300, 400, 500, 600} with CM-all, p 0.5 "
                  "(ImageNet-T2I Table 11)?",
-        arms=tuple(Arm(f"tau{t}", (*_CUTMIX[:2], f"augment.cutmix.tau={t}", _CUTMIX[3]),
+        arms=tuple(Arm(f"tau{t}", _cutmix(tau=t),
                        f"TA + CutMix CM-all, p 0.5, τ = {t}") for t in (300, 400, 500, 600)),
         claims=(*(_table_claim(_T11, "Table 11", "geneval", "tau400", f"tau{t}", "τ = 400 gives the best GenEval")
                   for t in (300, 500, 600)),

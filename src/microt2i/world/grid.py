@@ -8,19 +8,23 @@ import numpy as np
 
 from .detect import detect
 from .render import paint_background
-from .scenes import BACKGROUNDS, CLASSES, COLORS, long_caption, sample_scene
+from .scenes import BACKGROUNDS, CLASSES, COLORS, Scene, long_caption, sample_scene
 
 
-def grid_prompts(n: int, seed: int) -> list[dict]:
-    """n distinct (class, colour) prompts, each a long caption of a single-object world scene."""
+def grid_scenes(n: int, seed: int) -> list[Scene]:
+    """The single-object world scenes of n distinct (class, colour) pairs that `grid_prompts` describes."""
     rng = np.random.default_rng([seed, 7])
     pairs = [(c, k) for c in CLASSES for k in COLORS]
     chosen = [pairs[i] for i in rng.choice(len(pairs), size=min(n, len(pairs)), replace=False)]
-    out = []
-    for i, (cls, color) in enumerate(chosen):
-        scene = sample_scene(np.random.default_rng([seed, 11, i]), max_objects=1, classes=[cls], colors=[color])
-        out.append({"class": cls, "color": color, "prompt": long_caption(scene, np.random.default_rng([seed, 13, i]))})
-    return out
+    return [sample_scene(np.random.default_rng([seed, 11, i]), max_objects=1, classes=[cls], colors=[color])
+            for i, (cls, color) in enumerate(chosen)]
+
+
+def grid_prompts(n: int, seed: int) -> list[dict]:
+    """n distinct (class, colour) prompts, each a long caption of a single-object world scene (`grid_scenes`)."""
+    return [{"class": scene.main.cls, "color": scene.main.color,
+             "prompt": long_caption(scene, np.random.default_rng([seed, 13, i]))}
+            for i, scene in enumerate(grid_scenes(n, seed))]
 
 
 def score_samples(images: np.ndarray, specs: list[dict]) -> tuple[dict, list[dict]]:
