@@ -280,7 +280,12 @@ def test_time_to_quality_reads_first_crossings_and_flops_speedups(tmp_path):
     assert base[0.8]["seeds"] == [3000, None] and base[0.8]["images"] == float("inf")
     assert fast[0.5]["images"] == 1000 and fast[0.5]["speedup"] == pytest.approx(base[0.5]["flops"] / 2e12)
     assert fast[0.8]["speedup"] is None  # the baseline never reached it on both seeds: no ratio
-    assert "not reached" in ttq_markdown(rows, {})
+    # the first arm's final accuracy (mean of 0.85 and 0.7) as a threshold: base counts its full budget (3000 per
+    # seed), fast reaches 0.775 at 2000 on both seeds → (3000 × 3e9) / (2000 × 2e9) = 2.25×
+    assert base["first"]["threshold"] == pytest.approx(0.775) and base["first"]["seeds"] == [3000, 3000]
+    assert fast["first"]["seeds"] == [2000, 2000] and fast["first"]["speedup"] == pytest.approx(2.25)
+    md = ttq_markdown(rows, {})
+    assert "not reached" in md and "to base's final (0.775)" in md
 
 
 def test_repa_teacher_features_of_a_sharded_imagenet_store(tmp_path):
