@@ -241,8 +241,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
               "train.log_every_nimg=1024", "train.ckpt_every_nimg=8192", "eval.every_nimg=8192", "eval.class_n=64",
               "eval.geneval_per_tag=0", "eval.fd_n=0", "eval.grid_size=1"),
         eval=EvalSpec(geneval_per_tag=4, geneval_images=1, fd_n=64, steps=12, extended=False),
-        question="How many images and training FLOPs until single objects are drawn as asked (class accuracy 0.5 / "
-                 "0.8), for the old world-s recipe, the new one and each convergence lever?",
+        question="How many images and training FLOPs until single objects are drawn as well as session 3's world-s "
+                 "drew them, and as asked (class accuracy 0.5 / 0.8), for today's world-s and each convergence lever?",
         arms=(Arm("baseline", ("model.width=256", "objective.kind=edm", "train.lr=1e-3", "train.total_nimg=24576"),
                   "session 3's world-s: width 256, EDM, lr 1e-3, 24,576 images"),
               Arm("default", (), "today's world-s (width 64, rectified flow, lr 2e-3)"),
