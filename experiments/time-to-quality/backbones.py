@@ -31,12 +31,9 @@ from torch import nn
 from microt2i import presets
 from microt2i.config import apply_overrides
 from microt2i.diffusion.flow import FlowObjective
-from microt2i.encoders import TextEncoder, codec_of
 from microt2i.models import build
-from microt2i.report import save_grid
-from microt2i.sample import generate
 from microt2i.train.loop import prepare_data
-from microt2i.world.grid import grid_prompts, score_samples
+from probe import grid_scorer  # this folder's probe.py: the same 64 prompts, sampler and detector
 
 
 class UNet(nn.Module):
@@ -126,9 +123,8 @@ def main(name, kind, variant, total, chunk, lr, overrides, root=Path("runs/probe
     ema = copy.deepcopy(net).eval()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     null_tokens, null_mask = store.null_text("zero")
-    specs = grid_prompts(64, 0)
-    emb = TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len).encode([s["prompt"] for s in specs])
-    codec, gen, batch, t0 = codec_of(cfg.data), torch.Generator().manual_seed(0), 16, time.time()
+    score = grid_scorer(cfg)
+    gen, batch, t0 = torch.Generator().manual_seed(0), 16, time.time()
     for step in range(total // batch):
         nimg = (step + 1) * batch
         warm = min(1.0, nimg / 1024)
@@ -149,10 +145,7 @@ def main(name, kind, variant, total, chunk, lr, overrides, root=Path("runs/probe
                 p_ema.lerp_(p, 1.0 if nimg <= 4096 else 0.002)
         if nimg % chunk == 0 or nimg == total:
             ema.prev = None
-            with torch.no_grad():
-                images = generate(ema, cfg, emb.tokens, emb.mask, null_tokens, null_mask, codec=codec)
-            metrics, _ = score_samples(images, specs)
-            save_grid(images, root / name / f"grid-{nimg:06d}.png", nrow=8)
+            metrics = score(ema, null_tokens, null_mask, root / name / f"grid-{nimg:06d}.png")
             print(json.dumps({"name": name, "nimg": nimg, "wall": round(time.time() - t0), "class":
                               metrics["class_accuracy"], "color": metrics["color_accuracy"]}), flush=True)
 

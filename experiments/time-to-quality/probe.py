@@ -27,13 +27,28 @@ from microt2i.train.state import load_latest
 from microt2i.world.grid import grid_prompts, score_samples
 
 
+def grid_scorer(cfg):
+    """score(net, null_tokens, null_mask, grid_png) -> metrics: the 64 single-object grid prompts of seed 0 (encoded
+    once) sampled with cfg's sampler and CFG and judged by the world detector; the grid is saved to look at. Shared
+    with backbones.py, so both scripts' rows are scored alike."""
+    specs = grid_prompts(64, 0)
+    emb = TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len).encode([s["prompt"] for s in specs])
+    codec = codec_of(cfg.data)
+
+    def score(net, null_tokens, null_mask, grid_png: Path) -> dict:
+        with torch.no_grad():
+            images = generate(net, cfg, emb.tokens, emb.mask, null_tokens, null_mask, codec=codec)
+        save_grid(images, grid_png, nrow=8)
+        return score_samples(images, specs)[0]
+
+    return score
+
+
 def main(name: str, total: int, chunk: int, overrides: list[str], root: Path = Path("runs/probes")) -> None:
     torch.set_num_threads(1)
     cfg = apply_overrides(presets.get("world-s"), [f"train.total_nimg={total}", "train.threads=1", *overrides])
     run = root / name
-    specs = grid_prompts(64, 0)
-    emb = TextEncoder(cfg.data.text_encoder, max_length=cfg.data.text_len).encode([s["prompt"] for s in specs])
-    codec = codec_of(cfg.data)
+    score = grid_scorer(cfg)
     t0, nimg = time.time(), 0
     while nimg < total:
         nimg = min(total, nimg + chunk)
@@ -41,10 +56,7 @@ def main(name: str, total: int, chunk: int, overrides: list[str], root: Path = P
         null_tokens, null_mask = r["store"].null_text(cfg.objective.uncond)
         net = build(cfg.model)
         net.load_state_dict(load_latest(run)["ema"])
-        with torch.no_grad():
-            images = generate(net, cfg, emb.tokens, emb.mask, null_tokens, null_mask, codec=codec)
-        metrics, _ = score_samples(images, specs)
-        save_grid(images, run / f"grid-{nimg:06d}.png", nrow=8)  # to look at
+        metrics = score(net, null_tokens, null_mask, run / f"grid-{nimg:06d}.png")
         row = {"name": name, "nimg": nimg, "elapsed_s": r["elapsed_s"], "wall": round(time.time() - t0),
                "class": metrics["class_accuracy"], "color": metrics["color_accuracy"]}
         print(json.dumps(row), flush=True)

@@ -233,7 +233,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         claims=()),
     Experiment(
         # The world's default recipe against session 3's (DiT-I at width 256 under EDM, at its own 24,576-image
-        # budget: 16× the FLOPs per image) and each convergence lever at the demo's 65,536 images; the class-accuracy
+        # budget: 13× the FLOPs per image) and each convergence lever at the demo's 65,536 images; the class-accuracy
         # curve (64 single-object prompts every 8,192 images) gives the images and training FLOPs to reach the
         # baseline's final accuracy, 0.5 and 0.8 (EXPERIMENTS.md, time-to-quality).
         name="time-to-quality", preset="world-s",

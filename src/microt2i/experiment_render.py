@@ -120,9 +120,10 @@ def time_to_quality(data: list[ArmData], folders: dict[str, list[Path]]) -> list
                "flops_per_image": flops}
         first_final = rows[0]["final"] if rows else row["final"]
         for key, th in (("first", first_final), *((t, t) for t in TTQ_THRESHOLDS)):
-            # the first arm reaches its own final quality at the end of its budget, by definition
-            reach = [c[-1][0] if c else None for c in curves] if key == "first" and not rows else \
-                [first_reach(c, th) for c in curves]
+            if key == "first" and not rows:  # the first arm reaches its own final quality at its full budget
+                reach = [c[-1][0] if c else None for c in curves]
+            else:
+                reach = [first_reach(c, th) for c in curves]
             med = float(np.median([np.inf if r is None else r for r in reach]))
             row[key] = {"threshold": th, "images": med, "flops": med * flops, "seeds": reach}
             if not rows:
